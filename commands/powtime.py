@@ -1,0 +1,61 @@
+"""pow-time: price a run's log in proof-of-work seconds from a legitimate baseline; base/budget sweeps."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from common.errors import UserError
+from common.io import atomic_write_csv
+from pow import calibration
+
+
+def _floats(text, flag) -> list:
+    try:
+        return [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError as exc:
+        raise UserError(f"{flag} takes comma-separated numbers, got '{text}'") from exc
+
+
+def priced(s, calibration_path, log_path, **overrides) -> tuple:
+    """(log with PoW columns, calibrator) for the settings, with optional overrides (base, pow_budget)."""
+    s = s.replace(**overrides) if overrides else s
+    baseline = calibration.load_baseline(calibration_path, cost_measure=s.cost_measure)
+    cal = calibration.create(s.calibration_mode, baseline, s)
+    frame = calibration.read_cost_log(log_path, cost_measure=s.cost_measure)
+    raw = pd.read_csv(log_path)
+    out = calibration.add_pow_columns(frame, cal, cost="cost")
+    raw["pow_time_s"], raw["total_time_s"] = out["pow_time_s"].to_numpy(), out["total_time_s"].to_numpy()
+    if "query_time_s" not in raw.columns:
+        raw["query_time_s"] = out["query_time_s"].to_numpy()
+    return raw, cal
+
+
+def pow_time(s) -> tuple:
+    if s.bases or s.budgets:
+        return sweep(s)
+    frame, cal = priced(s, s.calibration, s.log)
+    target = Path(s.out or s.log)
+    atomic_write_csv(target, frame)
+    last = frame.iloc[-1]
+    r = calibration.ratio(frame)
+    text = (f"calibration: {cal.name} on {s.calibration} (cost column: {s.cost_measure})\n"
+            f"queries: {int(last['queries'])}\ntime without PoW: {last['query_time_s']:.3f} s\n"
+            f"time with PoW:    {last['total_time_s']:.3f} s\nratio: {r:.2f}x\nwritten to {target}")
+    return {"ratio": r, "query_time_s": float(last["query_time_s"]),
+            "total_time_s": float(last["total_time_s"])}, text
+
+
+def sweep(s) -> tuple:
+    """Ratio of the log for every (base, budget) pair: how the calibration's knobs move it."""
+    bases = _floats(s.bases, "--bases") if s.bases else [s.base]
+    budgets = _floats(s.budgets, "--budgets") if s.budgets else [s.pow_budget]
+    rows = []
+    for b in bases:
+        for g in budgets:
+            frame, _ = priced(s, s.calibration, s.log, base=b, pow_budget=g)
+            rows.append({"base": b, "pow_budget": g, "ratio": calibration.ratio(frame)})
+    table = pd.DataFrame(rows)
+    if s.out:
+        atomic_write_csv(s.out, table)
+    return table, f"ratio of {s.log} ({s.calibration_mode} calibration)\n" + table.to_string(index=False)

@@ -1,0 +1,37 @@
+"""train-victim: train, evaluate and save a victim checkpoint with its P.json."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from common.runtime import resolve_device, set_seed
+from data.registry import load_splits
+from models import architectures
+from models.checkpoint import default_victim_arch, save_victim
+from models.training import accuracy, make_optimizer, random_shift, train_epochs
+
+
+def train_victim(s, *, progress: bool = True) -> tuple:
+    device = resolve_device(s.device)
+    set_seed(s.seed)
+    splits = load_splits(s.dataset, s.data_dir)
+    arch = s.victim_arch or default_victim_arch(splits.spec)
+    model = architectures.create(arch, splits.spec).to(device)
+    optimizer = make_optimizer(model, optimizer=s.optimizer, lr=s.lr, momentum=s.momentum,
+                               weight_decay=s.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(s.epochs, 1))
+    start = time.perf_counter()
+    train_epochs(model, splits.victim_x, splits.victim_y, optimizer=optimizer, epochs=s.epochs,
+                 batch_size=s.batch_size, device=device, generator=torch.Generator().manual_seed(s.seed),
+                 augment=random_shift(s.victim_shift) if s.victim_shift else None, scheduler=scheduler,
+                 progress="train victim" if progress else None)
+    seconds = time.perf_counter() - start
+    acc = accuracy(model, splits.eval_x, splits.eval_y, device)
+    meta = {"dataset": s.dataset, "architecture": arch, "test_accuracy": round(acc, 2), "epochs": s.epochs,
+            "seed": s.seed, "train_size": len(splits.victim_y), "test_size": len(splits.eval_y),
+            "train_time_s": round(seconds, 1), "device": str(device)}
+    save_victim(model, s.victim_path, meta)
+    report = (f"victim {arch} on {s.dataset}: test accuracy {acc:.2f}% on {len(splits.eval_y)} held-out images, "
+              f"{s.epochs} epochs in {seconds:.0f} s\nsaved {s.victim_path} and {s.victim_path}.json")
+    return meta, report

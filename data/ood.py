@@ -1,0 +1,81 @@
+"""Natural out-of-distribution query pools that work offline (copycat, knockoff).
+
+'photos' cuts random crops out of the two sample photographs that scikit-learn ships and resizes
+them to the victim's input; another registered dataset can serve as well (Fashion-MNIST for an MNIST
+victim, mnist-5k for a Fashion-MNIST one).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common.errors import UserError, unknown_name
+from data.registry import DatasetSpec, load_splits
+
+MIN_CROP = 24  # smallest square crop side, in photo pixels
+MAX_CROP = 320  # largest square crop side, in photo pixels
+_GRAY = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)  # ITU-R 601 luma weights
+
+
+def _sample_photos() -> list:
+    try:
+        from sklearn.datasets import load_sample_images
+    except ImportError as exc:
+        raise UserError("the 'photos' pool needs scikit-learn: pip install -r requirements.txt") from exc
+    return [torch.as_tensor(np.array(img)).permute(2, 0, 1).float() for img in load_sample_images().images]
+
+
+def adapt(images: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
+    """Convert uint8 or float images to the spec's channels and size (uint8 out)."""
+    x = images.float()
+    if x.shape[1] == 3 and spec.channels == 1:
+        x = (x * _GRAY).sum(1, keepdim=True)
+    elif x.shape[1] == 1 and spec.channels == 3:
+        x = x.repeat(1, 3, 1, 1)
+    if x.shape[-1] != spec.size or x.shape[-2] != spec.size:
+        x = F.interpolate(x, size=(spec.size, spec.size), mode="bilinear", antialias=True, align_corners=False)
+    return x.round().clamp_(0, 255).to(torch.uint8)
+
+
+def photo_crops(n: int, spec: DatasetSpec, seed: int) -> torch.Tensor:
+    """n random square crops of scikit-learn's sample photos, resized to the victim's input."""
+    photos = _sample_photos()
+    rng = np.random.default_rng(seed)
+    out = torch.empty((n, spec.channels, spec.size, spec.size), dtype=torch.uint8)
+    for i in range(n):
+        photo = photos[rng.integers(len(photos))]
+        _, h, w = photo.shape
+        side = int(rng.integers(MIN_CROP, min(MAX_CROP, h, w) + 1))
+        top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        crop = photo[:, top:top + side, left:left + side].unsqueeze(0)
+        if rng.random() < 0.5:
+            crop = crop.flip(-1)
+        out[i] = adapt(crop, spec)[0]
+    return out
+
+
+def _dataset_pool(name: str):
+    def build(n: int, spec: DatasetSpec, seed: int, data_dir) -> torch.Tensor:
+        splits = load_splits(name, data_dir)
+        images = torch.cat([splits.pool_x, splits.eval_x, splits.victim_x])
+        if n > len(images):
+            raise UserError(f"out-of-distribution pool '{name}' has {len(images)} images, fewer than {n} asked")
+        idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
+        return adapt(images[idx], spec)
+    return build
+
+
+OOD_POOLS = {
+    "photos": lambda n, spec, seed, data_dir: photo_crops(n, spec, seed),
+    "fashion-mnist": _dataset_pool("fashion-mnist"),
+    "mnist-5k": _dataset_pool("mnist-5k"),
+    "mnist": _dataset_pool("mnist"),
+}
+
+
+def ood_pool(name: str, n: int, spec: DatasetSpec, *, seed: int, data_dir="data") -> torch.Tensor:
+    """n natural non-problem-domain images for the victim `spec`, from the named source."""
+    if name not in OOD_POOLS:
+        raise unknown_name("out-of-distribution pool", name, OOD_POOLS)
+    return OOD_POOLS[name](n, spec, seed, data_dir)

@@ -1,0 +1,1 @@
+"""The extraction loop: select -> query -> account -> (PoW) -> train the stolen model -> log."""

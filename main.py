@@ -1,0 +1,45 @@
+"""Command-line entry point: python main.py COMMAND [--flags]. Parsing in parameters.py; work in packages."""
+from __future__ import annotations
+
+import logging
+import sys
+
+
+def _commands():
+    from commands.costs import cost_separation, privacy_cost
+    from commands.demo import demo
+    from commands.powtime import pow_time
+    from commands.victim import train_victim
+    from extraction.loop import run_extraction
+
+    def extract(s):
+        result = run_extraction(s)
+        final = result["final"]
+        text = (f"{s.mode} on {s.dataset}: {final['queries']} queries, accuracy {final['accuracy']:.2f}%, "
+                f"fidelity {final['fidelity']:.2f}%\nlog: {result['log']}\nparams: {result['params']}")
+        return result, text
+
+    return {"demo": demo, "train-victim": train_victim, "extract": extract, "privacy-cost": privacy_cost,
+            "pow-time": pow_time, "cost-separation": cost_separation}
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import parameters
+    from common.errors import UserError
+
+    try:
+        settings = parameters.parse(argv)
+        _, report = _commands()[settings.command](settings)
+    except (UserError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; completed rounds are saved and the run resumes when started again", file=sys.stderr)
+        return 130
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

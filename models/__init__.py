@@ -1,0 +1,1 @@
+"""Architectures, checkpoint I/O, the single training loop, and the victim oracle."""

@@ -1,0 +1,77 @@
+"""Checkpoint I/O for victims: P holds the weights and metadata, P.json the metadata for people.
+
+A raw state dict (such as the DFME ResNet34-8x teacher file) also loads, into the expected architecture.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from common.errors import UserError
+from common.io import atomic_torch_save, atomic_write_text
+from models import architectures
+
+#: architecture of the victim and of the stolen copy, per input shape
+DEFAULT_VICTIM_ARCH = {1: "mnistnet", 3: "resnet34_8x"}
+DEFAULT_STOLEN_ARCH = {1: "mnistnet", 3: "resnet18"}
+
+
+def default_victim_arch(spec) -> str:
+    return DEFAULT_VICTIM_ARCH[spec.channels]
+
+
+def default_stolen_arch(spec) -> str:
+    return DEFAULT_STOLEN_ARCH[spec.channels]
+
+
+def train_command(dataset: str, path) -> str:
+    return f"python main.py train-victim --dataset {dataset} --victim_path {path}"
+
+
+def save_victim(model: torch.nn.Module, path, meta: dict) -> None:
+    """Save weights and metadata to P (atomically) and the metadata to P.json."""
+    path = Path(path)
+    atomic_torch_save({"state_dict": model.state_dict(), "meta": meta}, path)
+    atomic_write_text(Path(str(path) + ".json"), json.dumps(meta, indent=2) + "\n")
+
+
+def load_victim(path, spec, *, architecture: str | None = None, device=torch.device("cpu")):
+    """Load a victim for dataset `spec`; returns (model in eval mode, metadata).
+
+    A missing file, a checkpoint of another dataset or architecture, or a corrupt file is a UserError
+    whose message includes the command that creates the right checkpoint.
+    """
+    path = Path(path)
+    make = train_command(spec.name, path)
+    if not path.exists():
+        raise UserError(f"victim checkpoint {path} does not exist. Create it with: {make}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
+        raise UserError(f"victim checkpoint {path} cannot be read ({exc.__class__.__name__}); it is corrupt. "
+                        f"Recreate it with: {make}") from exc
+    if isinstance(blob, dict) and "state_dict" in blob and "meta" in blob:
+        state, meta = blob["state_dict"], dict(blob["meta"])
+    elif isinstance(blob, dict) and all(isinstance(v, torch.Tensor) for v in blob.values()):
+        state, meta = blob, {"dataset": spec.name, "architecture": architecture or default_victim_arch(spec)}
+    else:
+        raise UserError(f"{path} is not a victim checkpoint (no state dict inside). Create one with: {make}")
+    if meta.get("dataset") != spec.name:
+        raise UserError(f"victim checkpoint {path} was trained on '{meta.get('dataset')}', not '{spec.name}'. "
+                        f"Pass the right --victim_path, or create one with: {make}")
+    arch = meta.get("architecture")
+    if architecture is not None and arch != architecture:
+        raise UserError(f"victim checkpoint {path} holds architecture '{arch}', not '{architecture}'. "
+                        f"Create a matching one with: {make} --victim_arch {architecture}")
+    model = architectures.create(arch, spec)
+    own = model.state_dict()
+    for key in ("normalize.mean", "normalize.std"):  # raw third-party weights carry no normaliser
+        state.setdefault(key, own[key])
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise UserError(f"victim checkpoint {path} does not fit architecture '{arch}' for '{spec.name}' "
+                        f"({str(exc).splitlines()[0]}). Create a matching one with: {make}") from exc
+    return model.to(device).eval(), meta

@@ -1,0 +1,229 @@
+"""Every default, the per-dataset presets, the argument parser, and the read-only settings object.
+
+Flags left unset fall back to the dataset's preset, then to the global default. After resolve(),
+nothing writes to the settings: they are read-only (Settings raises on assignment).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from attacks import ATTACKS
+from data.ood import OOD_POOLS
+from data.registry import DATASETS
+from models.architectures import ARCHITECTURES
+from models.oracle import OUTPUTS
+from pow.calibration import CALIBRATIONS
+from privacy.accountants import COST_MEASURES
+from privacy.rdp import CONVERSIONS
+
+DEFAULT_DATASET = "mnist-5k"  # the embedded default: needs no download
+
+_MNIST_LIKE = dict(optimizer="sgd", lr=0.1, momentum=0.5, weight_decay=1e-4, batch_size=64,
+                   k=300, sigma=28.0, delta=1e-5, stolen_epochs=10, victim_shift=2)
+_RGB = dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, batch_size=128,
+            k=300, sigma=28.0, delta=1e-5, stolen_epochs=10, victim_shift=4)
+
+#: per-dataset presets: training hyper-parameters and the private-kNN accountant (the paper's values)
+PRESETS = {
+    "mnist-5k": {**_MNIST_LIKE, "victim_epochs": 20},
+    "mnist": {**_MNIST_LIKE, "victim_epochs": 8},
+    "fashion-mnist": {**_MNIST_LIKE, "victim_epochs": 12},
+    "svhn": {**_RGB, "victim_epochs": 50, "delta": 1e-6},
+    "cifar10": {**_RGB, "victim_epochs": 200},
+}
+
+#: global defaults (flags whose default does not depend on the dataset)
+DEFAULTS = dict(
+    dataset=DEFAULT_DATASET, data_dir="data", seed=0, device="auto", victim_path=None, victim_arch=None,
+    victim_output="labels", mode="standard", budget=1024, query_batch=64, batches_per_round=4,
+    stolen_arch=None, out_dir=None, ood_pool="photos", cost_measure="entropy", cap_rdp=False,
+    rdp_conversion="classic", calibration=None, calibration_mode="relative", base=None, pow_budget=1.0,
+    tolerance=3.0, max_factor=1000.0, min_s=0.1, max_s=2948.467908, fresh=False, votes=None, log=None,
+    out=None, queries=1000, sigmas="28,10", datasets="mnist-5k,fashion-mnist", epochs=None,
+)
+
+
+class Settings:
+    """Read-only, attribute-style settings of one command."""
+    __slots__ = ("_values",)
+
+    def __init__(self, values: dict):
+        object.__setattr__(self, "_values", dict(values))
+
+    def __getattr__(self, name):
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f"no setting '{name}'") from None
+
+    def __setattr__(self, name, value):
+        raise AttributeError("settings are read-only; build new ones with replace()")
+
+    def replace(self, **changes) -> "Settings":
+        return Settings({**self._values, **changes})
+
+    def as_dict(self) -> dict:
+        return dict(self._values)
+
+    def __repr__(self):
+        return f"Settings({self._values!r})"
+
+
+def _preset_help(key: str) -> str:
+    vals = {name: p[key] for name, p in PRESETS.items()}
+    return "default: per-dataset preset (" + ", ".join(f"{n}: {v}" for n, v in vals.items()) + ")"
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default=None, help=f"one of: {', '.join(DATASETS)} (default: {DEFAULT_DATASET})")
+    p.add_argument("--data_dir", default=None, help="where datasets are (or are downloaded to) (default: data)")
+    p.add_argument("--seed", type=int, default=None, help="random seed; the same seed repeats a run (default: 0)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto = CUDA when present)")
+
+
+def _victim(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--victim_path", default=None,
+                   help="victim checkpoint (default: checkpoints/DATASET-victim.pt)")
+    p.add_argument("--victim_arch", default=None, choices=sorted(ARCHITECTURES),
+                   help="victim architecture (default: mnistnet for 28x28, resnet34_8x for 32x32x3)")
+
+
+def _training(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--optimizer", default=None, choices=["sgd", "adam"], help=_preset_help("optimizer"))
+    p.add_argument("--lr", type=float, default=None, help=_preset_help("lr"))
+    p.add_argument("--momentum", type=float, default=None, help=_preset_help("momentum"))
+    p.add_argument("--weight_decay", type=float, default=None, help=_preset_help("weight_decay"))
+    p.add_argument("--batch_size", type=int, default=None, help=_preset_help("batch_size"))
+
+
+def _accountant(p: argparse.ArgumentParser, with_knn: bool = True) -> None:
+    if with_knn:
+        p.add_argument("--k", type=int, default=None, help=_preset_help("k") + "; private-kNN neighbours")
+    p.add_argument("--sigma", type=float, default=None, help=_preset_help("sigma") + "; GNMax noise")
+    p.add_argument("--delta", type=float, default=None, help=_preset_help("delta"))
+    p.add_argument("--cap_rdp", action="store_true", default=None,
+                   help="cap the data-dependent RDP at the data-independent bound (default: off, as the paper)")
+    p.add_argument("--rdp_conversion", default=None, choices=CONVERSIONS,
+                   help="RDP to (eps, delta): classic (the paper's) or improved (Balle et al. 2020) "
+                        "(default: classic)")
+
+
+def _calibration(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cost_measure", default=None, choices=sorted(COST_MEASURES),
+                   help="cumulative cost the calibrator reads: knn=privacy_cost, knn_eps=privacy_eps, "
+                        "entropy=entropy_cost, gap=gap_cost (default: entropy, chosen by measured separation)")
+    p.add_argument("--calibration_mode", default=None, choices=sorted(CALIBRATIONS),
+                   help="relative (legitimate users pay a set share of their query time) or paper "
+                        "(base ** |cost - expected| seconds per 1,000 queries) (default: relative)")
+    p.add_argument("--base", type=float, default=None,
+                   help="exponential base (default: 1.0075 paper; 1.05 relative, per legitimate batch of excess)")
+    p.add_argument("--pow_budget", type=float, default=None,
+                   help="relative: a legitimate user's PoW time as a share of their query time (default: 1.0)")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="relative: excess ignored, in legitimate-spread standard deviations (default: 3.0)")
+    p.add_argument("--max_factor", type=float, default=None,
+                   help="relative: most PoW time per batch, in legitimate query times per batch (default: 1000)")
+    p.add_argument("--min_s", type=float, default=None, help="paper: least extra seconds per step (default: 0.1)")
+    p.add_argument("--max_s", type=float, default=None,
+                   help="paper: most extra seconds per step, the slowest measured puzzle (default: 2948.47)")
+
+
+def _extraction(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--budget", type=int, default=None, help="queries the attacker may send (default: 1024)")
+    p.add_argument("--query_batch", type=int, default=None, help="queries per batch (default: 64)")
+    p.add_argument("--batches_per_round", type=int, default=None,
+                   help="batches between logged rounds; the stolen model trains once a round (default: 4)")
+    p.add_argument("--stolen_arch", default=None, choices=sorted(ARCHITECTURES),
+                   help="architecture of the stolen copy (default: mnistnet for 28x28, resnet18 for 32x32x3)")
+    p.add_argument("--stolen_epochs", type=int, default=None,
+                   help=_preset_help("stolen_epochs") + "; epochs on all answers so far, each round")
+    p.add_argument("--victim_output", default=None, choices=OUTPUTS, help="what the API answers (default: labels)")
+    p.add_argument("--ood_pool", default=None, choices=sorted(OOD_POOLS),
+                   help="natural out-of-distribution images for copycat (default: photos)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="main.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Model extraction against a victim defended by calibrated proof-of-work.",
+        epilog="Run 'python main.py COMMAND --help' for every flag of a command and its default.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("demo", help="the main job: victim, standard vs copycat, calibration, table and plot")
+    _common(p)
+    _victim(p)
+    _extraction(p)
+    _accountant(p)
+    _calibration(p)
+    p.add_argument("--out_dir", default=None, help="where results go (default: results/demo)")
+
+    p = sub.add_parser("train-victim", help="train a victim, evaluate it, save the checkpoint and P.json")
+    _common(p)
+    _victim(p)
+    _training(p)
+    p.add_argument("--epochs", type=int, default=None, help=_preset_help("victim_epochs"))
+
+    p = sub.add_parser("extract", help="run one extraction attack against a victim and log every round")
+    _common(p)
+    _victim(p)
+    p.add_argument("--mode", default=None, help=f"attack: one of {', '.join(ATTACKS)} (default: standard)")
+    _extraction(p)
+    _training(p)
+    _accountant(p)
+    _calibration(p)
+    p.add_argument("--calibration", default=None,
+                   help="legitimate baseline (a standard run's log.csv or a paper time,privacy,queries CSV); "
+                        "when given, pow_time_s is filled as the run goes (default: none)")
+    p.add_argument("--out_dir", default=None, help="where log.csv and params.json go (default: results/DATASET-MODE)")
+    p.add_argument("--fresh", action="store_true", default=None,
+                   help="start over even if out_dir holds a run to resume (default: resume)")
+
+    p = sub.add_parser("privacy-cost", help="per-query epsilon and cumulative costs of vote histograms (CSV)")
+    p.add_argument("--votes", required=True, help="CSV with one vote histogram per row (header optional)")
+    p.add_argument("--dataset", default=None, help="preset for sigma and delta (default: mnist-5k)")
+    _accountant(p, with_knn=False)
+    p.add_argument("--out", default=None, help="also write the table as CSV here (default: print only)")
+
+    p = sub.add_parser("pow-time", help="fill pow_time_s / total_time_s of a run's log from a baseline")
+    p.add_argument("--calibration", required=True, help="legitimate baseline CSV (log.csv or paper format)")
+    p.add_argument("--log", required=True, help="the run's log.csv (or a paper-format CSV)")
+    _calibration(p)
+    p.add_argument("--out", default=None, help="where to write the log with PoW columns (default: in place)")
+    p.add_argument("--bases", default=None, help="comma-separated bases: print a ratio sweep instead")
+    p.add_argument("--budgets", default=None, help="comma-separated pow budgets for the sweep (relative)")
+
+    p = sub.add_parser("cost-separation",
+                       help="mean cost per query of each measure, in-distribution vs out-of-distribution")
+    p.add_argument("--datasets", default=None, help="comma-separated datasets (default: mnist-5k,fashion-mnist)")
+    p.add_argument("--data_dir", default=None, help="(default: data)")
+    p.add_argument("--seed", type=int, default=None, help="(default: 0)")
+    p.add_argument("--device", default=None, help="(default: auto)")
+    p.add_argument("--queries", type=int, default=None, help="queries per client (default: 1000)")
+    p.add_argument("--sigmas", default=None, help="comma-separated private-kNN sigmas (default: 28,10)")
+    p.add_argument("--ood_pool", default=None, choices=sorted(OOD_POOLS), help="(default: photos)")
+    p.add_argument("--out", default=None, help="CSV of the table (default: results/cost_separation.csv)")
+    return parser
+
+
+def resolve(args: argparse.Namespace) -> Settings:
+    """Fill unset flags from the dataset preset, then the global defaults; derive default paths."""
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    dataset = given.get("dataset", DEFAULTS["dataset"])
+    preset = PRESETS.get(dataset, PRESETS[DEFAULT_DATASET])
+    values = {**DEFAULTS, **preset, **given, "dataset": dataset}
+    if "epochs" not in given:
+        values["epochs"] = preset["victim_epochs"]
+    if values.get("victim_path") is None:
+        values["victim_path"] = str(Path("checkpoints") / f"{dataset}-victim.pt")
+    if values.get("base") is None:
+        values["base"] = 1.0075 if values["calibration_mode"] == "paper" else 1.05
+    command = values.get("command")
+    if values.get("out_dir") is None:
+        values["out_dir"] = "results/demo" if command == "demo" else f"results/{dataset}-{values['mode']}"
+    return Settings(values)
+
+
+def parse(argv=None) -> Settings:
+    return resolve(build_parser().parse_args(argv))

@@ -1,0 +1,1 @@
+"""Proof-of-work: calibration of puzzle time from privacy cost, and PoW columns for logs."""

@@ -1,0 +1,183 @@
+"""Calibrate proof-of-work time from a client's cumulative cost against a legitimate baseline.
+
+Two calibrations share one interface, extra_seconds(q_prev, q, cost): the PoW seconds a client pays
+for the queries between q_prev and q, given its cumulative cost at q.
+
+paper     (Dziedzic et al. 2022) expected(q) is a least-squares line through the baseline's
+          (queries, cost); each logged step of STEP_QUERIES queries costs
+          clip(base ** |cost - expected(q)|, min_s, max_s) seconds (pro rata for other step sizes).
+relative  (this project's default; holds on any hardware) a legitimate user pays `budget` times their
+          own query time per batch, t_b; an excess of cost over the legitimate line multiplies it:
+              excess(q, c) = max(0, c - slope*q - tolerance * sd_b * sqrt(q/B)) / (slope*B)
+              seconds per batch = min(budget * t_b * base ** excess, max_factor * t_b)
+          slope is the baseline's cost per query (line through the origin), B the batch size, sd_b
+          the standard deviation of one legitimate batch's cost. The excess is counted in legitimate
+          batches' worth of cost, so it means the same on every dataset and cost measure, and a
+          legitimate user (within `tolerance` standard deviations of the line) pays exactly `budget`
+          times their query time: at most (1 + budget)x in time.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from common.errors import UserError, unknown_name
+from privacy.accountants import COST_COLUMNS, cost_column
+
+STEP_QUERIES = 1000  # paper: one logged step = 16 batches of 64, counted as 1,000 queries
+PAPER_COLUMNS = ("time", "privacy", "queries")  # the paper's legitimate-user CSV format
+CALIBRATIONS = ("paper", "relative")
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A legitimate user's cumulative (queries, cost, query time), sorted by queries."""
+    queries: np.ndarray
+    cost: np.ndarray
+    time_s: np.ndarray
+    source: str
+    column: str
+
+
+def read_cost_log(path, *, cost_measure: str) -> pd.DataFrame:
+    """Read a run log (log.csv) or a paper time,privacy,queries CSV into queries / cost / query_time_s.
+
+    Any other layout is a UserError that names the columns expected.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} does not exist; give a run's log.csv or a paper-format CSV")
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not a readable CSV ({exc})") from exc
+    column = cost_column(cost_measure)
+    if set(PAPER_COLUMNS) <= set(frame.columns):
+        out = pd.DataFrame({"queries": frame["queries"], "cost": frame["privacy"], "query_time_s": frame["time"]})
+        column = "privacy"
+    elif {"queries", "query_time_s", column} <= set(frame.columns):
+        out = pd.DataFrame({"queries": frame["queries"], "cost": frame[column],
+                            "query_time_s": frame["query_time_s"]})
+    else:
+        raise UserError(f"{path} has columns {list(frame.columns)}; expected a run log with queries, "
+                        f"query_time_s and {column} (one of {', '.join(COST_COLUMNS)} per --cost_measure), "
+                        f"or the paper's {','.join(PAPER_COLUMNS)}")
+    if out.isna().any().any() or not np.isfinite(out.to_numpy(dtype=float)).all():
+        raise UserError(f"{path} has empty or non-numeric values in queries, time or cost")
+    out.attrs["column"] = column
+    return out
+
+
+def load_baseline(path, *, cost_measure: str) -> Baseline:
+    frame = read_cost_log(path, cost_measure=cost_measure)
+    frame = frame[frame["queries"] > 0].sort_values("queries")
+    if len(frame) < 1:
+        raise UserError(f"baseline {path} has no rows with queries > 0; it cannot calibrate")
+    return Baseline(frame["queries"].to_numpy(float), frame["cost"].to_numpy(float),
+                    frame["query_time_s"].to_numpy(float), str(path), frame.attrs["column"])
+
+
+class PaperCalibrator:
+    """The paper's calibration: base ** |cost - expected| seconds per 1,000 queries, clipped."""
+    name = "paper"
+
+    def __init__(self, baseline: Baseline, *, base: float = 1.0075, min_s: float = 0.1, max_s: float = 2948.467908):
+        if base <= 1 or min_s <= 0 or max_s < min_s:
+            raise ValueError("paper calibration needs base > 1 and 0 < min_s <= max_s")
+        self.base, self.min_s, self.max_s = base, min_s, max_s
+        if len(baseline.queries) >= 2:
+            self.slope, self.intercept = np.polyfit(baseline.queries, baseline.cost, 1)
+        else:
+            self.slope, self.intercept = baseline.cost[0] / baseline.queries[0], 0.0
+
+    def expected(self, queries):
+        return self.slope * np.asarray(queries, float) + self.intercept
+
+    def step_seconds(self, queries, cost):
+        """Extra seconds for one 1,000-query step ending at (queries, cost)."""
+        log_s = np.abs(np.asarray(cost, float) - self.expected(queries)) * math.log(self.base)
+        return np.exp(np.clip(log_s, math.log(self.min_s), math.log(self.max_s)))
+
+    def extra_seconds(self, q_prev, queries, cost):
+        return self.step_seconds(queries, cost) * (np.asarray(queries, float) - q_prev) / STEP_QUERIES
+
+    def describe(self) -> dict:
+        return {"calibration_mode": self.name, "base": self.base, "min_s": self.min_s, "max_s": self.max_s,
+                "slope": float(self.slope), "intercept": float(self.intercept)}
+
+
+class RelativeCalibrator:
+    """PoW as a share of the legitimate query time, growing exponentially with the excess cost."""
+    name = "relative"
+
+    def __init__(self, baseline: Baseline, *, base: float = 1.05, budget: float = 1.0, tolerance: float = 3.0,
+                 max_factor: float = 1000.0, batch_size: int = 64):
+        if base <= 1 or budget <= 0 or tolerance < 0 or max_factor < budget or batch_size < 1:
+            raise ValueError("relative calibration needs base > 1, budget > 0, tolerance >= 0, "
+                             "max_factor >= budget and batch_size >= 1")
+        self.base, self.budget, self.tolerance, self.max_factor = base, budget, tolerance, max_factor
+        self.batch_size = batch_size
+        q, c = baseline.queries, baseline.cost
+        self.slope = float((q * c).sum() / (q * q).sum())
+        if self.slope <= 0:
+            raise UserError(f"baseline {baseline.source} has no positive cost per query; it cannot calibrate")
+        self.unit = self.slope * batch_size  # a legitimate batch's expected cost
+        self.batch_time_s = float(baseline.time_s[-1] / q[-1] * batch_size)  # legitimate seconds per batch
+        dq = np.diff(np.concatenate([[0.0], q]))
+        dc = np.diff(np.concatenate([[0.0], c]))
+        batches = dq / batch_size
+        self.batch_sd = float(np.sqrt(np.mean((dc - self.slope * dq) ** 2 / batches)))
+
+    def expected(self, queries):
+        return self.slope * np.asarray(queries, float)
+
+    def excess(self, queries, cost):
+        """Cost above the legitimate band, in legitimate batches' worth of cost (0 inside the band)."""
+        q = np.asarray(queries, float)
+        band = self.tolerance * self.batch_sd * np.sqrt(q / self.batch_size)
+        return np.maximum(0.0, np.asarray(cost, float) - self.expected(q) - band) / self.unit
+
+    def batch_seconds(self, queries, cost):
+        """PoW seconds for one batch answered at (queries, cost)."""
+        log_s = math.log(self.budget * self.batch_time_s) + self.excess(queries, cost) * math.log(self.base)
+        return np.exp(np.minimum(log_s, math.log(self.max_factor * self.batch_time_s)))
+
+    def extra_seconds(self, q_prev, queries, cost):
+        return self.batch_seconds(queries, cost) * (np.asarray(queries, float) - q_prev) / self.batch_size
+
+    def describe(self) -> dict:
+        return {"calibration_mode": self.name, "base": self.base, "budget": self.budget,
+                "tolerance": self.tolerance, "max_factor": self.max_factor, "slope": self.slope,
+                "unit": self.unit, "batch_sd": self.batch_sd, "batch_time_s": self.batch_time_s}
+
+
+def create(mode: str, baseline: Baseline, settings) -> PaperCalibrator | RelativeCalibrator:
+    """Build the calibrator named by --calibration_mode from the settings."""
+    if mode == "paper":
+        return PaperCalibrator(baseline, base=settings.base, min_s=settings.min_s, max_s=settings.max_s)
+    if mode == "relative":
+        return RelativeCalibrator(baseline, base=settings.base, budget=settings.pow_budget,
+                                  tolerance=settings.tolerance, max_factor=settings.max_factor,
+                                  batch_size=settings.query_batch)
+    raise unknown_name("calibration mode", mode, CALIBRATIONS)
+
+
+def add_pow_columns(frame: pd.DataFrame, calibrator, *, cost: str) -> pd.DataFrame:
+    """Return a copy of a log with pow_time_s (cumulative) and total_time_s filled from `cost`."""
+    out = frame.copy()
+    q = out["queries"].to_numpy(float)
+    q_prev = np.concatenate([[0.0], q[:-1]])
+    extra = np.where(q > q_prev, calibrator.extra_seconds(q_prev, q, out[cost].to_numpy(float)), 0.0)
+    out["pow_time_s"] = np.cumsum(extra)
+    out["total_time_s"] = out["query_time_s"] + out["pow_time_s"]
+    return out
+
+
+def ratio(frame: pd.DataFrame) -> float:
+    """Time with PoW over time without, at the log's last row."""
+    last = frame.iloc[-1]
+    return float(last["total_time_s"] / last["query_time_s"]) if last["query_time_s"] > 0 else float("nan")

@@ -1,0 +1,182 @@
+"""Stateful accountants: each turns the victim's answers into per-query costs and keeps running totals.
+
+Columns they log (all cumulative over the queries answered so far):
+  privacy_cost  the paper's measure: the sum of each query's own private-kNN epsilon;
+  privacy_eps   the (epsilon, delta) of all queries together, from the summed RDP (true composition);
+  entropy_cost  the sum of the normalised Shannon entropy of the victim's softmax (0 = certain, 1 = uniform);
+  gap_cost      the sum of 1 - (top-1 probability - top-2 probability).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from common.errors import unknown_name
+from privacy import rdp as rdpmath
+from privacy.knn import KnnVoter
+
+#: --cost_measure name -> the cumulative column the calibrator reads
+COST_MEASURES = {"knn": "privacy_cost", "knn_eps": "privacy_eps", "entropy": "entropy_cost", "gap": "gap_cost"}
+COST_COLUMNS = tuple(COST_MEASURES.values())
+
+
+def cost_column(measure: str) -> str:
+    if measure not in COST_MEASURES:
+        raise unknown_name("cost measure", measure, COST_MEASURES)
+    return COST_MEASURES[measure]
+
+
+def knn_costs(votes, *, sigma: float, delta: float, orders=rdpmath.DEFAULT_ORDERS, cap: bool = False,
+              conversion: str = "classic"):
+    """Per-query epsilon and RDP for vote histograms; identical histograms are computed once."""
+    votes = np.asarray(votes)
+    uniq, inverse = np.unique(votes, axis=0, return_inverse=True)
+    eps, rdp = rdpmath.eps_per_query(uniq, sigma=sigma, delta=delta, orders=orders, cap=cap,
+                                     conversion=conversion)
+    inverse = inverse.reshape(-1)
+    return eps[inverse], rdp[inverse]
+
+
+def cumulative_costs(votes, *, sigma: float, delta: float, orders=rdpmath.DEFAULT_ORDERS, cap: bool = False,
+                     conversion: str = "classic") -> dict:
+    """For each row of a vote table: its epsilon, the running privacy_cost and the running privacy_eps."""
+    eps, rdp = knn_costs(votes, sigma=sigma, delta=delta, orders=orders, cap=cap, conversion=conversion)
+    composed, _ = rdpmath.rdp_to_eps(np.cumsum(rdp, axis=0), orders=orders, delta=delta, conversion=conversion)
+    return {"eps": eps, "privacy_cost": np.cumsum(eps), "privacy_eps": composed}
+
+
+class Accountant:
+    """Base class: add() a batch of victim log-probabilities, read totals()."""
+    columns: tuple = ()
+
+    def add(self, logprobs: torch.Tensor) -> dict:
+        """Account one answered batch; returns the per-query cost array of each column."""
+        raise NotImplementedError
+
+    def totals(self) -> dict:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+
+class KnnAccountant(Accountant):
+    """Private kNN: the k nearest training points (victim log-softmax space) vote; GNMax RDP per query."""
+    columns = ("privacy_cost", "privacy_eps")
+
+    def __init__(self, voter: KnnVoter, *, sigma: float, delta: float, cap: bool = False,
+                 conversion: str = "classic", orders=rdpmath.DEFAULT_ORDERS):
+        self.voter = voter
+        self.sigma, self.delta, self.cap, self.conversion = sigma, delta, cap, conversion
+        self.orders = np.asarray(orders, dtype=np.float64)
+        self.cost = 0.0
+        self.rdp_sum = np.zeros(len(self.orders))
+
+    def add(self, logprobs):
+        eps, rdp = knn_costs(self.voter.votes(logprobs).numpy(), sigma=self.sigma, delta=self.delta,
+                             orders=self.orders, cap=self.cap, conversion=self.conversion)
+        self.cost += float(eps.sum())
+        self.rdp_sum += rdp.sum(0)
+        return {"privacy_cost": eps}
+
+    def totals(self):
+        if not self.rdp_sum.any():
+            return {"privacy_cost": 0.0, "privacy_eps": 0.0}
+        eps, _ = rdpmath.rdp_to_eps(self.rdp_sum, orders=self.orders, delta=self.delta, conversion=self.conversion)
+        return {"privacy_cost": self.cost, "privacy_eps": float(eps)}
+
+    def state_dict(self):
+        return {"cost": self.cost, "rdp_sum": self.rdp_sum.copy()}
+
+    def load_state_dict(self, state):
+        self.cost, self.rdp_sum = float(state["cost"]), np.asarray(state["rdp_sum"]).copy()
+
+
+class _SumAccountant(Accountant):
+    """A leakage measure that is a plain sum of a per-query score."""
+    column = ""
+
+    def __init__(self):
+        self.columns = (self.column,)
+        self.total = 0.0
+
+    def score(self, logprobs: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def add(self, logprobs):
+        s = self.score(logprobs.float()).double().numpy()
+        self.total += float(s.sum())
+        return {self.column: s}
+
+    def totals(self):
+        return {self.column: self.total}
+
+    def state_dict(self):
+        return {"total": self.total}
+
+    def load_state_dict(self, state):
+        self.total = float(state["total"])
+
+
+class EntropyAccountant(_SumAccountant):
+    """Normalised Shannon entropy H(p) / log C of the victim's softmax, per query."""
+    column = "entropy_cost"
+
+    def score(self, logprobs):
+        h = -(logprobs.exp() * logprobs).nan_to_num(0.0).sum(1)
+        return (h / math.log(logprobs.shape[1])).clamp_(0.0, 1.0)
+
+
+class GapAccountant(_SumAccountant):
+    """1 minus the gap between the two largest softmax probabilities, per query."""
+    column = "gap_cost"
+
+    def score(self, logprobs):
+        top2 = logprobs.exp().topk(2, dim=1).values
+        return 1.0 - (top2[:, 0] - top2[:, 1])
+
+
+class Ledger:
+    """All accountants of one client; the oracle feeds it every answered batch."""
+
+    def __init__(self, accountants):
+        self.accountants = list(accountants)
+
+    def add(self, logprobs: torch.Tensor) -> dict:
+        per_query = {}
+        for acc in self.accountants:
+            per_query.update(acc.add(logprobs))
+        return per_query
+
+    def totals(self) -> dict:
+        out = {}
+        for acc in self.accountants:
+            out.update(acc.totals())
+        return out
+
+    def state_dict(self) -> list:
+        return [acc.state_dict() for acc in self.accountants]
+
+    def load_state_dict(self, states: list) -> None:
+        for acc, state in zip(self.accountants, states):
+            acc.load_state_dict(state)
+
+
+ACCOUNTANTS = {
+    "knn": lambda *, voter, sigma, delta, cap=False, conversion="classic": KnnAccountant(
+        voter, sigma=sigma, delta=delta, cap=cap, conversion=conversion),
+    "entropy": lambda **_: EntropyAccountant(),
+    "gap": lambda **_: GapAccountant(),
+}
+
+
+def create(name: str, **kwargs) -> Accountant:
+    """Build a registered accountant; ValueError lists the valid names."""
+    if name not in ACCOUNTANTS:
+        raise unknown_name("accountant", name, ACCOUNTANTS)
+    return ACCOUNTANTS[name](**kwargs)
