@@ -40,7 +40,8 @@ DEFAULTS = dict(
     stolen_arch=None, out_dir=None, ood_pool="photos", cost_measure="entropy", cap_rdp=False,
     rdp_conversion="classic", calibration=None, calibration_mode="relative", base=None, pow_budget=1.0,
     tolerance=3.0, max_factor=1000.0, min_s=0.1, max_s=2948.467908, fresh=False, votes=None, log=None,
-    out=None, queries=1000, sigmas="28,10", datasets="mnist-5k,fashion-mnist", epochs=None,
+    out=None, queries=1000, sigmas="28,10", datasets="mnist-5k,fashion-mnist", epochs=None, bases=None,
+    budgets=None,
 )
 
 

@@ -68,8 +68,10 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
 
 
 def _offline_error(spec: DatasetSpec, data_dir: Path, exc: Exception) -> UserError:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [exc.__class__.__name__]
+    reason = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
     return UserError(
-        f"dataset '{spec.name}' is not in --data_dir {data_dir} and downloading it failed ({exc}). "
+        f"dataset '{spec.name}' is not in --data_dir {data_dir} and downloading it failed ({reason}). "
         f"Either run once with internet access, or put these files there by hand: {spec.expected_files}. "
         f"Then pass --data_dir {data_dir}. The dataset 'mnist-5k' needs no download.")
 

@@ -53,7 +53,7 @@ def train_epochs(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, *, op
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
             count += len(idx)
         if scheduler is not None:
             scheduler.step()

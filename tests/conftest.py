@@ -1,0 +1,34 @@
+"""Shared fixtures: the repository on sys.path, a quickly trained mnist-5k victim, a CLI runner."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import parameters  # noqa: E402
+from commands.victim import train_victim  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def victim_path(tmp_path_factory) -> Path:
+    """A real mnist-5k victim, trained for 3 epochs (about 97% test accuracy is not needed here)."""
+    path = tmp_path_factory.mktemp("victim") / "mnist-5k-victim.pt"
+    train_victim(parameters.parse(["train-victim", "--victim_path", str(path), "--epochs", "3",
+                                   "--device", "cpu"]), progress=False)
+    return path
+
+
+def run_cli(*args, cwd=ROOT, timeout=600):
+    """Run main.py in a subprocess; returns CompletedProcess with text output."""
+    return subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def cli():
+    return run_cli

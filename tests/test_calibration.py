@@ -1,0 +1,70 @@
+"""Calibration: the paper's formula on its own CSVs, and the relative calibration's guarantees."""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common.errors import UserError
+from pow import calibration
+from pow.calibration import Baseline, PaperCalibrator, RelativeCalibrator
+
+PAPER = Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "paper"
+needs_paper = pytest.mark.skipif(not PAPER.exists(), reason="../shared/reference/paper not present")
+
+
+def line_baseline(n=20, per_query=0.25, sd=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    q = np.arange(1, n + 1) * 64.0
+    inc = per_query * 64 + rng.normal(0, sd, n)
+    return Baseline(q, np.cumsum(inc), q * 0.01, "synthetic", "cost")
+
+
+@needs_paper
+def test_paper_formula_on_paper_mnist_baseline():
+    base = calibration.load_baseline(PAPER / "time_privacy_cost_mnist.csv", cost_measure="knn")
+    cal = PaperCalibrator(base)
+    assert cal.slope == pytest.approx(np.polyfit(base.queries, base.cost, 1)[0])
+    frame = calibration.read_cost_log(PAPER / "time_privacy_cost_mnist.csv", cost_measure="knn")
+    priced = calibration.add_pow_columns(frame, cal, cost="cost")
+    # the legitimate user sits on its own line: about base**small seconds per 1,000 queries
+    assert 1.0 < calibration.ratio(priced) < 1.2
+
+
+def test_paper_step_is_clipped_and_symmetric():
+    cal = PaperCalibrator(line_baseline(), base=1.0075, min_s=0.1, max_s=100)
+    e = float(cal.expected(6400))
+    assert cal.step_seconds(6400, e) == pytest.approx(1.0)
+    assert cal.step_seconds(6400, e + 200) == pytest.approx(cal.step_seconds(6400, e - 200))
+    assert cal.step_seconds(6400, e + 1e6) == pytest.approx(100)
+
+
+def test_relative_legitimate_user_pays_exactly_the_budget():
+    base = line_baseline(sd=1.0)
+    cal = RelativeCalibrator(base, base=1.05, budget=1.0, tolerance=3.0)
+    frame = pd.DataFrame({"queries": base.queries, "cost": base.cost, "query_time_s": base.time_s})
+    priced = calibration.add_pow_columns(frame, cal, cost="cost")
+    assert calibration.ratio(priced) == pytest.approx(2.0)
+    other = line_baseline(sd=1.0, seed=7)  # another legitimate user, other random draw
+    frame2 = pd.DataFrame({"queries": other.queries, "cost": other.cost, "query_time_s": other.time_s})
+    assert calibration.ratio(calibration.add_pow_columns(frame2, cal, cost="cost")) <= 2.0 + 1e-9
+
+
+def test_relative_attacker_pays_exponentially_then_capped():
+    cal = RelativeCalibrator(line_baseline(), base=1.05, budget=1.0, tolerance=3.0, max_factor=1000)
+    q = np.array([640.0])
+    legit = cal.batch_seconds(q, cal.expected(q))
+    one_batch_over = cal.batch_seconds(q, cal.expected(q) + cal.unit)
+    assert one_batch_over / legit == pytest.approx(1.05)
+    assert cal.batch_seconds(q, cal.expected(q) + 1e9) == pytest.approx(1000 * cal.batch_time_s)
+    below = cal.batch_seconds(q, cal.expected(q) - 50)
+    assert below == pytest.approx(legit)  # one-sided: a cheaper client is not slowed down
+
+
+def test_read_cost_log_rejects_other_layouts(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(UserError, match="expected a run log"):
+        calibration.read_cost_log(bad, cost_measure="entropy")
+    with pytest.raises(UserError, match="does not exist"):
+        calibration.read_cost_log(tmp_path / "none.csv", cost_measure="entropy")

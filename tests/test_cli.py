@@ -1,0 +1,97 @@
+"""Every command through the CLI, and each bad input: clear message, non-zero exit, no traceback."""
+import json
+
+import pytest
+
+COMMANDS = ["demo", "train-victim", "extract", "privacy-cost", "pow-time", "cost-separation"]
+
+
+def test_help_lists_commands(cli):
+    out = cli("--help")
+    assert out.returncode == 0
+    for c in COMMANDS:
+        assert c in out.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_command_help_lists_flags_with_defaults(cli, command):
+    out = cli(command, "--help")
+    assert out.returncode == 0 and "default" in out.stdout
+
+
+def assert_clean_error(out, *needles):
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr
+    for n in needles:
+        assert n in out.stderr, out.stderr
+
+
+def test_unknown_flag(cli):
+    assert_clean_error(cli("extract", "--no_such_flag", "1"), "unrecognized arguments")
+
+
+def test_unknown_dataset(cli):
+    assert_clean_error(cli("extract", "--dataset", "imagenet"), "unknown dataset 'imagenet'", "mnist-5k")
+
+
+def test_unknown_mode(cli, victim_path, tmp_path):
+    assert_clean_error(cli("extract", "--mode", "steal", "--victim_path", victim_path, "--out_dir", tmp_path),
+                       "unknown mode 'steal'", "copycat", "standard")
+
+
+def test_budget_below_one_batch(cli, victim_path, tmp_path):
+    out = cli("extract", "--budget", "10", "--victim_path", victim_path, "--out_dir", tmp_path / "o")
+    assert_clean_error(out, "below one batch")
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_checkpoint_names_the_command(cli, tmp_path):
+    out = cli("extract", "--victim_path", tmp_path / "none.pt", "--out_dir", tmp_path / "o")
+    assert_clean_error(out, "does not exist", "python main.py train-victim --dataset mnist-5k")
+
+
+def test_mismatched_checkpoint(cli, victim_path, tmp_path):
+    out = cli("extract", "--dataset", "fashion-mnist", "--victim_path", victim_path, "--out_dir", tmp_path / "o")
+    assert_clean_error(out, "trained on 'mnist-5k', not 'fashion-mnist'", "train-victim --dataset fashion-mnist")
+    out = cli("extract", "--victim_arch", "resnet18", "--victim_path", victim_path, "--out_dir", tmp_path / "o")
+    assert_clean_error(out, "holds architecture 'mnistnet', not 'resnet18'")
+
+
+def test_corrupt_checkpoint(cli, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert_clean_error(cli("extract", "--victim_path", bad, "--out_dir", tmp_path / "o"), "corrupt")
+
+
+def test_offline_download(cli, tmp_path):
+    out = cli("extract", "--dataset", "mnist", "--data_dir", tmp_path / "empty", "--out_dir", tmp_path / "o")
+    assert_clean_error(out, "--data_dir", "train-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def test_privacy_cost_command(cli, tmp_path):
+    votes = tmp_path / "votes.csv"
+    votes.write_text("c0,c1,c2,c3,c4,c5,c6,c7,c8,c9\n300,0,0,0,0,0,0,0,0,0\n30,30,30,30,30,30,30,30,30,30\n")
+    out = cli("privacy-cost", "--votes", votes, "--sigma", "28", "--delta", "1e-5", "--out", tmp_path / "o.csv")
+    assert out.returncode == 0, out.stderr
+    assert "0.160962" in out.stdout and "0.243638" in out.stdout and "0.404600" in out.stdout
+    assert (tmp_path / "o.csv").exists()
+
+
+@pytest.mark.parametrize("content,needle", [("1,2,x\n", "non-numeric"), ("", "not a readable CSV"),
+                                            ("5\n6\n", "at least two classes"), ("1,-2\n", "non-negative")])
+def test_malformed_votes(cli, tmp_path, content, needle):
+    votes = tmp_path / "votes.csv"
+    votes.write_text(content)
+    assert_clean_error(cli("privacy-cost", "--votes", votes), needle)
+
+
+def test_pow_time_rejects_bad_log(cli, tmp_path):
+    bad = tmp_path / "x.csv"
+    bad.write_text("a,b\n1,2\n")
+    assert_clean_error(cli("pow-time", "--calibration", bad, "--log", bad), "expected a run log")
+
+
+def test_train_victim_writes_sidecar(victim_path):
+    meta = json.loads((victim_path.parent / (victim_path.name + ".json")).read_text())
+    assert set(meta) >= {"dataset", "architecture", "test_accuracy", "epochs", "seed"}
+    assert meta["dataset"] == "mnist-5k" and meta["test_accuracy"] > 80

@@ -1,0 +1,70 @@
+"""Exact kNN votes against brute force; entropy/gap measures; ledger state."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from privacy.accountants import EntropyAccountant, GapAccountant, KnnAccountant, Ledger, create
+from privacy.knn import KnnVoter
+
+
+def brute_votes(q, x, y, k, c):
+    idx = torch.cdist(q.double(), x.double()).topk(k, dim=1, largest=False).indices
+    return torch.nn.functional.one_hot(y[idx], c).sum(1)
+
+
+@pytest.mark.parametrize("n,k", [(20000, 300), (2000, 50), (500, 300)])
+def test_votes_match_brute_force(n, k):
+    g = torch.Generator().manual_seed(n)
+    y = torch.randint(0, 10, (n,), generator=g)
+    logits = torch.randn(n, 10, generator=g) * 3
+    logits[torch.arange(n), y] += 8
+    x = torch.log_softmax(logits, 1)
+    q = torch.log_softmax(torch.randn(700, 10, generator=g) * 4, 1)
+    voter = KnnVoter(x, y, k=k, num_classes=10)
+    votes = voter.votes(q)
+    assert (votes.sum(1) == k).all()
+    agree = (votes == brute_votes(q, x, y, k, 10)).all(1).float().mean()
+    assert agree > 0.99  # exact up to ties at float32 distance resolution
+
+
+def test_fallback_rows_are_exact():
+    # identical training points make every query's threshold catch all of them or none
+    x = torch.zeros(10000, 10)
+    x[5000:] = 5.0
+    y = torch.arange(10000) % 10
+    voter = KnnVoter(x, y, k=300, num_classes=10)
+    votes = voter.votes(torch.full((5, 10), 4.0))
+    assert (votes.sum(1) == 300).all()
+
+
+def test_entropy_and_gap_scores():
+    uniform = torch.full((1, 10), math.log(0.1))
+    certain = torch.log(torch.tensor([[1.0] + [1e-12] * 9]))
+    assert EntropyAccountant().score(uniform).item() == pytest.approx(1.0)
+    assert EntropyAccountant().score(certain).item() == pytest.approx(0.0, abs=1e-9)
+    assert GapAccountant().score(uniform).item() == pytest.approx(1.0)
+    assert GapAccountant().score(certain).item() == pytest.approx(0.0, abs=1e-9)
+
+
+def test_ledger_totals_grow_and_round_trip():
+    g = torch.Generator().manual_seed(0)
+    reps = torch.log_softmax(torch.randn(1000, 10, generator=g) * 3, 1)
+    voter = KnnVoter(reps, torch.randint(0, 10, (1000,), generator=g), k=30, num_classes=10)
+    make = lambda: Ledger([KnnAccountant(voter, sigma=28, delta=1e-5), create("entropy"), create("gap")])  # noqa
+    ledger = make()
+    seen = []
+    for _ in range(3):
+        ledger.add(torch.log_softmax(torch.randn(64, 10, generator=g), 1))
+        seen.append(ledger.totals())
+    for col in seen[0]:
+        assert seen[0][col] < seen[1][col] < seen[2][col]
+    copy = make()
+    copy.load_state_dict(ledger.state_dict())
+    assert copy.totals() == seen[-1]
+
+
+def test_unknown_accountant_lists_names():
+    with pytest.raises(ValueError, match="entropy, gap, knn"):
+        create("pate2")
