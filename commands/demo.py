@@ -10,6 +10,7 @@ from common.io import atomic_savefig, atomic_write_csv, write_params_json
 from commands.victim import train_victim
 from extraction.loop import run_extraction
 from pow import calibration
+from privacy.accountants import cost_column
 
 DEMO_MODES = ("standard", "copycat")
 
@@ -50,7 +51,7 @@ def demo(s, *, progress: bool = True) -> tuple:
     if _victim_ok(s):
         lines.append(f"reusing victim {s.victim_path}")
     else:
-        meta, report = train_victim(s, progress=progress)
+        _, report = train_victim(s, progress=progress)
         lines.append(report)
     logs = {}
     for mode in DEMO_MODES:
@@ -58,12 +59,10 @@ def demo(s, *, progress: bool = True) -> tuple:
         run_extraction(run, progress=progress)
     baseline = out / "standard" / "log.csv"
     rows = []
+    cal = calibration.create(s.calibration_mode, calibration.load_baseline(baseline, cost_measure=s.cost_measure), s)
     for mode in DEMO_MODES:
         log_path = out / mode / "log.csv"
         frame = pd.read_csv(log_path)
-        cal = calibration.create(s.calibration_mode,
-                                 calibration.load_baseline(baseline, cost_measure=s.cost_measure), s)
-        from privacy.accountants import cost_column
         frame = calibration.add_pow_columns(frame, cal, cost=cost_column(s.cost_measure))
         atomic_write_csv(log_path, frame)
         logs[mode] = frame

@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# All benchmarks, one command: bash benchmarks/run.sh  (results in benchmarks/results/)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 benchmarks/bench_privacy.py "$@"
