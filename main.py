@@ -8,6 +8,8 @@ import sys
 def _commands():
     from commands.costs import cost_separation, privacy_cost
     from commands.demo import demo
+    from commands.pow_cmds import pow_calibrate, pow_check, pow_mint
+    from commands.pow_table import pow_table
     from commands.powtime import pow_time
     from commands.victim import train_victim
     from extraction.loop import run_extraction
@@ -20,7 +22,8 @@ def _commands():
         return result, text
 
     return {"demo": demo, "train-victim": train_victim, "extract": extract, "privacy-cost": privacy_cost,
-            "pow-time": pow_time, "cost-separation": cost_separation}
+            "pow-time": pow_time, "cost-separation": cost_separation, "pow-mint": pow_mint,
+            "pow-check": pow_check, "pow-calibrate": pow_calibrate, "pow-table": pow_table}
 
 
 def main(argv=None) -> int:

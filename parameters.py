@@ -14,6 +14,9 @@ from data.registry import DATASETS
 from models.architectures import ARCHITECTURES
 from models.oracle import OUTPUTS
 from pow.calibration import CALIBRATIONS
+from pow.pricing import POW_MODES
+from pow.solver import SOLVERS
+from pow.timing import PUZZLES, TABLES
 from privacy.accountants import COST_MEASURES
 from privacy.rdp import CONVERSIONS
 
@@ -41,7 +44,10 @@ DEFAULTS = dict(
     rdp_conversion="classic", calibration=None, calibration_mode="relative", base=None, pow_budget=1.0,
     tolerance=3.0, max_factor=1000.0, min_s=0.1, max_s=2948.467908, fresh=False, votes=None, log=None,
     out=None, queries=1000, sigmas="28,10", datasets="mnist-5k,fashion-mnist", epochs=None, bases=None,
-    budgets=None,
+    budgets=None, pow="simulated", puzzle="scrypt", pow_subs=1, solver="python", workers=None,
+    timing_table="live", timing_csv="results/pow_timing.csv", stamp=None, solution=None, challenge=None,
+    resource="client", bits=None, work=None, key=None, min_work=1.0, puzzles="hashcash,sha256,scrypt",
+    max_seconds=1.0, trials=20, attacks=None, plot=None, one_sided=False,
 )
 
 
@@ -130,6 +136,28 @@ def _calibration(p: argparse.ArgumentParser) -> None:
                    help="paper: most extra seconds per step, the slowest measured puzzle (default: 2948.47)")
 
 
+def _puzzle(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--puzzle", default=None, choices=PUZZLES,
+                   help="hashcash (SHA-1 bits), sha256 (numeric target) or scrypt (memory-hard numeric "
+                        "target) (default: scrypt)")
+    p.add_argument("--pow_subs", type=int, default=None,
+                   help="sub-solutions per target puzzle; solve-time CV falls as 1/sqrt(n) (default: 1)")
+    p.add_argument("--solver", default=None, choices=SOLVERS,
+                   help="hashcash client: python or native (the hashcash tool) (default: python)")
+    p.add_argument("--workers", type=int, default=None, help="solver processes (default: all cores)")
+
+
+def _pow(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pow", default=None, choices=POW_MODES,
+                   help="simulated: add each puzzle's expected solve time; real: solve every batch's puzzle "
+                        "and add the measured time (default: simulated)")
+    _puzzle(p)
+    p.add_argument("--timing_table", default=None, choices=TABLES,
+                   help="seconds -> difficulty: live (rate measured at start), measured (--timing_csv from "
+                        "pow-calibrate) or paper (the paper's hashcash table) (default: live)")
+    p.add_argument("--timing_csv", default=None, help="pow-calibrate's CSV (default: results/pow_timing.csv)")
+
+
 def _extraction(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=int, default=None, help="queries the attacker may send (default: 1024)")
     p.add_argument("--query_batch", type=int, default=None, help="queries per batch (default: 64)")
@@ -174,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     _training(p)
     _accountant(p)
     _calibration(p)
+    _pow(p)
     p.add_argument("--calibration", default=None,
                    help="legitimate baseline (a standard run's log.csv or a paper time,privacy,queries CSV); "
                         "when given, pow_time_s is filled as the run goes (default: none)")
@@ -195,6 +224,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bases", default=None, help="comma-separated bases: print a ratio sweep instead")
     p.add_argument("--budgets", default=None, help="comma-separated pow budgets for the sweep (relative)")
 
+    p = sub.add_parser("pow-mint", help="solve a puzzle: a hashcash stamp, or a signed numeric-target challenge")
+    _puzzle(p)
+    p.add_argument("--resource", default=None, help="resource the puzzle is bound to (default: client)")
+    p.add_argument("--bits", type=int, default=None, help="hashcash: leading zero bits")
+    p.add_argument("--work", type=float, default=None, help="sha256/scrypt: expected evaluations (default: 1000)")
+    p.add_argument("--challenge", default=None, help="sha256/scrypt: a server's challenge (default: issue one here)")
+    p.add_argument("--key", default=None, help="HMAC key for issuing (default: $POW_SECRET, else a development key)")
+
+    p = sub.add_parser("pow-check", help="verify a hashcash stamp or a challenge solution; says why it fails")
+    p.add_argument("--stamp", default=None, help="a hashcash stamp")
+    p.add_argument("--bits", type=int, default=None, help="hashcash: bits required")
+    p.add_argument("--solution", default=None, help="a pow1 solution (challenge|nonces)")
+    p.add_argument("--min_work", type=float, default=None, help="pow1: least work accepted (default: 1)")
+    p.add_argument("--resource", default=None, help="the expected resource (default: client)")
+    p.add_argument("--key", default=None, help="HMAC key (default: $POW_SECRET, else a development key)")
+
+    p = sub.add_parser("pow-calibrate", help="measure puzzle solve times per difficulty here (CSV and plot)")
+    p.add_argument("--puzzles", default=None, help="comma-separated (default: hashcash,sha256,scrypt)")
+    p.add_argument("--solver", default=None, choices=SOLVERS, help="hashcash client (default: python)")
+    p.add_argument("--workers", type=int, default=None, help="solver processes (default: all cores)")
+    p.add_argument("--pow_subs", type=int, default=None, help="sub-solutions per target puzzle (default: 1)")
+    p.add_argument("--trials", type=int, default=None, help="solves per difficulty (default: 20)")
+    p.add_argument("--max_seconds", type=float, default=None,
+                   help="largest difficulty: about this many seconds per solve (default: 1.0)")
+    p.add_argument("--out", default=None, help="CSV (default: results/pow_timing.csv; plot beside it)")
+
+    p = sub.add_parser("pow-table", help="the paper's PoW table and figure from its own CSVs")
+    p.add_argument("--calibration", required=True, help="time_privacy_cost_D.csv (comma-separated for several)")
+    p.add_argument("--attacks", required=True,
+                   help="model_extraction_attack_accuracy_D.csv (comma-separated, same order)")
+    _calibration(p)
+    p.add_argument("--plot", default=None, help="PNG of accuracy against time, one panel per dataset")
+    p.add_argument("--out", default=None, help="CSV of the table (default: print only)")
+
     p = sub.add_parser("cost-separation",
                        help="mean cost per query of each measure, in-distribution vs out-of-distribution")
     p.add_argument("--datasets", default=None, help="comma-separated datasets (default: mnist-5k,fashion-mnist)")
@@ -214,13 +277,15 @@ def resolve(args: argparse.Namespace) -> Settings:
     dataset = given.get("dataset", DEFAULTS["dataset"])
     preset = PRESETS.get(dataset, PRESETS[DEFAULT_DATASET])
     values = {**DEFAULTS, **preset, **given, "dataset": dataset}
+    command = values.get("command")
     if "epochs" not in given:
         values["epochs"] = preset["victim_epochs"]
     if values.get("victim_path") is None:
         values["victim_path"] = str(Path("checkpoints") / f"{dataset}-victim.pt")
+    if command == "pow-table" and "calibration_mode" not in given:
+        values["calibration_mode"] = "paper"
     if values.get("base") is None:
         values["base"] = 1.0075 if values["calibration_mode"] == "paper" else 1.05
-    command = values.get("command")
     if values.get("out_dir") is None:
         values["out_dir"] = "results/demo" if command == "demo" else f"results/{dataset}-{values['mode']}"
     return Settings(values)

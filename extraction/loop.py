@@ -27,6 +27,7 @@ from models.checkpoint import default_stolen_arch, load_victim
 from models.oracle import VictimOracle
 from models.training import make_optimizer, predict_logits, train_epochs
 from pow import calibration
+from pow.pricing import PowPayer
 from privacy import accountants
 from privacy.accountants import Ledger, cost_column
 from privacy.knn import KnnVoter
@@ -34,7 +35,8 @@ from privacy.knn import KnnVoter
 log = logging.getLogger(__name__)
 
 LOG_COLUMNS = ["round", "queries", "accuracy", "fidelity", "privacy_cost", "privacy_eps", "entropy_cost",
-               "gap_cost", "query_time_s", "pow_time_s", "total_time_s", "train_time_s"]
+               "gap_cost", "query_time_s", "pow_time_s", "total_time_s", "pow_work", "pow_difficulty",
+               "train_time_s"]
 #: settings that may differ between a run and its resumption
 RESUMABLE_CHANGES = {"fresh", "device", "budget", "command"}
 
@@ -97,10 +99,11 @@ def run_extraction(s, *, progress: bool = True) -> dict:
     ledger = build_ledger(victim, splits.victim_x, splits.victim_y, s, device, spec.num_classes)
     oracle = VictimOracle(victim, device=device, output=s.victim_output, ledger=ledger)
     attack = attacks.create(s.mode, AttackContext(spec, splits.pool_x, s.budget, s.seed, s.data_dir, s.ood_pool))
-    calibrator = None
+    calibrator = payer = None
     if s.calibration:
         baseline = calibration.load_baseline(s.calibration, cost_measure=s.cost_measure)
         calibrator = calibration.create(s.calibration_mode, baseline, s)
+        payer = PowPayer(s, resource=f"{s.dataset}-{s.mode}")
     cost_col = cost_column(s.cost_measure)
 
     stolen = architectures.create(s.stolen_arch or default_stolen_arch(spec), spec).to(device)
@@ -111,10 +114,11 @@ def run_extraction(s, *, progress: bool = True) -> dict:
 
     out_dir = Path(s.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows, xs, answers, pow_time = [], [], [], 0.0
+    rows, xs, answers, pow_time, pow_work = [], [], [], 0.0, 0.0
     state = _load_state(out_dir, s)
     if state is not None:
         rows, xs, answers, pow_time = state["rows"], state["xs"], state["answers"], state["pow_time_s"]
+        pow_work = state.get("pow_work", 0.0)
         stolen.load_state_dict(state["stolen"])
         optimizer.load_state_dict(state["optimizer"])
         oracle.load_state_dict(state["oracle"])
@@ -122,8 +126,9 @@ def run_extraction(s, *, progress: bool = True) -> dict:
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         log.info("resuming %s after %d queries", out_dir, oracle.queries)
-    params_path = write_params_json(out_dir, {**s.as_dict(), "calibrator": calibrator.describe()
-                                              if calibrator else None}, "extract")
+    params_path = write_params_json(out_dir, {
+        **s.as_dict(), "calibrator": calibrator.describe() if calibrator else None,
+        "pow_pricer": payer.describe() if payer else None}, "extract")
 
     bar = tqdm(total=s.budget, initial=min(oracle.queries, s.budget), unit="query", disable=not progress,
                desc=f"{s.mode} on {s.dataset}")
@@ -140,8 +145,13 @@ def run_extraction(s, *, progress: bool = True) -> dict:
             answers.append(y)
             bar.update(len(x))
         totals = oracle.totals()
+        difficulty = np.nan
         if calibrator is not None:
-            pow_time += float(calibrator.extra_seconds(q_prev, totals["queries"], totals[cost_col]))
+            seconds = float(calibrator.extra_seconds(q_prev, totals["queries"], totals[cost_col]))
+            paid = payer.pay(seconds, batches=-(-(totals["queries"] - q_prev) // s.query_batch))
+            pow_time += paid["seconds"]
+            pow_work += paid["work"]
+            difficulty = paid["difficulty"]
         start = time.perf_counter()
         all_x, all_y = torch.cat([to_float(x) for x in xs]), torch.cat(answers)
         if s.stolen_epochs:
@@ -157,16 +167,19 @@ def run_extraction(s, *, progress: bool = True) -> dict:
             "query_time_s": totals["query_time_s"],
             "pow_time_s": pow_time if calibrator is not None else np.nan,
             "total_time_s": totals["query_time_s"] + pow_time if calibrator is not None else np.nan,
+            "pow_work": pow_work if calibrator is not None else np.nan, "pow_difficulty": difficulty,
             "train_time_s": (rows[-1]["train_time_s"] if rows else 0.0) + train_time,
         })
         bar.set_postfix(acc=f"{rows[-1]['accuracy']:.1f}", cost=f"{totals[cost_col]:.1f}")
         atomic_write_csv(out_dir / "log.csv", pd.DataFrame(rows, columns=LOG_COLUMNS))
         atomic_torch_save({
-            "settings": s.as_dict(), "rows": rows, "xs": xs, "answers": answers, "pow_time_s": pow_time,
+            "settings": s.as_dict(), "rows": rows, "xs": xs, "answers": answers, "pow_time_s": pow_time, "pow_work": pow_work,
             "stolen": stolen.state_dict(), "optimizer": optimizer.state_dict(), "oracle": oracle.state_dict(),
             "attack": attack.state_dict(), "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
         }, out_dir / "state.pt")
     bar.close()
+    if payer is not None:
+        payer.close()
     atomic_torch_save({"state_dict": stolen.state_dict(), "dataset": s.dataset}, out_dir / "stolen.pt")
     return {"log": out_dir / "log.csv", "params": params_path, "final": rows[-1] if rows else {},
             "calibrator": calibrator.describe() if calibrator else None}

@@ -85,10 +85,11 @@ class PaperCalibrator:
     """The paper's calibration: base ** |cost - expected| seconds per 1,000 queries, clipped."""
     name = "paper"
 
-    def __init__(self, baseline: Baseline, *, base: float = 1.0075, min_s: float = 0.1, max_s: float = 2948.467908):
+    def __init__(self, baseline: Baseline, *, base: float = 1.0075, min_s: float = 0.1, max_s: float = 2948.467908,
+                 one_sided: bool = False):
         if base <= 1 or min_s <= 0 or max_s < min_s:
             raise ValueError("paper calibration needs base > 1 and 0 < min_s <= max_s")
-        self.base, self.min_s, self.max_s = base, min_s, max_s
+        self.base, self.min_s, self.max_s, self.one_sided = base, min_s, max_s, one_sided
         if len(baseline.queries) >= 2:
             self.slope, self.intercept = np.polyfit(baseline.queries, baseline.cost, 1)
         else:
@@ -97,9 +98,15 @@ class PaperCalibrator:
     def expected(self, queries):
         return self.slope * np.asarray(queries, float) + self.intercept
 
+    def deviation(self, queries, cost):
+        """|cost - expected| (the paper), or max(0, cost - expected) when one-sided."""
+        dev = np.asarray(cost, float) - self.expected(queries)
+        return np.maximum(dev, 0.0) if self.one_sided else np.abs(dev)
+
     def step_seconds(self, queries, cost):
-        """Extra seconds for one 1,000-query step ending at (queries, cost)."""
-        log_s = np.abs(np.asarray(cost, float) - self.expected(queries)) * math.log(self.base)
+        """Extra seconds for one 1,000-query step ending at (queries, cost); computed in log space, so a
+        deviation that would overflow base ** dev (DFME's) lands on max_s instead of inf."""
+        log_s = self.deviation(queries, cost) * math.log(self.base)
         return np.exp(np.clip(log_s, math.log(self.min_s), math.log(self.max_s)))
 
     def extra_seconds(self, q_prev, queries, cost):
@@ -107,7 +114,7 @@ class PaperCalibrator:
 
     def describe(self) -> dict:
         return {"calibration_mode": self.name, "base": self.base, "min_s": self.min_s, "max_s": self.max_s,
-                "slope": float(self.slope), "intercept": float(self.intercept)}
+                "one_sided": self.one_sided, "slope": float(self.slope), "intercept": float(self.intercept)}
 
 
 class RelativeCalibrator:
@@ -158,7 +165,8 @@ class RelativeCalibrator:
 def create(mode: str, baseline: Baseline, settings) -> PaperCalibrator | RelativeCalibrator:
     """Build the calibrator named by --calibration_mode from the settings."""
     if mode == "paper":
-        return PaperCalibrator(baseline, base=settings.base, min_s=settings.min_s, max_s=settings.max_s)
+        return PaperCalibrator(baseline, base=settings.base, min_s=settings.min_s, max_s=settings.max_s,
+                               one_sided=bool(getattr(settings, "one_sided", False)))
     if mode == "relative":
         return RelativeCalibrator(baseline, base=settings.base, budget=settings.pow_budget,
                                   tolerance=settings.tolerance, max_factor=settings.max_factor,

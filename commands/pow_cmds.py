@@ -1,0 +1,128 @@
+"""pow-mint, pow-check and pow-calibrate: puzzles from the command line, and the re-measured timing table."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from common.errors import UserError
+from common.io import atomic_savefig, atomic_write_csv, write_params_json
+from pow import hashcash, puzzles
+from pow.solver import Solver, default_workers, measure_rate
+from pow.timing import HASH_KIND, TIMING_COLUMNS
+
+DEV_KEY_ENV = "POW_SECRET"  # environment variable holding the server's HMAC key
+DEV_KEY = "insecure-development-key"  # used only when neither --key nor POW_SECRET is set
+
+
+def _key(s) -> bytes:
+    return (s.key or os.environ.get(DEV_KEY_ENV) or DEV_KEY).encode()
+
+
+def pow_mint(s) -> tuple:
+    """Solve a puzzle: a hashcash stamp (--bits), or a pow1 challenge (--challenge, or one issued here)."""
+    workers = s.workers or default_workers()
+    start = time.perf_counter()
+    with Solver(workers) as solver:
+        if s.puzzle == "hashcash":
+            if not s.bits:
+                raise UserError("pow-mint --puzzle hashcash needs --bits")
+            result, tried = solver.solve_hashcash(s.resource, int(s.bits), solver=s.solver)
+        else:
+            challenge = s.challenge or puzzles.issue(key=_key(s), resource=s.resource, work=float(s.work or 1000),
+                                                     kind=s.puzzle, subs=s.pow_subs)
+            if isinstance(puzzles.parse(challenge), str):
+                raise UserError(f"--challenge is not a challenge: {puzzles.parse(challenge)}")
+            result, tried = solver.solve_target(challenge)
+    seconds = time.perf_counter() - start
+    info = {"solution": result, "seconds": seconds, "evaluations": tried, "workers": workers}
+    return info, f"{result}\n# {seconds:.4f} s, {tried:.0f} evaluations, {workers} workers"
+
+
+def pow_check(s) -> tuple:
+    """Verify a hashcash stamp (--stamp) or a pow1 solution (--solution); says why it fails."""
+    if bool(s.stamp) == bool(s.solution):
+        raise UserError("pow-check needs exactly one of --stamp (hashcash) or --solution (pow1)")
+    if s.stamp:
+        if not s.bits:
+            raise UserError("pow-check --stamp needs --bits (the difficulty required)")
+        verdict = hashcash.check(s.stamp, bits=int(s.bits), resource=s.resource)
+    else:
+        verdict = puzzles.verify(s.solution, key=_key(s), resource=s.resource, min_work=float(s.min_work))
+    text = "ok" if verdict else f"rejected: {verdict.reason}"
+    if not verdict:
+        raise UserError(text)
+    return verdict, text
+
+
+def _difficulties(puzzle: str, rate: float, max_seconds: float) -> list:
+    if puzzle == "hashcash":
+        top = int(np.floor(np.log2(max(rate * max_seconds, 2))))
+        return list(range(1, max(top, 1) + 1))
+    top = max(rate * max_seconds, 4.0)
+    return [float(w) for w in np.unique(np.round(np.geomspace(1, top, 10), 3))]
+
+
+def pow_calibrate(s, *, progress: bool = True) -> tuple:
+    """Measure solve-time mean / median / p90 per difficulty for each puzzle; CSV and plot."""
+    from tqdm.auto import tqdm
+
+    workers = s.workers or default_workers()
+    chosen = [p for p in str(s.puzzles).split(",") if p]
+    rows = []
+    key = os.urandom(32)
+    with Solver(workers) as solver:
+        for puzzle in chosen:
+            if puzzle == "hashcash" and s.solver == "native":
+                rate = hashcash.native_rate() * workers
+            else:
+                rate = measure_rate(HASH_KIND[puzzle], workers=workers, seconds=0.3)
+            levels = _difficulties(puzzle, rate, float(s.max_seconds))
+            for level in tqdm(levels, desc=puzzle, disable=not progress, leave=False):
+                times, tries = [], []
+                for _ in range(int(s.trials)):
+                    start = time.perf_counter()
+                    if puzzle == "hashcash":
+                        _, tried = solver.solve_hashcash("calibrate", int(level), solver=s.solver)
+                    else:
+                        ch = puzzles.issue(key=key, resource="calibrate", work=level, kind=puzzle, subs=s.pow_subs)
+                        _, tried = solver.solve_target(ch)
+                    times.append(time.perf_counter() - start)
+                    tries.append(tried)
+                t = np.array(times)
+                rows.append({"puzzle": puzzle, "solver": s.solver if puzzle == "hashcash" else "python",
+                             "workers": workers, "difficulty": level,
+                             "expected_work": 2.0 ** level if puzzle == "hashcash" else level,
+                             "trials": len(t), "mean_tries": float(np.mean(tries)), "mean_s": float(t.mean()),
+                             "median_s": float(np.median(t)), "p90_s": float(np.quantile(t, 0.9)), "rate": rate})
+    frame = pd.DataFrame(rows, columns=TIMING_COLUMNS)
+    out = Path(s.out or "results/pow_timing.csv")
+    atomic_write_csv(out, frame)
+    write_params_json(out.parent, s.as_dict(), "pow-calibrate")
+    _plot_timing(frame, out.with_suffix(".png"))
+    text = frame.to_string(index=False, float_format=lambda v: f"{v:.6g}")
+    return frame, f"{text}\nwritten to {out} and {out.with_suffix('.png')}"
+
+
+def _plot_timing(frame: pd.DataFrame, path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for puzzle, g in frame.groupby("puzzle"):
+        ax.errorbar(g["expected_work"], g["mean_s"], yerr=[g["mean_s"] - g["median_s"].clip(upper=g["mean_s"]),
+                                                            (g["p90_s"] - g["mean_s"]).clip(lower=0)],
+                    fmt="-o", ms=3, capsize=2, label=f"{puzzle} (mean, median to p90)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("expected work (hash evaluations)")
+    ax.set_ylabel("solve time (s)")
+    ax.set_title("Measured puzzle solve time on this machine")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    atomic_savefig(fig, path)
+    plt.close(fig)

@@ -1,0 +1,74 @@
+"""Paying the calibrated PoW inside the extraction loop: simulated (expected time) or real (solved).
+
+The calibrator prices a round in seconds; the payer turns each batch's share into a puzzle difficulty
+(timing.PuzzlePricer) and either adds the expected solve time (--pow simulated) or issues, solves and
+verifies one puzzle per batch and adds the measured time (--pow real).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from common.errors import UserError
+from pow import hashcash, puzzles
+from pow.solver import Solver, default_workers, measure_rate
+from pow.timing import make_pricer
+
+POW_MODES = ("simulated", "real")
+RATE_SECONDS = 0.5  # how long the live rate measurement runs
+
+
+class PowPayer:
+    """Prices and pays one client's PoW, batch by batch."""
+
+    def __init__(self, s, *, resource: str):
+        if s.pow not in POW_MODES:
+            raise UserError(f"unknown --pow '{s.pow}'; valid: {', '.join(POW_MODES)}")
+        self.mode, self.puzzle, self.subs = s.pow, s.puzzle, s.pow_subs
+        self.solver_name = s.solver
+        self.workers = s.workers or default_workers()
+        self.resource = resource
+        self.pricer = make_pricer(s.puzzle, table=s.timing_table, solver=s.solver, workers=self.workers,
+                                  timing_csv=s.timing_csv,
+                                  measure=lambda kind, w: measure_rate(kind, workers=w, seconds=RATE_SECONDS))
+        self.key = os.urandom(32)
+        self.replay = puzzles.ReplayGuard()
+        self._solver = Solver(self.workers).__enter__() if self.mode == "real" else None
+
+    def pay(self, seconds: float, *, batches: int) -> dict:
+        """Pay `seconds` of calibrated PoW spread over `batches` batches; returns seconds, work, difficulty."""
+        if batches <= 0 or seconds <= 0:
+            return {"seconds": 0.0, "work": 0.0, "difficulty": 0.0}
+        difficulty = self.pricer.difficulty(seconds / batches)
+        work = batches * self.pricer.work(difficulty)
+        if self.mode == "simulated":
+            return {"seconds": batches * self.pricer.expected_seconds(difficulty), "work": work,
+                    "difficulty": difficulty}
+        spent = 0.0
+        for _ in range(batches):
+            start = time.perf_counter()
+            self._solve_one(difficulty)
+            spent += time.perf_counter() - start
+        return {"seconds": spent, "work": work, "difficulty": difficulty}
+
+    def _solve_one(self, difficulty: float) -> None:
+        if self.puzzle == "hashcash":
+            stamp, _ = self._solver.solve_hashcash(self.resource, int(difficulty), solver=self.solver_name)
+            verdict = hashcash.check(stamp, bits=int(difficulty), resource=self.resource)
+        else:
+            challenge = puzzles.issue(key=self.key, resource=self.resource, work=difficulty, kind=self.puzzle,
+                                      subs=self.subs)
+            solution, _ = self._solver.solve_target(challenge)
+            verdict = puzzles.verify(solution, key=self.key, resource=self.resource, min_work=difficulty,
+                                     replay=self.replay)
+        if not verdict:
+            raise RuntimeError(f"the server rejected a solved puzzle: {verdict.reason}")
+
+    def describe(self) -> dict:
+        return {"pow": self.mode, "solver": self.solver_name, "workers": self.workers, "subs": self.subs,
+                **self.pricer.describe()}
+
+    def close(self) -> None:
+        if self._solver is not None:
+            self._solver.__exit__(None, None, None)
+            self._solver = None

@@ -1,0 +1,105 @@
+"""From calibrated seconds to puzzle difficulty, and from difficulty to expected work and time.
+
+The calibrators (calibration.py) output seconds of PoW. A PuzzlePricer turns them into a difficulty:
+  hashcash  the bit count whose mean solve time in the timing table is nearest in log space
+            (geometric rounding: t is rounded to bits b when t lies between the geometric means
+            of b's time and its neighbours'); expected work 2^bits;
+  sha256 / scrypt  exact: work W = seconds x rate (evaluations per second), a real number.
+The timing table is measured here by pow-calibrate (CSV), or the paper's (PAPER_HASHCASH_SECONDS), or
+'live': our solver's rate measured at start, with hashcash times 2^bits / rate.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from common.errors import UserError, unknown_name
+
+PUZZLES = ("hashcash", "sha256", "scrypt")
+TABLES = ("live", "measured", "paper")
+#: the paper's measured mean SHA-1 hashcash solve time (Python solver), seconds, for bits 1..32
+PAPER_HASHCASH_SECONDS = {
+    1: 0.000018, 2: 0.000046, 3: 0.00005, 4: 0.000056, 5: 0.000181, 6: 0.000315, 7: 0.000325, 8: 0.000704,
+    9: 0.001079, 10: 0.003480, 11: 0.007472, 12: 0.008756, 13: 0.018955, 14: 0.049600, 15: 0.065657,
+    16: 0.239012, 17: 0.489723, 18: 0.549378, 19: 1.474332, 20: 2.927822, 21: 4.340743, 22: 8.519815,
+    23: 15.106678, 24: 23.196483, 25: 151.251428, 26: 245.364584, 27: 565.612546, 28: 666.044603,
+    29: 1069.022753, 30: 1533.945173, 31: 2832.509785, 32: 2948.467908,
+}
+HASH_KIND = {"hashcash": "sha1", "sha256": "sha256", "scrypt": "scrypt"}  # function each puzzle evaluates
+TIMING_COLUMNS = ["puzzle", "solver", "workers", "difficulty", "expected_work", "trials", "mean_tries",
+                  "mean_s", "median_s", "p90_s", "rate"]
+
+
+class PuzzlePricer:
+    """Maps PoW seconds to a difficulty, and a difficulty to expected work and seconds."""
+
+    def __init__(self, puzzle: str, *, rate: float, bits_seconds: dict | None = None, source: str = "live"):
+        if puzzle not in PUZZLES:
+            raise unknown_name("puzzle", puzzle, PUZZLES)
+        if rate <= 0:
+            raise ValueError("the solve rate must be positive")
+        self.puzzle, self.rate, self.source = puzzle, float(rate), source
+        if puzzle == "hashcash" and bits_seconds is None:
+            bits_seconds = {b: 2.0 ** b / rate for b in range(1, 41)}
+        self.bits_seconds = dict(sorted(bits_seconds.items())) if bits_seconds else None
+
+    def difficulty(self, seconds: float) -> float:
+        """Bits (hashcash) or expected work W (target puzzles) for a PoW time."""
+        if self.puzzle == "hashcash":
+            bits = np.array(list(self.bits_seconds))
+            times = np.array(list(self.bits_seconds.values()))
+            return int(bits[np.argmin(np.abs(np.log(times) - math.log(max(seconds, 1e-12))))])
+        return max(1.0, seconds * self.rate)
+
+    def work(self, difficulty: float) -> float:
+        return 2.0 ** difficulty if self.puzzle == "hashcash" else float(difficulty)
+
+    def expected_seconds(self, difficulty: float) -> float:
+        if self.puzzle == "hashcash":
+            return float(self.bits_seconds[int(difficulty)])
+        return float(difficulty) / self.rate
+
+    def describe(self) -> dict:
+        return {"puzzle": self.puzzle, "rate": self.rate, "table": self.source}
+
+
+def read_timing_csv(path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"timing table {path} does not exist; create it with: python main.py pow-calibrate "
+                        f"--out {path} (or use --timing_table live or paper)")
+    frame = pd.read_csv(path)
+    missing = set(TIMING_COLUMNS) - set(frame.columns)
+    if missing:
+        raise UserError(f"timing table {path} lacks columns {sorted(missing)}; recreate it with pow-calibrate")
+    return frame
+
+
+def make_pricer(puzzle: str, *, table: str, solver: str = "python", workers: int = 1, timing_csv=None,
+                measure=None) -> PuzzlePricer:
+    """The pricer for --puzzle/--timing_table; `measure(kind, workers)` gives a live rate."""
+    if table not in TABLES:
+        raise unknown_name("timing table", table, TABLES)
+    if table == "paper":
+        if puzzle != "hashcash":
+            raise UserError("the paper's timing table is for hashcash (SHA-1 bits); use --puzzle hashcash")
+        rate = float(np.median([2.0 ** b / t for b, t in PAPER_HASHCASH_SECONDS.items() if b >= 16]))
+        return PuzzlePricer(puzzle, rate=rate, bits_seconds=PAPER_HASHCASH_SECONDS, source="paper")
+    if table == "measured":
+        frame = read_timing_csv(timing_csv)
+        rows = frame[(frame["puzzle"] == puzzle) & (frame["solver"] == solver)]
+        if rows.empty:
+            raise UserError(f"timing table {timing_csv} has no rows for puzzle {puzzle} with solver {solver}; "
+                            f"rerun pow-calibrate with --puzzles {puzzle} --solver {solver}")
+        rate = float(rows["rate"].median())
+        bits = ({int(r.difficulty): float(r.mean_s) for r in rows.itertuples()} if puzzle == "hashcash" else None)
+        return PuzzlePricer(puzzle, rate=rate, bits_seconds=bits, source=f"measured ({timing_csv})")
+    if solver == "native" and puzzle == "hashcash":
+        from pow.hashcash import native_rate
+        rate = native_rate() * workers
+    else:
+        rate = measure(HASH_KIND[puzzle], workers)
+    return PuzzlePricer(puzzle, rate=rate, source=f"live ({solver}, {workers} workers)")
