@@ -77,16 +77,18 @@ def prefix(bits: int, resource: str, *, date: str | None = None, ext: str = "", 
     return f"1:{bits}:{date or stamp_date()}:{resource}:{ext}:{rand}:"
 
 
-def search(stamp_prefix: str, bits: int, start: int, count: int) -> str | None:
-    """Try counters start..start+count-1; return the first full stamp with `bits` zero bits, else None."""
+def search(stamp_prefix: str, bits: int, start: int, count: int) -> int | None:
+    """Try counters start..start+count-1; return the first whose stamp has `bits` zero bits, else None.
+
+    The stamp is stamp_prefix + encode_b64int(counter).
+    """
     base = hashlib.sha1(stamp_prefix.encode())
     shift = 160 - bits
     for counter in range(start, start + count):
-        text = encode_b64int(counter)
         h = base.copy()
-        h.update(text.encode())
+        h.update(encode_b64int(counter).encode())
         if int.from_bytes(h.digest(), "big") >> shift == 0:
-            return stamp_prefix + text
+            return counter
     return None
 
 

@@ -11,11 +11,11 @@ import time
 
 from common.errors import UserError
 from pow import hashcash, puzzles
-from pow.solver import Solver, default_workers, measure_rate
+from pow.solver import Solver, default_workers, profile_solver
 from pow.timing import make_pricer
 
 POW_MODES = ("simulated", "real")
-RATE_SECONDS = 0.5  # how long the live rate measurement runs
+PROFILE_SECONDS = 1.0  # how long the live solver profile runs
 
 
 class PowPayer:
@@ -30,7 +30,8 @@ class PowPayer:
         self.resource = resource
         self.pricer = make_pricer(s.puzzle, table=s.timing_table, solver=s.solver, workers=self.workers,
                                   timing_csv=s.timing_csv,
-                                  measure=lambda kind, w: measure_rate(kind, workers=w, seconds=RATE_SECONDS))
+                                  measure=lambda kind, w: profile_solver(kind, workers=w, subs=s.pow_subs,
+                                                                         seconds=PROFILE_SECONDS))
         self.key = os.urandom(32)
         self.replay = puzzles.ReplayGuard()
         self._solver = Solver(self.workers).__enter__() if self.mode == "real" else None
@@ -72,3 +73,26 @@ class PowPayer:
         if self._solver is not None:
             self._solver.__exit__(None, None, None)
             self._solver = None
+
+
+def compare_real_simulated(simulated_log, real_log, params_json) -> dict:
+    """Real against simulated PoW time of two runs of the same settings, with the expected spread.
+
+    Each batch's puzzle takes overhead_s + work/rate seconds on average; the work part of each of its
+    `subs` sub-solutions is geometric, so one batch's time has standard deviation (W/rate)/sqrt(subs).
+    """
+    import json
+
+    import pandas as pd
+
+    sim, real = pd.read_csv(simulated_log), pd.read_csv(real_log)
+    params = json.load(open(params_json))["settings"]
+    pricer, batch = params["pow_pricer"], params["query_batch"]
+    subs = 1 if params["puzzle"] == "hashcash" else params["pow_subs"]
+    batches = sim["queries"].diff().fillna(sim["queries"].iloc[0]).to_numpy() / batch
+    work = sim["pow_work"].diff().fillna(sim["pow_work"].iloc[0]).to_numpy() / batches
+    work_s = work / pricer["rate"]
+    sd = float((batches * work_s ** 2 / subs).sum() ** 0.5)
+    a, b = float(sim["pow_time_s"].iloc[-1]), float(real["pow_time_s"].iloc[-1])
+    return {"simulated_s": a, "real_s": b, "difference_s": b - a, "expected_sd_s": sd,
+            "z": (b - a) / sd if sd > 0 else float("nan")}

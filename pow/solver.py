@@ -1,12 +1,15 @@
-"""Client solvers that use every core: worker processes scan disjoint nonce ranges.
+"""Client solvers that use every core: worker processes race over disjoint nonce ranges.
 
-solve_target() solves pow1 challenges (sha256 / scrypt); solve_hashcash() mints hashcash stamps with
-the Python SHA-1 scanner or, with solver='native', with the hashcash tool (one process per worker).
-Each returns the solution and the number of evaluations tried.
+Each worker scans blocks of nonces (worker w takes blocks w, w + W, w + 2W, ...) and checks a shared
+'found' flag between blocks, so all stop within one block of the first solution. solve_target() solves
+pow1 challenges (sha256 / scrypt); solve_hashcash() mints hashcash stamps with the Python SHA-1
+scanner or, with solver='native', with the hashcash tool (one process per worker). Each returns the
+solution and the number of evaluations tried.
 """
 from __future__ import annotations
 
 import hashlib
+import math
 import multiprocessing as mp
 import os
 import subprocess
@@ -15,33 +18,74 @@ import time
 from pow import hashcash, puzzles
 
 SOLVERS = ("python", "native")
-MIN_CHUNK = {"sha256": 4096, "scrypt": 8, "sha1": 4096}  # evaluations per task, at least
-MAX_CHUNK = {"sha256": 1 << 16, "scrypt": 256, "sha1": 1 << 16}  # ... and at most (~50 ms of work)
+BLOCK = {"sha256": 2048, "sha1": 2048, "scrypt": 2}  # evaluations between looks at the shared flag (~2 ms)
+NOT_FOUND = -1
+
+_found = None  # the shared flag/value in each worker process (set by the pool initializer)
 
 
 def default_workers() -> int:
     return os.cpu_count() or 1
 
 
-def _scan_target(args):
-    kind, text, index, start, count, limit = args
+def _scan_target(kind, text, index, limit, start, count):
     if kind == "sha256":
         base = hashlib.sha256(f"{text}|{index}|".encode())
         for nonce in range(start, start + count):
             h = base.copy()
             h.update(b"%x" % nonce)
             if int.from_bytes(h.digest(), "big") < limit:
-                return nonce, nonce - start + 1
-        return None, count
+                return nonce
+        return None
     for nonce in range(start, start + count):
         if int.from_bytes(puzzles.digest(kind, puzzles.sub_input(text, index, nonce)), "big") < limit:
-            return nonce, nonce - start + 1
-    return None, count
+            return nonce
+    return None
 
 
-def _scan_hashcash(args):
-    stamp_prefix, bits, start, count = args
-    return hashcash.search(stamp_prefix, bits, start, count), count
+def _scan(task, start, count):
+    if task[0] == "sha1":
+        return hashcash.search(task[1], task[2], start, count)
+    return _scan_target(*task, start, count)
+
+
+def _init_worker(found):
+    global _found
+    _found = found
+
+
+def _race(args):
+    """Scan this worker's blocks until anyone has found a solution; returns evaluations tried."""
+    task, worker, workers, block, found = args
+    found = found if found is not None else _found
+    start, tried = worker * block, 0
+    while found.value == NOT_FOUND:
+        hit = _scan(task, start, block)
+        if hit is not None:
+            tried += hit - start + 1
+            with found.get_lock():
+                if found.value == NOT_FOUND:
+                    found.value = hit
+            return tried
+        tried += block
+        start += workers * block
+    return tried
+
+
+class _Local:
+    """A stand-in for the shared value when solving in-process."""
+
+    def __init__(self):
+        self.value = NOT_FOUND
+
+    def get_lock(self):
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 class Solver:
@@ -49,11 +93,13 @@ class Solver:
 
     def __init__(self, workers: int | None = None):
         self.workers = max(1, workers or default_workers())
-        self._pool = None
+        self._pool = self._found = None
 
     def __enter__(self):
         if self.workers > 1:
-            self._pool = mp.get_context("fork").Pool(self.workers)
+            ctx = mp.get_context("fork")
+            self._found = ctx.Value("q", NOT_FOUND)
+            self._pool = ctx.Pool(self.workers, initializer=_init_worker, initargs=(self._found,))
         return self
 
     def __exit__(self, *exc):
@@ -61,12 +107,15 @@ class Solver:
             self._pool.terminate()
             self._pool = None
 
-    def _map(self, fn, tasks):
-        return self._pool.map(fn, tasks) if self._pool is not None else [fn(t) for t in tasks]
-
-    @staticmethod
-    def _chunk(kind: str, expected: float, workers: int) -> int:
-        return int(min(MAX_CHUNK[kind], max(MIN_CHUNK[kind], expected / workers / 4)))
+    def _solve(self, task, block) -> tuple:
+        """(winning nonce, evaluations tried by all workers)."""
+        if self._pool is None:
+            local = _Local()
+            tried = _race((task, 0, 1, block, local))
+            return local.value, tried
+        self._found.value = NOT_FOUND
+        tried = sum(self._pool.map(_race, [(task, w, self.workers, block, None) for w in range(self.workers)]))
+        return self._found.value, tried
 
     def solve_target(self, challenge: str) -> tuple:
         """(solution text, evaluations tried) for a pow1 challenge."""
@@ -74,36 +123,22 @@ class Solver:
         if isinstance(ch, str):
             raise ValueError(ch)
         limit = puzzles.threshold(ch.work, ch.subs)
-        chunk = self._chunk(ch.kind, ch.work / ch.subs, self.workers)
-        nonces, tried, start = [], 0, 0
+        nonces, tried = [], 0
         for index in range(ch.subs):
-            found = None
-            while found is None:
-                tasks = [(ch.kind, challenge, index, start + w * chunk, chunk, limit) for w in range(self.workers)]
-                start += self.workers * chunk
-                for nonce, count in self._map(_scan_target, tasks):
-                    tried += count
-                    if nonce is not None and found is None:
-                        found = nonce
-            nonces.append(found)
+            nonce, count = self._solve((ch.kind, challenge, index, limit), BLOCK[ch.kind])
+            nonces.append(nonce)
+            tried += count
         return f"{challenge}|{','.join(f'{n:x}' for n in nonces)}", tried
 
     def solve_hashcash(self, resource: str, bits: int, *, solver: str = "python") -> tuple:
-        """(stamp, evaluations tried or expected) for a hashcash stamp of `bits` bits."""
+        """(stamp, evaluations tried, or expected for the native tool) for a stamp of `bits` bits."""
         if solver == "native":
             return self._native(resource, bits), 2.0 ** bits
         if solver != "python":
             raise ValueError(f"unknown solver '{solver}'; valid solvers: {', '.join(SOLVERS)}")
         stamp_prefix = hashcash.prefix(bits, resource)
-        chunk = self._chunk("sha1", 2.0 ** bits, self.workers)
-        start, tried = 0, 0
-        while True:
-            tasks = [(stamp_prefix, bits, start + w * chunk, chunk) for w in range(self.workers)]
-            start += self.workers * chunk
-            for stamp, count in self._map(_scan_hashcash, tasks):
-                tried += count
-                if stamp is not None:
-                    return stamp, tried
+        counter, tried = self._solve(("sha1", stamp_prefix, bits), BLOCK["sha1"])
+        return stamp_prefix + hashcash.encode_b64int(counter), tried
 
     def _native(self, resource: str, bits: int) -> str:
         """Race `workers` hashcash processes (each with its own random field); the first stamp wins."""
@@ -129,17 +164,54 @@ class Solver:
 
 
 def measure_rate(kind: str, *, workers: int = 1, seconds: float = 0.5) -> float:
-    """Evaluations per second of our solver for kind in sha1, sha256, scrypt (nothing is found)."""
-    count = {"sha1": 1 << 15, "sha256": 1 << 15, "scrypt": 32}[kind]
-    tasks_per_round = max(1, workers)
+    """Evaluations per second of our solver for kind in sha1, sha256, scrypt, over `seconds`.
+
+    Runs an unsolvable puzzle (target 0) on all workers and counts the evaluations made meanwhile.
+    """
+    task = ("sha1", "1:160:261129:rate::x:", 160) if kind == "sha1" else (kind, "rate", 0, 0)
+    block = BLOCK[kind]
     with Solver(workers) as s:
-        fn = _scan_hashcash if kind == "sha1" else _scan_target
-        make = ((lambda i: ("1:60:261129:rate::x:", 60, i * count, count)) if kind == "sha1" else
-                (lambda i: (kind, "rate", 0, i * count, count, 0)))
-        s._map(fn, [make(0)])  # warm up the workers
-        done, start, i = 0, time.perf_counter(), 0
-        while time.perf_counter() - start < seconds:
-            s._map(fn, [make(i + w) for w in range(tasks_per_round)])
-            i += tasks_per_round
-            done += tasks_per_round * count
-        return done / (time.perf_counter() - start)
+        if s._pool is None:
+            start, done, nonce = time.perf_counter(), 0, 0
+            while time.perf_counter() - start < seconds:
+                _scan(task, nonce, block)
+                nonce += block
+                done += block
+            return done / (time.perf_counter() - start)
+        s._found.value = NOT_FOUND
+        pending = s._pool.map_async(_race, [(task, w, s.workers, block, None) for w in range(s.workers)])
+        start = time.perf_counter()
+        time.sleep(seconds)
+        s._found.value = 0  # stop everyone
+        tried = sum(pending.get())
+        return tried / (time.perf_counter() - start)
+
+
+def profile_solver(kind: str, *, workers: int = 1, subs: int = 1, seconds: float = 1.0) -> tuple:
+    """Fit solve time = overhead_s + work / rate by solving real puzzles of two sizes (~1 ms, ~20 ms).
+
+    This is the rate the client really achieves (block overshoot, process hand-offs and verification
+    included), unlike measure_rate()'s raw hashing speed. Returns (overhead_s, rate).
+    """
+    raw = measure_rate(kind, workers=workers, seconds=min(0.25, seconds / 4))
+    key = os.urandom(16)
+    points = []
+    with Solver(workers) as s:
+        for target_s in (0.001, 0.02):
+            work = max(2.0, raw * target_s)
+            if kind == "sha1":
+                bits = max(1, int(round(math.log2(work))))
+                work = 2.0 ** bits
+            done, start = 0, time.perf_counter()
+            while done < 3 or time.perf_counter() - start < seconds / 2:
+                if kind == "sha1":
+                    s.solve_hashcash("profile", bits)
+                else:
+                    s.solve_target(puzzles.issue(key=key, resource="profile", work=work, kind=kind, subs=subs))
+                done += 1
+            points.append((work, (time.perf_counter() - start) / done))
+    (w1, t1), (w2, t2) = points
+    if t2 <= t1 or w2 <= w1:
+        return 0.0, raw
+    rate = (w2 - w1) / (t2 - t1)
+    return max(0.0, t1 - w1 / rate), rate

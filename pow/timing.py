@@ -5,8 +5,10 @@ The calibrators (calibration.py) output seconds of PoW. A PuzzlePricer turns the
             (geometric rounding: t is rounded to bits b when t lies between the geometric means
             of b's time and its neighbours'); expected work 2^bits;
   sha256 / scrypt  exact: work W = seconds x rate (evaluations per second), a real number.
-The timing table is measured here by pow-calibrate (CSV), or the paper's (PAPER_HASHCASH_SECONDS), or
-'live': our solver's rate measured at start, with hashcash times 2^bits / rate.
+A solver is modelled as time = overhead_s + work / rate (process hand-offs, the last block's overshoot
+and verification make up the overhead). The model comes from pow-calibrate's CSV (a least-squares
+line through mean time against expected work), from the paper's hashcash table, or 'live': real
+puzzles of two sizes solved at start (solver.profile_solver).
 """
 from __future__ import annotations
 
@@ -36,14 +38,15 @@ TIMING_COLUMNS = ["puzzle", "solver", "workers", "difficulty", "expected_work", 
 class PuzzlePricer:
     """Maps PoW seconds to a difficulty, and a difficulty to expected work and seconds."""
 
-    def __init__(self, puzzle: str, *, rate: float, bits_seconds: dict | None = None, source: str = "live"):
+    def __init__(self, puzzle: str, *, rate: float, overhead_s: float = 0.0, bits_seconds: dict | None = None,
+                 source: str = "live"):
         if puzzle not in PUZZLES:
             raise unknown_name("puzzle", puzzle, PUZZLES)
-        if rate <= 0:
-            raise ValueError("the solve rate must be positive")
-        self.puzzle, self.rate, self.source = puzzle, float(rate), source
+        if rate <= 0 or overhead_s < 0:
+            raise ValueError("the solve rate must be positive and the overhead non-negative")
+        self.puzzle, self.rate, self.overhead_s, self.source = puzzle, float(rate), float(overhead_s), source
         if puzzle == "hashcash" and bits_seconds is None:
-            bits_seconds = {b: 2.0 ** b / rate for b in range(1, 41)}
+            bits_seconds = {b: overhead_s + 2.0 ** b / rate for b in range(1, 41)}
         self.bits_seconds = dict(sorted(bits_seconds.items())) if bits_seconds else None
 
     def difficulty(self, seconds: float) -> float:
@@ -52,7 +55,7 @@ class PuzzlePricer:
             bits = np.array(list(self.bits_seconds))
             times = np.array(list(self.bits_seconds.values()))
             return int(bits[np.argmin(np.abs(np.log(times) - math.log(max(seconds, 1e-12))))])
-        return max(1.0, seconds * self.rate)
+        return max(1.0, (seconds - self.overhead_s) * self.rate)
 
     def work(self, difficulty: float) -> float:
         return 2.0 ** difficulty if self.puzzle == "hashcash" else float(difficulty)
@@ -60,10 +63,10 @@ class PuzzlePricer:
     def expected_seconds(self, difficulty: float) -> float:
         if self.puzzle == "hashcash":
             return float(self.bits_seconds[int(difficulty)])
-        return float(difficulty) / self.rate
+        return self.overhead_s + float(difficulty) / self.rate
 
     def describe(self) -> dict:
-        return {"puzzle": self.puzzle, "rate": self.rate, "table": self.source}
+        return {"puzzle": self.puzzle, "rate": self.rate, "overhead_s": self.overhead_s, "table": self.source}
 
 
 def read_timing_csv(path) -> pd.DataFrame:
@@ -80,7 +83,7 @@ def read_timing_csv(path) -> pd.DataFrame:
 
 def make_pricer(puzzle: str, *, table: str, solver: str = "python", workers: int = 1, timing_csv=None,
                 measure=None) -> PuzzlePricer:
-    """The pricer for --puzzle/--timing_table; `measure(kind, workers)` gives a live rate."""
+    """The pricer for --puzzle/--timing_table; `measure(kind, workers)` gives a live (overhead_s, rate)."""
     if table not in TABLES:
         raise unknown_name("timing table", table, TABLES)
     if table == "paper":
@@ -94,12 +97,14 @@ def make_pricer(puzzle: str, *, table: str, solver: str = "python", workers: int
         if rows.empty:
             raise UserError(f"timing table {timing_csv} has no rows for puzzle {puzzle} with solver {solver}; "
                             f"rerun pow-calibrate with --puzzles {puzzle} --solver {solver}")
-        rate = float(rows["rate"].median())
+        slope, intercept = np.polyfit(rows["expected_work"].to_numpy(float), rows["mean_s"].to_numpy(float), 1)
+        rate = 1.0 / slope if slope > 0 else float(rows["rate"].median())
         bits = ({int(r.difficulty): float(r.mean_s) for r in rows.itertuples()} if puzzle == "hashcash" else None)
-        return PuzzlePricer(puzzle, rate=rate, bits_seconds=bits, source=f"measured ({timing_csv})")
+        return PuzzlePricer(puzzle, rate=rate, overhead_s=max(0.0, float(intercept)), bits_seconds=bits,
+                            source=f"measured ({timing_csv})")
     if solver == "native" and puzzle == "hashcash":
         from pow.hashcash import native_rate
-        rate = native_rate() * workers
+        overhead, rate = 0.0, native_rate() * workers
     else:
-        rate = measure(HASH_KIND[puzzle], workers)
-    return PuzzlePricer(puzzle, rate=rate, source=f"live ({solver}, {workers} workers)")
+        overhead, rate = measure(HASH_KIND[puzzle], workers)
+    return PuzzlePricer(puzzle, rate=rate, overhead_s=overhead, source=f"live ({solver}, {workers} workers)")
