@@ -100,7 +100,8 @@ def sub_input(challenge_text: str, index: int, nonce: int) -> bytes:
 def verify(solution: str, *, key: bytes, resource: str | None = None, min_work: float = 1.0,
            now: float | None = None, replay=None) -> Verdict:
     """Check a solution; never raises. Reasons: malformed, bad signature, expired, wrong resource,
-    too easy, wrong number of nonces, a repeated nonce, an invalid sub-solution, or a replay."""
+    too easy, wrong number of nonces, an invalid sub-solution, or a replay. The same nonce may solve
+    two sub-puzzles: each hashes its own index, so the inputs differ."""
     if not isinstance(solution, str) or solution.count("|") != FIELDS:
         return Verdict(False, f"malformed: a solution is the challenge's {FIELDS} fields plus '|nonces'")
     text, nonces_text = solution.rsplit("|", 1)
@@ -122,8 +123,6 @@ def verify(solution: str, *, key: bytes, resource: str | None = None, min_work: 
         return Verdict(False, "malformed: nonces must be comma-separated hexadecimal numbers")
     if len(nonces) != ch.subs:
         return Verdict(False, f"expected {ch.subs} nonces, got {len(nonces)}")
-    if len(set(nonces)) != len(nonces):
-        return Verdict(False, "a nonce is repeated")
     limit = threshold(ch.work, ch.subs)
     for i, nonce in enumerate(nonces):
         if int.from_bytes(digest(ch.kind, sub_input(text, i, nonce)), "big") >= limit:
