@@ -2,4 +2,5 @@
 # All benchmarks, one command: bash benchmarks/run.sh  (results in benchmarks/results/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 benchmarks/bench_privacy.py "$@"
+python3 benchmarks/bench_privacy.py
+python3 benchmarks/bench_pow.py

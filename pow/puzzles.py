@@ -7,7 +7,7 @@ difficulty is continuous, not a 2x step per bit); SUBS the number of sub-solutio
 WORK/SUBS evaluations, so the solve time's coefficient of variation is 1/sqrt(SUBS)); EXPIRES a unix
 time. A solution appends '|' and SUBS comma-separated hex nonces. Sub-solution i with nonce x is valid
 when H(challenge '|' i '|' x), read as a 256-bit integer, is below 2^256 * SUBS / WORK.
-scrypt uses N=2^10, r=4, p=1 (512 KiB of memory per evaluation, about 1 ms here): a Python client
+scrypt uses N=2^9, r=4, p=1 (256 KiB of memory per evaluation, under 1 ms here): a Python client
 runs it at native speed, since each evaluation costs far more than Python's call overhead.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pow.hashcash import Verdict
 
 KINDS = ("sha256", "scrypt")
 VERSION = "pow1"
-SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 10, 4, 1  # 128 * r * N bytes = 512 KiB per evaluation
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 9, 4, 1  # 128 * r * N bytes = 256 KiB per evaluation
 SCRYPT_SALT = b"calibrated-pow"  # fixed salt: the challenge itself makes each input unique
 SCRYPT_MEMORY_BYTES = 128 * SCRYPT_R * SCRYPT_N
 SCRYPT_MAXMEM = 4 * SCRYPT_MEMORY_BYTES  # OpenSSL's memory ceiling for one evaluation

@@ -1,0 +1,109 @@
+"""Proof-of-work speed: our client solver against the best native rate for the same function.
+
+For each puzzle, on this machine, in one run:
+  hashcash (SHA-1)  ours: the Python scanner on all cores; native: the hashcash tool's own speed test
+                    (`hashcash -s`, one core) times the workers; also our --solver native path, timed by
+                    minting real stamps;
+  sha256 target     ours: the Python scanner; native: `openssl speed sha256` on 64-byte inputs per core;
+  scrypt            ours: the Python scanner (each evaluation is one hashlib.scrypt call, OpenSSL's C code);
+                    native: the same C function in a tight loop, no puzzle logic.
+plus the server's verification time per stamp / solution. Writes benchmarks/results/pow.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pow import hashcash, puzzles  # noqa: E402
+from pow.solver import Solver, measure_rate, profile_solver  # noqa: E402
+
+
+def openssl_sha256_rate() -> float | None:
+    if shutil.which("openssl") is None:
+        return None
+    out = subprocess.run(["openssl", "speed", "-seconds", "2", "-bytes", "64", "sha256"], capture_output=True,
+                         text=True, timeout=60).stdout
+    m = re.search(r"^sha256\s+([\d.]+)k", out, re.M)
+    return float(m.group(1)) * 1000 / 64 if m else None
+
+
+def scrypt_native_rate(seconds: float) -> float:
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        puzzles.digest("scrypt", b"native-%d" % done)
+        done += 1
+    return done / (time.perf_counter() - start)
+
+
+def per_call(fn, repeats: int) -> float:
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--seconds", type=float, default=2.0)
+    args = ap.parse_args()
+    w, secs = args.workers, args.seconds
+    key = b"bench"
+    result = {"workers": w, "modes": {}}
+
+    ours = measure_rate("sha1", workers=w, seconds=secs)
+    native = hashcash.native_rate() * w if hashcash.native_tool() else None
+    stamp = Solver(1).__enter__().solve_hashcash("bench", 12)[0]
+    entry = {"ours_python_rate": ours, "native_rate": native,
+             "verify_us": per_call(lambda: hashcash.check(stamp, bits=12, resource="bench"), 2000) * 1e6}
+    if native:
+        bits = 22
+        with Solver(w) as s:
+            start, n = time.perf_counter(), 0
+            while n < 3 or time.perf_counter() - start < secs:
+                s.solve_hashcash("bench", bits, solver="native")
+                n += 1
+            entry["ours_native_solver_rate"] = n * 2.0 ** bits / (time.perf_counter() - start)
+        entry["ratio_python"] = ours / native
+        entry["ratio_native_solver"] = entry["ours_native_solver_rate"] / native
+    result["modes"]["hashcash"] = entry
+
+    ours = measure_rate("sha256", workers=w, seconds=secs)
+    native_one = openssl_sha256_rate()
+    sol = Solver(1).__enter__().solve_target(puzzles.issue(key=key, resource="b", work=1000))[0]
+    entry = {"ours_python_rate": ours, "native_rate": native_one * w if native_one else None,
+             "verify_us": per_call(lambda: puzzles.verify(sol, key=key, resource="b"), 2000) * 1e6}
+    if native_one:
+        entry["ratio_python"] = ours / (native_one * w)
+    result["modes"]["sha256"] = entry
+
+    ours = measure_rate("scrypt", workers=w, seconds=secs)
+    native_one = scrypt_native_rate(secs)
+    sol = Solver(1).__enter__().solve_target(puzzles.issue(key=key, resource="b", work=3, kind="scrypt"))[0]
+    entry = {"ours_python_rate": ours, "native_rate": native_one * w, "ratio_python": ours / (native_one * w),
+             "verify_us": per_call(lambda: puzzles.verify(sol, key=key, resource="b"), 200) * 1e6,
+             "memory_per_evaluation_bytes": puzzles.SCRYPT_MEMORY_BYTES,
+             "seconds_per_evaluation": 1.0 / native_one,
+             "params": {"n": puzzles.SCRYPT_N, "r": puzzles.SCRYPT_R, "p": puzzles.SCRYPT_P}}
+    overhead, rate = profile_solver("scrypt", workers=w, seconds=secs)
+    entry["effective_puzzle_rate"], entry["per_puzzle_overhead_s"] = rate, overhead
+    result["modes"]["scrypt"] = entry
+
+    out = Path(__file__).resolve().parent / "results" / "pow.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
