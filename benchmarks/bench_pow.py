@@ -12,7 +12,6 @@ plus the server's verification time per stamp / solution. Writes benchmarks/resu
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -22,7 +21,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from results_io import write_result  # noqa: E402
 from pow import hashcash, puzzles  # noqa: E402
 from pow.solver import Solver, measure_rate, profile_solver  # noqa: E402
 
@@ -99,10 +100,7 @@ def main():
     entry["effective_puzzle_rate"], entry["per_puzzle_overhead_s"] = rate, overhead
     result["modes"]["scrypt"] = entry
 
-    out = Path(__file__).resolve().parent / "results" / "pow.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result("pow", result)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ is scaled to 10,000. Writes benchmarks/results/privacy.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -17,7 +16,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from results_io import write_result  # noqa: E402
 from privacy import rdp  # noqa: E402
 from privacy.accountants import KnnAccountant  # noqa: E402
 from privacy.knn import KnnVoter  # noqa: E402
@@ -90,10 +91,7 @@ def main():
         "max_abs_eps_difference": float(np.abs(loop_eps - fast_eps).max()),
         "targets": {"fast_s": 2.0, "batch64_ms": 15.0},
     }
-    out = Path(__file__).resolve().parent / "results" / "privacy.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result("privacy", result)
 
 
 if __name__ == "__main__":

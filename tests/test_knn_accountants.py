@@ -1,7 +1,6 @@
 """Exact kNN votes against brute force; entropy/gap measures; ledger state."""
 import math
 
-import numpy as np
 import pytest
 import torch
 
