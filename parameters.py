@@ -47,7 +47,7 @@ DEFAULTS = dict(
     budgets=None, pow="simulated", puzzle="scrypt", pow_subs=1, solver="python", workers=None,
     timing_table="live", timing_csv="results/pow_timing.csv", stamp=None, solution=None, challenge=None,
     resource="client", bits=None, work=None, key=None, min_work=1.0, puzzles="hashcash,sha256,scrypt",
-    max_seconds=1.0, trials=20, attacks=None, plot=None, one_sided=False,
+    max_seconds=1.0, trials=20, attacks=None, plot=None, one_sided=False, victim_dir="checkpoints",
 )
 
 
@@ -264,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data_dir", default=None, help="(default: data)")
     p.add_argument("--seed", type=int, default=None, help="(default: 0)")
     p.add_argument("--device", default=None, help="(default: auto)")
+    p.add_argument("--victim_dir", default=None,
+                   help="folder of DATASET-victim.pt checkpoints (default: checkpoints)")
     p.add_argument("--queries", type=int, default=None, help="queries per client (default: 1000)")
     p.add_argument("--sigmas", default=None, help="comma-separated private-kNN sigmas (default: 28,10)")
     p.add_argument("--ood_pool", default=None, choices=sorted(OOD_POOLS), help="(default: photos)")

@@ -66,7 +66,7 @@ def cost_separation(s, *, progress: bool = True) -> tuple:
     for name in [d for d in str(s.datasets).split(",") if d]:
         splits = load_splits(name, s.data_dir)
         spec = splits.spec
-        victim, _ = load_victim(Path("checkpoints") / f"{name}-victim.pt", spec, device=device)
+        victim, _ = load_victim(Path(s.victim_dir) / f"{name}-victim.pt", spec, device=device)
         oracle = VictimOracle(victim, device=device)
         n = min(s.queries, len(splits.pool_x))
         idx = np.random.default_rng(s.seed).permutation(len(splits.pool_x))[:n]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from common.errors import UserError
-from common.io import atomic_savefig, atomic_write_csv
+from common.io import atomic_savefig, atomic_write_csv, write_params_json
 from pow import calibration
 
 BATCHES_PER_STEP = 16  # the paper's CSVs: 16 batches of 64 are counted as 1,000 queries
@@ -88,6 +88,7 @@ def pow_table(s) -> tuple:
     result = pd.concat(tables, ignore_index=True)
     if s.out:
         atomic_write_csv(s.out, result)
+        write_params_json(Path(s.out).parent, s.as_dict(), "pow-table")
     if s.plot:
         plot(priced, s.plot)
         texts.append(f"plot: {s.plot}")

@@ -1,12 +1,13 @@
 """pow-time: price a run's log in proof-of-work seconds from a legitimate baseline; base/budget sweeps."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
 
 from common.errors import UserError
-from common.io import atomic_write_csv
+from common.io import atomic_write_csv, atomic_write_text, run_metadata
 from pow import calibration
 
 
@@ -37,11 +38,16 @@ def pow_time(s) -> tuple:
     frame, cal = priced(s, s.calibration, s.log)
     target = Path(s.out or s.log)
     atomic_write_csv(target, frame)
+    # the settings that priced this log, beside it (the run's own params.json is left as it was)
+    atomic_write_text(target.with_name(target.stem + ".pow.json"),
+                      json.dumps({**run_metadata(s.as_dict(), "pow-time"), "calibrator": cal.describe()},
+                                 indent=2, default=str) + "\n")
     last = frame.iloc[-1]
     r = calibration.ratio(frame)
     text = (f"calibration: {cal.name} on {s.calibration} (cost column: {s.cost_measure})\n"
             f"queries: {int(last['queries'])}\ntime without PoW: {last['query_time_s']:.3f} s\n"
-            f"time with PoW:    {last['total_time_s']:.3f} s\nratio: {r:.2f}x\nwritten to {target}")
+            f"time with PoW:    {last['total_time_s']:.3f} s\nratio: {r:.2f}x\nwritten to {target} "
+            f"(settings: {target.stem}.pow.json)")
     return {"ratio": r, "query_time_s": float(last["query_time_s"]),
             "total_time_s": float(last["total_time_s"])}, text
 

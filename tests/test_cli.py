@@ -95,3 +95,21 @@ def test_train_victim_writes_sidecar(victim_path):
     meta = json.loads((victim_path.parent / (victim_path.name + ".json")).read_text())
     assert set(meta) >= {"dataset", "architecture", "test_accuracy", "epochs", "seed"}
     assert meta["dataset"] == "mnist-5k" and meta["test_accuracy"] > 80
+
+
+def test_cost_separation_command(cli, victim_path, tmp_path):
+    import shutil
+
+    import pandas as pd
+    shutil.copy(victim_path, tmp_path / "mnist-5k-victim.pt")
+    out = cli("cost-separation", "--datasets", "mnist-5k", "--victim_dir", tmp_path, "--queries", "300",
+              "--out", tmp_path / "sep.csv")
+    assert out.returncode == 0, out.stderr
+    table = pd.read_csv(tmp_path / "sep.csv").set_index("measure")
+    assert set(table.index) == {"knn sigma=28", "knn sigma=10", "entropy", "gap"}
+    # private kNN at sigma=28 is bounded to [0.161, 0.244] per query
+    assert 0.16 <= table.loc["knn sigma=28", "in_distribution"] <= 0.2437
+    assert table.loc["entropy", "ratio"] > table.loc["knn sigma=28", "ratio"]
+    assert (tmp_path / "params.json").exists()
+    missing = cli("cost-separation", "--datasets", "mnist-5k", "--victim_dir", tmp_path / "none")
+    assert missing.returncode != 0 and "train-victim" in missing.stderr
