@@ -1,0 +1,51 @@
+"""Architectures and checkpoint loading, including a raw third-party ResNet34-8x state dict."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from common.errors import UserError
+from data.registry import create
+from models import architectures
+from models.checkpoint import load_victim, save_victim
+
+
+@pytest.mark.parametrize("arch,dataset", [("mnistnet", "mnist-5k"), ("resnet18", "cifar10"),
+                                          ("resnet34_8x", "svhn")])
+def test_architectures_take_their_inputs(arch, dataset):
+    spec = create(dataset)
+    model = architectures.create(arch, spec).eval()
+    with torch.no_grad():
+        assert model(torch.rand(2, *spec.input_shape)).shape == (2, 10)
+
+
+def test_raw_resnet34_8x_state_dict_loads(tmp_path):
+    spec = create("cifar10")
+    source = architectures.create("resnet34_8x", spec)
+    raw = {k: v for k, v in source.state_dict().items() if not k.startswith("normalize.")}  # like DFME's file
+    path = tmp_path / "cifar10-teacher.pt"
+    torch.save(raw, path)
+    model, meta = load_victim(path, spec)
+    assert meta["architecture"] == "resnet34_8x"
+    assert torch.equal(model.state_dict()["linear.weight"], raw["linear.weight"])
+    torch.save({k: v for k, v in raw.items() if not k.startswith("layer4")}, path)
+    with pytest.raises(UserError, match="does not fit architecture 'resnet34_8x'.*train-victim"):
+        load_victim(path, spec)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    spec = create("mnist-5k")
+    model = architectures.create("mnistnet", spec)
+    save_victim(model, tmp_path / "v.pt", {"dataset": "mnist-5k", "architecture": "mnistnet"})
+    loaded, meta = load_victim(tmp_path / "v.pt", spec, architecture="mnistnet")
+    assert (tmp_path / "v.pt.json").exists() and meta["dataset"] == "mnist-5k"
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+
+
+def test_main_model_extraction_entry_point():
+    from tests.conftest import ROOT
+    out = subprocess.run([sys.executable, str(ROOT / "main_model_extraction.py"), "--help"], capture_output=True,
+                         text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0 and "--mode" in out.stdout and "--calibration" in out.stdout
