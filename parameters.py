@@ -147,6 +147,12 @@ def _puzzle(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None, help="solver processes (default: all cores)")
 
 
+def _stamp_fields(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resource", default=None, help="resource the puzzle is bound to (default: client)")
+    p.add_argument("--bits", type=int, default=None, help="hashcash: leading zero bits (made or required)")
+    p.add_argument("--key", default=None, help="HMAC key of the server (default: $POW_SECRET, else a development key)")
+
+
 def _pow(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pow", default=None, choices=POW_MODES,
                    help="simulated: add each puzzle's expected solve time; real: solve every batch's puzzle "
@@ -226,19 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pow-mint", help="solve a puzzle: a hashcash stamp, or a signed numeric-target challenge")
     _puzzle(p)
-    p.add_argument("--resource", default=None, help="resource the puzzle is bound to (default: client)")
-    p.add_argument("--bits", type=int, default=None, help="hashcash: leading zero bits")
+    _stamp_fields(p)
     p.add_argument("--work", type=float, default=None, help="sha256/scrypt: expected evaluations (default: 1000)")
     p.add_argument("--challenge", default=None, help="sha256/scrypt: a server's challenge (default: issue one here)")
-    p.add_argument("--key", default=None, help="HMAC key for issuing (default: $POW_SECRET, else a development key)")
 
     p = sub.add_parser("pow-check", help="verify a hashcash stamp or a challenge solution; says why it fails")
+    _stamp_fields(p)
     p.add_argument("--stamp", default=None, help="a hashcash stamp")
-    p.add_argument("--bits", type=int, default=None, help="hashcash: bits required")
     p.add_argument("--solution", default=None, help="a pow1 solution (challenge|nonces)")
     p.add_argument("--min_work", type=float, default=None, help="pow1: least work accepted (default: 1)")
-    p.add_argument("--resource", default=None, help="the expected resource (default: client)")
-    p.add_argument("--key", default=None, help="HMAC key (default: $POW_SECRET, else a development key)")
 
     p = sub.add_parser("pow-calibrate", help="measure puzzle solve times per difficulty here (CSV and plot)")
     p.add_argument("--puzzles", default=None, help="comma-separated (default: hashcash,sha256,scrypt)")
