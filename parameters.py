@@ -140,6 +140,10 @@ def _puzzle(p: argparse.ArgumentParser) -> None:
     p.add_argument("--puzzle", default=None, choices=PUZZLES,
                    help="hashcash (SHA-1 bits), sha256 (numeric target) or scrypt (memory-hard numeric "
                         "target) (default: scrypt)")
+    _solver(p)
+
+
+def _solver(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pow_subs", type=int, default=None,
                    help="sub-solutions per target puzzle; solve-time CV falls as 1/sqrt(n) (default: 1)")
     p.add_argument("--solver", default=None, choices=SOLVERS,
@@ -244,9 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pow-calibrate", help="measure puzzle solve times per difficulty here (CSV and plot)")
     p.add_argument("--puzzles", default=None, help="comma-separated (default: hashcash,sha256,scrypt)")
-    p.add_argument("--solver", default=None, choices=SOLVERS, help="hashcash client (default: python)")
-    p.add_argument("--workers", type=int, default=None, help="solver processes (default: all cores)")
-    p.add_argument("--pow_subs", type=int, default=None, help="sub-solutions per target puzzle (default: 1)")
+    _solver(p)
     p.add_argument("--trials", type=int, default=None, help="solves per difficulty (default: 20)")
     p.add_argument("--max_seconds", type=float, default=None,
                    help="largest difficulty: about this many seconds per solve (default: 1.0)")

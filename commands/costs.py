@@ -73,7 +73,7 @@ def cost_separation(s, *, progress: bool = True) -> tuple:
         clients = {"in-distribution": oracle.log_probs(splits.pool_x[idx]),
                    f"ood ({s.ood_pool})": oracle.log_probs(ood_pool(s.ood_pool, n, spec, seed=s.seed,
                                                                     data_dir=s.data_dir))}
-        reps = oracle.log_probs(splits.victim_x)
+        reps = oracle.representations(splits.victim_x)
         voter = KnnVoter(reps, splits.victim_y, k=min(s.k, len(reps)), num_classes=spec.num_classes)
         votes = {c: voter.votes(lp).numpy() for c, lp in clients.items()}
         measures = {f"knn sigma={sg:g}": {c: accountants.knn_costs(v, sigma=sg, delta=s.delta)[0].mean()

@@ -43,8 +43,7 @@ RESUMABLE_CHANGES = {"fresh", "device", "budget", "command"}
 
 def build_ledger(victim, victim_x, victim_y, settings, device, num_classes) -> Ledger:
     """Private kNN over the victim's log-softmax of its own training set, plus entropy and gap."""
-    reps = torch.cat([VictimOracle(victim, device=device).log_probs(victim_x[s:s + 1024])
-                      for s in range(0, len(victim_x), 1024)])
+    reps = VictimOracle(victim, device=device).representations(victim_x)
     k = min(settings.k, len(reps))
     voter = KnnVoter(reps, victim_y, k=k, num_classes=num_classes, seed=settings.seed)
     return Ledger([

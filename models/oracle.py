@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from data.registry import to_float
+from models.training import predict_logits
 
 OUTPUTS = ("labels", "probs")  # what the API returns
 
@@ -30,6 +31,10 @@ class VictimOracle:
     def log_probs(self, x: torch.Tensor) -> torch.Tensor:
         """The victim's log-softmax for a batch, on the CPU (no accounting)."""
         return F.log_softmax(self.model(to_float(x).to(self.device)).float(), dim=1).cpu()
+
+    def representations(self, x: torch.Tensor) -> torch.Tensor:
+        """Log-softmax of many images (e.g. the victim's training set), in chunks, without accounting."""
+        return F.log_softmax(predict_logits(self.model, x, self.device), dim=1)
 
     def query(self, x: torch.Tensor) -> torch.Tensor:
         """Answer one batch: labels (int64) or probabilities (float), per the oracle's output setting."""
