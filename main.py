@@ -34,8 +34,13 @@ def main(argv=None) -> int:
     try:
         settings = parameters.parse(argv)
         _, report = _commands()[settings.command](settings)
-    except (UserError, ValueError) as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path that cannot be read or written: say which, and why
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"error: cannot use{where}: {exc.strerror or exc}; check the path and its permissions",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; completed rounds are saved and the run resumes when started again", file=sys.stderr)

@@ -9,6 +9,8 @@ import argparse
 from pathlib import Path
 
 from attacks import ATTACKS
+from common import checks
+from common.errors import ConfigError
 from data.ood import OOD_POOLS
 from data.registry import DATASETS
 from models.architectures import ARCHITECTURES
@@ -48,7 +50,52 @@ DEFAULTS = dict(
     timing_table="live", timing_csv="results/pow_timing.csv", stamp=None, solution=None, challenge=None,
     resource="client", bits=None, work=None, key=None, min_work=1.0, puzzles="hashcash,sha256,scrypt",
     max_seconds=1.0, trials=20, attacks=None, plot=None, one_sided=False, victim_dir="checkpoints",
+    insecure_dev_key=False, overwrite=False,
 )
+
+
+def _num(cast, lo=None, hi=None, *, lo_open=False, hi_open=False):
+    """An argparse type: a number that is finite and in range (NaN and infinities are refused)."""
+    def parse(text):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a {'whole ' if cast is int else ''}number") from None
+        try:
+            if cast is int:
+                return checks.whole("the value", value, lo=lo, hi=hi)
+            return checks.finite("the value", value, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    parse.__name__ = "number"
+    return parse
+
+
+def _list(item, what: str):
+    """An argparse type: a comma-separated, non-empty list; each item passes `item` (returns the joined text)."""
+    def parse(text):
+        parts = [p.strip() for p in str(text).split(",") if p.strip()]
+        if not parts:
+            raise argparse.ArgumentTypeError(f"needs at least one {what}, comma-separated; got '{text}'")
+        return ",".join(str(item(p)) for p in parts)
+    parse.__name__ = "list"
+    return parse
+
+
+def _choice(valid, what: str):
+    def check(name):
+        if name not in valid:
+            raise argparse.ArgumentTypeError(f"unknown {what} '{name}'; valid: {', '.join(sorted(valid))}")
+        return name
+    return check
+
+
+_POS_INT = _num(int, 1)
+_NONNEG_INT = _num(int, 0, 2 ** 63 - 1)
+_POS_FLOAT = _num(float, 0, lo_open=True)
+_NONNEG_FLOAT = _num(float, 0)
+_NAMES_DATASETS = _list(_choice(DATASETS, "dataset"), "dataset")
+_NAMES_PUZZLES = _list(_choice(PUZZLES, "puzzle"), "puzzle")
 
 
 class Settings:
@@ -83,9 +130,9 @@ def _preset_help(key: str) -> str:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default=None, help=f"one of: {', '.join(DATASETS)} (default: {DEFAULT_DATASET})")
+    p.add_argument("--dataset", default=None, choices=sorted(DATASETS), help=f"one of: {', '.join(DATASETS)} (default: {DEFAULT_DATASET})")
     p.add_argument("--data_dir", default=None, help="where datasets are (or are downloaded to) (default: data)")
-    p.add_argument("--seed", type=int, default=None, help="random seed; the same seed repeats a run (default: 0)")
+    p.add_argument("--seed", type=_NONNEG_INT, default=None, help="random seed; the same seed repeats a run (default: 0)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto = CUDA when present)")
 
 
@@ -98,17 +145,17 @@ def _victim(p: argparse.ArgumentParser) -> None:
 
 def _training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", default=None, choices=["sgd", "adam"], help=_preset_help("optimizer"))
-    p.add_argument("--lr", type=float, default=None, help=_preset_help("lr"))
-    p.add_argument("--momentum", type=float, default=None, help=_preset_help("momentum"))
-    p.add_argument("--weight_decay", type=float, default=None, help=_preset_help("weight_decay"))
-    p.add_argument("--batch_size", type=int, default=None, help=_preset_help("batch_size"))
+    p.add_argument("--lr", type=_POS_FLOAT, default=None, help=_preset_help("lr"))
+    p.add_argument("--momentum", type=_num(float, 0, 1, hi_open=True), default=None, help=_preset_help("momentum"))
+    p.add_argument("--weight_decay", type=_NONNEG_FLOAT, default=None, help=_preset_help("weight_decay"))
+    p.add_argument("--batch_size", type=_POS_INT, default=None, help=_preset_help("batch_size"))
 
 
 def _accountant(p: argparse.ArgumentParser, with_knn: bool = True) -> None:
     if with_knn:
-        p.add_argument("--k", type=int, default=None, help=_preset_help("k") + "; private-kNN neighbours")
-    p.add_argument("--sigma", type=float, default=None, help=_preset_help("sigma") + "; GNMax noise")
-    p.add_argument("--delta", type=float, default=None, help=_preset_help("delta"))
+        p.add_argument("--k", type=_POS_INT, default=None, help=_preset_help("k") + "; private-kNN neighbours")
+    p.add_argument("--sigma", type=_POS_FLOAT, default=None, help=_preset_help("sigma") + "; GNMax noise")
+    p.add_argument("--delta", type=_num(float, 0, 1, lo_open=True, hi_open=True), default=None, help=_preset_help("delta"))
     p.add_argument("--cap_rdp", action="store_true", default=None,
                    help="cap the data-dependent RDP at the data-independent bound (default: off, as the paper)")
     p.add_argument("--rdp_conversion", default=None, choices=CONVERSIONS,
@@ -123,16 +170,16 @@ def _calibration(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration_mode", default=None, choices=sorted(CALIBRATIONS),
                    help="relative (legitimate users pay a set share of their query time) or paper "
                         "(base ** |cost - expected| seconds per 1,000 queries) (default: relative)")
-    p.add_argument("--base", type=float, default=None,
+    p.add_argument("--base", type=_num(float, 1, lo_open=True), default=None,
                    help="exponential base (default: 1.0075 paper; 1.05 relative, per legitimate batch of excess)")
-    p.add_argument("--pow_budget", type=float, default=None,
+    p.add_argument("--pow_budget", type=_POS_FLOAT, default=None,
                    help="relative: a legitimate user's PoW time as a share of their query time (default: 1.0)")
-    p.add_argument("--tolerance", type=float, default=None,
+    p.add_argument("--tolerance", type=_NONNEG_FLOAT, default=None,
                    help="relative: excess ignored, in legitimate-spread standard deviations (default: 3.0)")
-    p.add_argument("--max_factor", type=float, default=None,
+    p.add_argument("--max_factor", type=_POS_FLOAT, default=None,
                    help="relative: most PoW time per batch, in legitimate query times per batch (default: 1000)")
-    p.add_argument("--min_s", type=float, default=None, help="paper: least extra seconds per step (default: 0.1)")
-    p.add_argument("--max_s", type=float, default=None,
+    p.add_argument("--min_s", type=_POS_FLOAT, default=None, help="paper: least extra seconds per step (default: 0.1)")
+    p.add_argument("--max_s", type=_POS_FLOAT, default=None,
                    help="paper: most extra seconds per step, the slowest measured puzzle (default: 2948.47)")
 
 
@@ -144,17 +191,21 @@ def _puzzle(p: argparse.ArgumentParser) -> None:
 
 
 def _solver(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pow_subs", type=int, default=None,
+    p.add_argument("--pow_subs", type=_num(int, 1, 4096), default=None,
                    help="sub-solutions per target puzzle; solve-time CV falls as 1/sqrt(n) (default: 1)")
     p.add_argument("--solver", default=None, choices=SOLVERS,
                    help="hashcash client: python or native (the hashcash tool) (default: python)")
-    p.add_argument("--workers", type=int, default=None, help="solver processes (default: all cores)")
+    p.add_argument("--workers", type=_num(int, 1, 1024), default=None, help="solver processes (default: all cores)")
 
 
 def _stamp_fields(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resource", default=None, help="resource the puzzle is bound to (default: client)")
-    p.add_argument("--bits", type=int, default=None, help="hashcash: leading zero bits (made or required)")
-    p.add_argument("--key", default=None, help="HMAC key of the server (default: $POW_SECRET, else a development key)")
+    p.add_argument("--bits", type=_num(int, 1, 160), default=None, help="hashcash: leading zero bits (made or required)")
+    p.add_argument("--key", default=None,
+                   help="HMAC key of the server, at least 16 characters (default: $POW_SECRET; no built-in key)")
+    p.add_argument("--insecure_dev_key", action="store_true", default=None,
+                   help="use a fixed, public development key when no key is given; anyone can forge "
+                        "challenges with it, so never in production (default: off)")
 
 
 def _pow(p: argparse.ArgumentParser) -> None:
@@ -169,13 +220,13 @@ def _pow(p: argparse.ArgumentParser) -> None:
 
 
 def _extraction(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--budget", type=int, default=None, help="queries the attacker may send (default: 1024)")
-    p.add_argument("--query_batch", type=int, default=None, help="queries per batch (default: 64)")
-    p.add_argument("--batches_per_round", type=int, default=None,
+    p.add_argument("--budget", type=_POS_INT, default=None, help="queries the attacker may send (default: 1024)")
+    p.add_argument("--query_batch", type=_POS_INT, default=None, help="queries per batch (default: 64)")
+    p.add_argument("--batches_per_round", type=_POS_INT, default=None,
                    help="batches between logged rounds; the stolen model trains once a round (default: 4)")
     p.add_argument("--stolen_arch", default=None, choices=sorted(ARCHITECTURES),
                    help="architecture of the stolen copy (default: mnistnet for 28x28, resnet18 for 32x32x3)")
-    p.add_argument("--stolen_epochs", type=int, default=None,
+    p.add_argument("--stolen_epochs", type=_NONNEG_INT, default=None,
                    help=_preset_help("stolen_epochs") + "; epochs on all answers so far, each round")
     p.add_argument("--victim_output", default=None, choices=OUTPUTS, help="what the API answers (default: labels)")
     p.add_argument("--ood_pool", default=None, choices=sorted(OOD_POOLS),
@@ -202,7 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _victim(p)
     _training(p)
-    p.add_argument("--epochs", type=int, default=None, help=_preset_help("victim_epochs"))
+    p.add_argument("--epochs", type=_POS_INT, default=None, help=_preset_help("victim_epochs"))
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace an existing victim checkpoint at --victim_path (default: refuse)")
 
     p = sub.add_parser("extract", help="run one extraction attack against a victim and log every round")
     _common(p)
@@ -222,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("privacy-cost", help="per-query epsilon and cumulative costs of vote histograms (CSV)")
     p.add_argument("--votes", required=True, help="CSV with one vote histogram per row (header optional)")
-    p.add_argument("--dataset", default=None, help="preset for sigma and delta (default: mnist-5k)")
+    p.add_argument("--dataset", default=None, choices=sorted(DATASETS),
+                   help="preset for sigma and delta (default: mnist-5k)")
     _accountant(p, with_knn=False)
     p.add_argument("--out", default=None, help="also write the table as CSV here (default: print only)")
 
@@ -230,27 +284,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", required=True, help="legitimate baseline CSV (log.csv or paper format)")
     p.add_argument("--log", required=True, help="the run's log.csv (or a paper-format CSV)")
     _calibration(p)
-    p.add_argument("--out", default=None, help="where to write the log with PoW columns (default: in place)")
-    p.add_argument("--bases", default=None, help="comma-separated bases: print a ratio sweep instead")
-    p.add_argument("--budgets", default=None, help="comma-separated pow budgets for the sweep (relative)")
+    p.add_argument("--out", default=None,
+                   help="where to write the log with PoW columns; never the --log itself (default: LOG.pow.csv "
+                        "beside the log)")
+    p.add_argument("--bases", default=None, type=_list(_num(float, 1, lo_open=True), "base"), help="comma-separated bases: print a ratio sweep instead")
+    p.add_argument("--budgets", default=None, type=_list(_POS_FLOAT, "budget"), help="comma-separated pow budgets for the sweep (relative)")
 
     p = sub.add_parser("pow-mint", help="solve a puzzle: a hashcash stamp, or a signed numeric-target challenge")
     _puzzle(p)
     _stamp_fields(p)
-    p.add_argument("--work", type=float, default=None, help="sha256/scrypt: expected evaluations (default: 1000)")
+    p.add_argument("--work", type=_num(float, 1), default=None, help="sha256/scrypt: expected evaluations (default: 1000)")
     p.add_argument("--challenge", default=None, help="sha256/scrypt: a server's challenge (default: issue one here)")
 
     p = sub.add_parser("pow-check", help="verify a hashcash stamp or a challenge solution; says why it fails")
     _stamp_fields(p)
     p.add_argument("--stamp", default=None, help="a hashcash stamp")
+    p.add_argument("--puzzle", default=None, choices=PUZZLES,
+                   help="the puzzle kind the server requires; a solution of another kind is rejected "
+                        "(default: scrypt)")
     p.add_argument("--solution", default=None, help="a pow1 solution (challenge|nonces)")
-    p.add_argument("--min_work", type=float, default=None, help="pow1: least work accepted (default: 1)")
+    p.add_argument("--min_work", type=_num(float, 1), default=None, help="pow1: least work accepted (default: 1)")
 
     p = sub.add_parser("pow-calibrate", help="measure puzzle solve times per difficulty here (CSV and plot)")
-    p.add_argument("--puzzles", default=None, help="comma-separated (default: hashcash,sha256,scrypt)")
+    p.add_argument("--puzzles", default=None, type=_NAMES_PUZZLES, help="comma-separated (default: hashcash,sha256,scrypt)")
     _solver(p)
-    p.add_argument("--trials", type=int, default=None, help="solves per difficulty (default: 20)")
-    p.add_argument("--max_seconds", type=float, default=None,
+    p.add_argument("--trials", type=_POS_INT, default=None, help="solves per difficulty (default: 20)")
+    p.add_argument("--max_seconds", type=_num(float, 0, 3600, lo_open=True), default=None,
                    help="largest difficulty: about this many seconds per solve (default: 1.0)")
     p.add_argument("--out", default=None, help="CSV (default: results/pow_timing.csv; plot beside it)")
 
@@ -264,14 +323,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cost-separation",
                        help="mean cost per query of each measure, in-distribution vs out-of-distribution")
-    p.add_argument("--datasets", default=None, help="comma-separated datasets (default: mnist-5k,fashion-mnist)")
+    p.add_argument("--datasets", default=None, type=_NAMES_DATASETS, help="comma-separated datasets (default: mnist-5k,fashion-mnist)")
     p.add_argument("--data_dir", default=None, help="(default: data)")
-    p.add_argument("--seed", type=int, default=None, help="(default: 0)")
+    p.add_argument("--seed", type=_NONNEG_INT, default=None, help="(default: 0)")
     p.add_argument("--device", default=None, help="(default: auto)")
     p.add_argument("--victim_dir", default=None,
                    help="folder of DATASET-victim.pt checkpoints (default: checkpoints)")
-    p.add_argument("--queries", type=int, default=None, help="queries per client (default: 1000)")
-    p.add_argument("--sigmas", default=None, help="comma-separated private-kNN sigmas (default: 28,10)")
+    p.add_argument("--queries", type=_POS_INT, default=None, help="queries per client (default: 1000)")
+    p.add_argument("--sigmas", default=None, type=_list(_POS_FLOAT, "sigma"), help="comma-separated private-kNN sigmas (default: 28,10)")
     p.add_argument("--ood_pool", default=None, choices=sorted(OOD_POOLS), help="(default: photos)")
     p.add_argument("--out", default=None, help="CSV of the table (default: results/cost_separation.csv)")
     return parser

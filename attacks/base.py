@@ -4,12 +4,16 @@ Querying the oracle, training the stolen model and evaluating live once, in the 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from common.errors import UserError, unknown_name
+
+
+MAX_POOL_BYTES = 2 ** 30  # a pool attack's images (uint8), at most: checked before anything is allocated
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,11 @@ class SequentialPoolAttack(Attack):
 
     def __init__(self, ctx: AttackContext):
         super().__init__(ctx)
+        need = ctx.budget * math.prod(ctx.spec.input_shape)
+        if need > MAX_POOL_BYTES:
+            raise UserError(f"attack '{self.name}' keeps one image per query: --budget {ctx.budget} on "
+                            f"'{ctx.spec.name}' would need {need / 2 ** 30:.1f} GiB, more than the "
+                            f"{MAX_POOL_BYTES / 2 ** 30:.0f} GiB allowed; lower --budget")
         self.images = self.build_pool()
         if ctx.budget > len(self.images):
             raise UserError(f"attack '{self.name}' can send at most {len(self.images)} distinct queries on "

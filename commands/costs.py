@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from common.errors import UserError
-from common.io import atomic_write_csv, write_params_json
+from common.io import atomic_write_csv, ensure_writable, input_file, write_params_json
 from common.runtime import resolve_device, set_seed
 from data.ood import ood_pool
 from data.registry import load_splits
@@ -20,9 +20,7 @@ from privacy.knn import KnnVoter
 
 def read_votes(path) -> np.ndarray:
     """A CSV of vote histograms, one per row, with or without a header; UserError when malformed."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"votes file {path} does not exist")
+    path = input_file(path, "votes file")
     try:
         frame = pd.read_csv(path, header=None, dtype=str, skip_blank_lines=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
@@ -38,12 +36,16 @@ def read_votes(path) -> np.ndarray:
         raise UserError(f"votes file {path}: row {line} has an empty or non-numeric count; "
                         f"every row must hold one count per class, e.g. 290,5,5,0,0,0,0,0,0,0")
     votes = numeric.to_numpy(dtype=float)
+    if not np.isfinite(votes).all():
+        raise UserError(f"votes file {path}: counts must be finite numbers (no inf, nan or values past 1e308)")
     if votes.shape[1] < 2 or (votes < 0).any():
         raise UserError(f"votes file {path}: counts must be non-negative, with at least two classes per row")
     return votes
 
 
 def privacy_cost(s) -> tuple:
+    if s.out:
+        ensure_writable(s.out, "--out")
     votes = read_votes(s.votes)
     table = cumulative_costs(votes, sigma=s.sigma, delta=s.delta, cap=bool(s.cap_rdp),
                              conversion=s.rdp_conversion)
@@ -59,6 +61,9 @@ def privacy_cost(s) -> tuple:
 
 def cost_separation(s, *, progress: bool = True) -> tuple:
     """Mean cost per query of each measure for in-distribution and OOD clients, and their ratio."""
+    out = ensure_writable(Path(s.out or "results/cost_separation.csv"), "--out")
+    if int(s.queries) < 1:
+        raise UserError(f"--queries must be at least 1, got {s.queries}")
     device = resolve_device(s.device)
     set_seed(s.seed)
     rows = []
@@ -85,7 +90,6 @@ def cost_separation(s, *, progress: bool = True) -> tuple:
             rows.append({"dataset": name, "measure": measure, "in_distribution": ind, "ood": ood,
                          "ratio": ood / ind if ind > 0 else float("inf"), "queries": n})
     frame = pd.DataFrame(rows)
-    out = Path(s.out or "results/cost_separation.csv")
     atomic_write_csv(out, frame)
     write_params_json(out.parent, s.as_dict(), "cost-separation")
     text = frame.to_string(index=False, float_format=lambda v: f"{v:.4f}")

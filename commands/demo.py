@@ -1,26 +1,30 @@
 """demo: the paper's central experiment on mnist-5k, end to end, on a CPU, in a few minutes."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
-from common.io import atomic_savefig, atomic_write_csv, write_params_json
+from common.io import atomic_savefig, atomic_write_csv, ensure_writable_dir, write_params_json
 from commands.victim import train_victim
+from data.registry import create as create_spec
 from extraction.loop import run_extraction
+from models.checkpoint import load_victim
 from pow import calibration
 from privacy.accountants import cost_column
 
 DEMO_MODES = ("standard", "copycat")
+PRICED_LOG = "log_pow.csv"  # each run's log with the demo's PoW columns, beside the run's log.csv
 
 
-def _victim_ok(s) -> bool:
-    meta = Path(str(s.victim_path) + ".json")
-    if not (Path(s.victim_path).exists() and meta.exists()):
+def _usable_victim(s) -> bool:
+    """True when --victim_path holds a victim for this dataset (and architecture); False when there is no
+    file there yet, so one may be trained. Any other file at that path is the user's: a UserError says
+    why it does not fit, and nothing is overwritten."""
+    if not Path(s.victim_path).exists():
         return False
-    info = json.loads(meta.read_text())
-    return info.get("dataset") == s.dataset and (s.victim_arch is None or info.get("architecture") == s.victim_arch)
+    load_victim(s.victim_path, create_spec(s.dataset), architecture=s.victim_arch)
+    return True
 
 
 def plot(logs: dict, path) -> None:
@@ -46,9 +50,9 @@ def plot(logs: dict, path) -> None:
 
 
 def demo(s, *, progress: bool = True) -> tuple:
-    out = Path(s.out_dir)
+    out = ensure_writable_dir(Path(s.out_dir), "--out_dir")
     lines = []
-    if _victim_ok(s):
+    if _usable_victim(s):
         lines.append(f"reusing victim {s.victim_path}")
     else:
         _, report = train_victim(s, progress=progress)
@@ -61,10 +65,9 @@ def demo(s, *, progress: bool = True) -> tuple:
     rows = []
     cal = calibration.create(s.calibration_mode, calibration.load_baseline(baseline, cost_measure=s.cost_measure), s)
     for mode in DEMO_MODES:
-        log_path = out / mode / "log.csv"
-        frame = pd.read_csv(log_path)
+        frame = pd.read_csv(out / mode / "log.csv")
         frame = calibration.add_pow_columns(frame, cal, cost=cost_column(s.cost_measure))
-        atomic_write_csv(log_path, frame)
+        atomic_write_csv(out / mode / PRICED_LOG, frame)  # the run's own log.csv stays as the run wrote it
         logs[mode] = frame
         last = frame.iloc[-1]
         rows.append({"mode": mode, "accuracy": last["accuracy"], "fidelity": last["fidelity"],
@@ -78,5 +81,5 @@ def demo(s, *, progress: bool = True) -> tuple:
     write_params_json(out, {**s.as_dict(), "calibrator": cal.describe()}, "demo")
     lines.append(f"calibration: {s.calibration_mode}, cost measure {s.cost_measure}, baseline {baseline}")
     lines.append(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    lines.append(f"results: {out}/summary.csv, {out}/accuracy_vs_time.png, {out}/MODE/log.csv")
+    lines.append(f"results: {out}/summary.csv, {out}/accuracy_vs_time.png, {out}/MODE/{PRICED_LOG}")
     return table, "\n".join(lines)

@@ -9,17 +9,17 @@ import numpy as np
 import pandas as pd
 
 from common.errors import UserError
-from common.io import atomic_savefig, atomic_write_csv, write_params_json
+from common.io import atomic_savefig, atomic_write_csv, ensure_writable, write_params_json
 from pow import hashcash, puzzles
+from pow.keys import resolve_key
 from pow.solver import Solver, default_workers, measure_rate
 from pow.timing import HASH_KIND, TIMING_COLUMNS
 
-DEV_KEY_ENV = "POW_SECRET"  # environment variable holding the server's HMAC key
-DEV_KEY = "insecure-development-key"  # used only when neither --key nor POW_SECRET is set
+DEFAULT_WORK = 1000.0  # pow-mint: expected evaluations of a challenge issued here, unless --work
 
 
 def _key(s) -> bytes:
-    return (s.key or os.environ.get(DEV_KEY_ENV) or DEV_KEY).encode()
+    return resolve_key(s.key, insecure_dev=bool(s.insecure_dev_key))
 
 
 def pow_mint(s) -> tuple:
@@ -32,10 +32,15 @@ def pow_mint(s) -> tuple:
                 raise UserError("pow-mint --puzzle hashcash needs --bits")
             result, tried = solver.solve_hashcash(s.resource, int(s.bits), solver=s.solver)
         else:
-            challenge = s.challenge or puzzles.issue(key=_key(s), resource=s.resource, work=float(s.work or 1000),
-                                                     kind=s.puzzle, subs=s.pow_subs)
-            if isinstance(puzzles.parse(challenge), str):
-                raise UserError(f"--challenge is not a challenge: {puzzles.parse(challenge)}")
+            if s.challenge:
+                parsed = puzzles.parse(s.challenge)
+                if isinstance(parsed, str):
+                    raise UserError(f"--challenge is not a challenge: {parsed}")
+                challenge = s.challenge
+            else:
+                work = DEFAULT_WORK if s.work is None else s.work
+                challenge = puzzles.issue(key=_key(s), resource=s.resource, work=work, kind=s.puzzle,
+                                          subs=s.pow_subs)
             result, tried = solver.solve_target(challenge)
     seconds = time.perf_counter() - start
     info = {"solution": result, "seconds": seconds, "evaluations": tried, "workers": workers}
@@ -51,7 +56,10 @@ def pow_check(s) -> tuple:
             raise UserError("pow-check --stamp needs --bits (the difficulty required)")
         verdict = hashcash.check(s.stamp, bits=int(s.bits), resource=s.resource)
     else:
-        verdict = puzzles.verify(s.solution, key=_key(s), resource=s.resource, min_work=float(s.min_work))
+        if s.puzzle not in puzzles.KINDS:
+            raise UserError(f"pow-check --solution needs --puzzle {' or '.join(puzzles.KINDS)} (the kind required)")
+        verdict = puzzles.verify(s.solution, key=_key(s), kind=s.puzzle, resource=s.resource,
+                                 min_work=float(s.min_work))
     text = "ok" if verdict else f"rejected: {verdict.reason}"
     if not verdict:
         raise UserError(text)
@@ -72,6 +80,13 @@ def pow_calibrate(s, *, progress: bool = True) -> tuple:
 
     workers = s.workers or default_workers()
     chosen = [p for p in str(s.puzzles).split(",") if p]
+    unknown = sorted(set(chosen) - set(HASH_KIND))
+    if not chosen or unknown:
+        raise UserError(f"--puzzles takes a comma-separated list of {', '.join(HASH_KIND)}; got '{s.puzzles}'")
+    if int(s.trials) < 1:
+        raise UserError(f"--trials must be at least 1, got {s.trials}")
+    out = ensure_writable(Path(s.out or "results/pow_timing.csv"), "--out")
+    ensure_writable(out.with_suffix(".png"), "the plot")
     rows = []
     key = os.urandom(32)
     with Solver(workers) as solver:
@@ -99,7 +114,6 @@ def pow_calibrate(s, *, progress: bool = True) -> tuple:
                              "trials": len(t), "mean_tries": float(np.mean(tries)), "mean_s": float(t.mean()),
                              "median_s": float(np.median(t)), "p90_s": float(np.quantile(t, 0.9)), "rate": rate})
     frame = pd.DataFrame(rows, columns=TIMING_COLUMNS)
-    out = Path(s.out or "results/pow_timing.csv")
     atomic_write_csv(out, frame)
     write_params_json(out.parent, s.as_dict(), "pow-calibrate")
     _plot_timing(frame, out.with_suffix(".png"))

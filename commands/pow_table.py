@@ -9,10 +9,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from common.errors import UserError
-from common.io import atomic_savefig, atomic_write_csv, write_params_json
+from common.io import atomic_savefig, atomic_write_csv, ensure_writable, read_csv_file, write_params_json
 from pow import calibration
 
 BATCHES_PER_STEP = 16  # the paper's CSVs: 16 batches of 64 are counted as 1,000 queries
@@ -25,11 +26,24 @@ def read_attacks(path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise UserError(f"attack CSV {path} does not exist")
-    frame = pd.read_csv(path).rename(columns=ATTACK_COLUMNS)
+    frame = read_csv_file(path, "attack CSV").rename(columns=ATTACK_COLUMNS)
     need = {"time", "mode", "accuracy", "diff", "cost"}
     if not need <= set(frame.columns):
         raise UserError(f"{path} has columns {list(frame.columns)}; expected the paper's "
                         f"'time (sec),mode,accuracy,diff queries,privacy cost'")
+    if frame.empty:
+        raise UserError(f"attack CSV {path} has a header but no rows")
+    numeric = frame[["time", "accuracy", "diff", "cost"]].apply(pd.to_numeric, errors="coerce")
+    if not np.isfinite(numeric.to_numpy(float)).all():
+        raise UserError(f"attack CSV {path}: time, accuracy, diff queries and privacy cost must be finite numbers "
+                        f"in every row")
+    if (numeric[["time", "diff", "cost"]] < 0).any().any():
+        raise UserError(f"attack CSV {path}: time, diff queries and privacy cost must be non-negative")
+    frame[numeric.columns] = numeric
+    last_time = frame.groupby("mode", sort=False)["time"].last()
+    if (last_time <= 0).any():
+        raise UserError(f"attack CSV {path}: mode(s) {', '.join(map(str, last_time[last_time <= 0].index))} end "
+                        f"with a time of 0 s; the ratio of times needs a positive time")
     frame["queries"] = frame.groupby("mode", sort=False)["diff"].cumsum() * calibration.STEP_QUERIES / BATCHES_PER_STEP
     return frame
 
@@ -73,8 +87,11 @@ def _split(text) -> list:
 
 def pow_table(s) -> tuple:
     cals, atts = _split(s.calibration), _split(s.attacks)
-    if len(cals) != len(atts):
+    if not cals or len(cals) != len(atts):
         raise UserError("give as many --calibration files as --attacks files (one pair per dataset)")
+    for path, what in ((s.out, "--out"), (s.plot, "--plot")):
+        if path:
+            ensure_writable(path, what)
     texts, tables, priced = [], [], {}
     for cal_csv, att_csv in zip(cals, atts):
         name = Path(att_csv).stem.replace("model_extraction_attack_accuracy_", "")

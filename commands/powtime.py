@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from common.errors import UserError
-from common.io import atomic_write_csv, atomic_write_text, run_metadata
+from common.io import atomic_write_csv, atomic_write_text, ensure_writable, run_metadata
 from pow import calibration
 
 
@@ -32,14 +32,33 @@ def priced(s, calibration_path, log_path, **overrides) -> tuple:
     return raw, cal
 
 
+def priced_path(log) -> Path:
+    """Where pow-time writes by default: beside the log, never over it (LOG.pow.csv)."""
+    log = Path(log)
+    return log.with_name(log.stem + ".pow.csv")
+
+
+def _output(s) -> Path:
+    target = Path(s.out) if s.out else priced_path(s.log)
+    for given, flag in ((s.log, "--log"), (s.calibration, "--calibration")):
+        if Path(given).exists() and target.exists() and target.resolve() == Path(given).resolve():
+            raise UserError(f"--out {target} is the file given as {flag}; pow-time never overwrites its inputs. "
+                            f"Choose another --out (default: {priced_path(s.log)})")
+    return ensure_writable(target, "--out")
+
+
 def pow_time(s) -> tuple:
     if s.bases or s.budgets:
+        if s.out:
+            _output(s)
         return sweep(s)
+    target = _output(s)
+    record = target.with_name((target.stem if target.suffix == ".csv" else target.name) + ".json")
+    ensure_writable(record, "the settings record")
     frame, cal = priced(s, s.calibration, s.log)
-    target = Path(s.out or s.log)
     atomic_write_csv(target, frame)
     # the settings that priced this log, beside it (the run's own params.json is left as it was)
-    atomic_write_text(target.with_name(target.stem + ".pow.json"),
+    atomic_write_text(record,
                       json.dumps({**run_metadata(s.as_dict(), "pow-time"), "calibrator": cal.describe()},
                                  indent=2, default=str) + "\n")
     last = frame.iloc[-1]
@@ -47,7 +66,7 @@ def pow_time(s) -> tuple:
     text = (f"calibration: {cal.name} on {s.calibration} (cost column: {s.cost_measure})\n"
             f"queries: {int(last['queries'])}\ntime without PoW: {last['query_time_s']:.3f} s\n"
             f"time with PoW:    {last['total_time_s']:.3f} s\nratio: {r:.2f}x\nwritten to {target} "
-            f"(settings: {target.stem}.pow.json)")
+            f"(settings: {record.name})")
     return {"ratio": r, "query_time_s": float(last["query_time_s"]),
             "total_time_s": float(last["total_time_s"])}, text
 

@@ -5,6 +5,11 @@ import time
 
 import torch
 
+from pathlib import Path
+
+from common import checks
+from common.errors import UserError
+from common.io import ensure_writable
 from common.runtime import resolve_device, set_seed
 from data.registry import load_splits
 from models import architectures
@@ -12,7 +17,21 @@ from models.checkpoint import default_victim_arch, save_victim
 from models.training import accuracy, make_optimizer, random_shift, train_epochs
 
 
+def check_target(path, *, overwrite: bool) -> Path:
+    """The checkpoint path P (and P.json) must be writable, and new unless overwrite is set."""
+    path = Path(path)
+    sidecar = Path(str(path) + ".json")
+    for p in (path, sidecar):
+        ensure_writable(p, "--victim_path" if p == path else "the checkpoint's metadata")
+        if p.exists() and not overwrite:
+            raise UserError(f"{p} already exists; train-victim never replaces a file unasked. Pass --overwrite "
+                            f"to replace it, or choose another --victim_path")
+    return path
+
+
 def train_victim(s, *, progress: bool = True) -> tuple:
+    check_target(s.victim_path, overwrite=bool(getattr(s, "overwrite", False)))
+    checks.whole("--epochs", s.epochs, lo=1)
     device = resolve_device(s.device)
     set_seed(s.seed)
     splits = load_splits(s.dataset, s.data_dir)

@@ -1,4 +1,4 @@
-"""The one exception type whose message is shown to the user as is (no traceback)."""
+"""The project's own exception types: the only ones whose message the CLI shows as is (no traceback)."""
 
 
 class UserError(Exception):
@@ -8,7 +8,14 @@ class UserError(Exception):
     """
 
 
-def unknown_name(kind: str, name: str, valid) -> ValueError:
-    """A ValueError for a registry miss that lists the valid names."""
+class ConfigError(UserError, ValueError):
+    """An argument or setting out of range, or an unknown name.
+
+    A UserError for the CLI, and a ValueError for library callers that pass bad arguments.
+    """
+
+
+def unknown_name(kind: str, name: str, valid) -> ConfigError:
+    """A ConfigError for a registry miss that lists the valid names."""
     names = ", ".join(sorted(valid))
-    return ValueError(f"unknown {kind} '{name}'; valid {kind}s: {names}")
+    return ConfigError(f"unknown {kind} '{name}'; valid {kind}s: {names}")

@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import datetime
+import errno
+import fcntl
+import hashlib
 import json
 import os
+import pickle
 import platform
 import subprocess
 import tempfile
@@ -12,11 +16,33 @@ from typing import Any, Callable
 
 import torch
 
+from common.errors import UserError
+
+
+def tmp_prefix(path) -> str:
+    """Temporary files of an atomic write of `path` are named PREFIX*.tmp in the same folder."""
+    return f".{Path(path).name}."
+
+
+def remove_stale_tmp(path) -> list:
+    """Delete temporary files left by an atomic write of `path` that was killed; returns what was removed.
+
+    Call it only while no other writer of `path` runs (extraction holds its folder's lock)."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(tmp_prefix(path) + "*.tmp"):
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except FileNotFoundError:
+            pass
+    return removed
+
 
 def _atomic(path: Path, write: Callable[[str], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=tmp_prefix(path), suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
@@ -76,7 +102,7 @@ def run_metadata(settings: dict, command: str) -> dict:
         "seed": settings.get("seed"),
         "git_commit": git_commit(),
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -86,3 +112,114 @@ def write_params_json(out_dir, settings: dict, command: str) -> Path:
     path = Path(out_dir) / "params.json"
     atomic_write_text(path, json.dumps(run_metadata(settings, command), indent=2, default=str) + "\n")
     return path
+
+
+def ensure_writable(path, what: str = "output") -> Path:
+    """Check, before any work, that `path` can be written: its nearest existing ancestor is a writable
+    folder and `path` itself is not a folder. Creates nothing. UserError saying why otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder; give a file name")
+    parent = path.parent
+    while not parent.exists():
+        if parent.is_symlink():
+            raise UserError(f"{what} {path} cannot be written: {parent} is a broken link")
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{what} {path} cannot be written: {parent} is a file, not a folder; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {path} cannot be written: no write permission in {parent}")
+    return path
+
+
+def ensure_writable_dir(path, what: str = "output folder") -> Path:
+    """Like ensure_writable, for a folder that will receive files."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path} is a file, not a folder; choose another path")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UserError(f"{what} {path} cannot be written: no write permission")
+        return path
+    ensure_writable(path, what)
+    return path
+
+
+def input_file(path, what: str) -> Path:
+    """An existing regular file, or a UserError naming `what` and the problem."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{what} {path} does not exist")
+    if not path.is_file():
+        raise UserError(f"{what} {path} is not a file (a folder?); give the file's path")
+    return path
+
+
+def read_csv_file(path, what: str, **kwargs):
+    """pandas.read_csv of an existing regular file; unreadable or empty files are a UserError."""
+    import pandas as pd
+
+    path = input_file(path, what)
+    try:
+        return pd.read_csv(path, **kwargs)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise UserError(f"{what} {path} is not a readable CSV ({exc.__class__.__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+
+
+def file_sha256(path) -> str:
+    """Content hash of a file (hex)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class FolderLock:
+    """An exclusive lock on a folder (fcntl.flock on FOLDER/.lock), released on close or process death."""
+
+    def __init__(self, folder, what: str = "run"):
+        self.path = Path(folder) / ".lock"
+        self.what = what
+        self._fh = None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            fh.close()
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise UserError(f"another {self.what} is using {self.path.parent} now; wait for it to finish, "
+                                f"or choose another --out_dir") from exc
+            raise
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc):
+        if self._fh is not None:
+            try:
+                fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            finally:
+                self._fh.close()
+                self._fh = None
+        return False
+
+
+#: what torch.load raises for a file that is not a readable, code-free checkpoint
+LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError)
+
+
+def safe_torch_load(path, what: str, fix: str):
+    """torch.load with weights_only=True (tensors, numbers, strings and containers only: a crafted pickle
+    cannot run code). A file that is not such a checkpoint is a UserError: what, why, and `fix`."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except LOAD_ERRORS as exc:
+        if isinstance(exc, pickle.UnpicklingError):
+            why = "it holds objects other than tensors, numbers and strings, which are not loaded since they could run code"
+        else:
+            why = f"{exc.__class__.__name__}: {(str(exc).strip().splitlines() or ['truncated'])[0][:120]}"
+        raise UserError(f"{what} {path} cannot be read ({why}); {fix}") from exc

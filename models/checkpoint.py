@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from common.errors import UserError
-from common.io import atomic_torch_save, atomic_write_text
+from common.io import atomic_torch_save, atomic_write_text, safe_torch_load
 from models import architectures
 
 #: architecture of the victim and of the stolen copy, per input shape
@@ -47,14 +47,12 @@ def load_victim(path, spec, *, architecture: str | None = None, device=torch.dev
     make = train_command(spec.name, path)
     if not path.exists():
         raise UserError(f"victim checkpoint {path} does not exist. Create it with: {make}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        raise UserError(f"victim checkpoint {path} cannot be read ({exc.__class__.__name__}); it is corrupt. "
-                        f"Recreate it with: {make}") from exc
-    if isinstance(blob, dict) and "state_dict" in blob and "meta" in blob:
+    if not path.is_file():
+        raise UserError(f"victim checkpoint {path} is not a file. Create one with: {make}")
+    blob = safe_torch_load(path, "victim checkpoint", f"it is corrupt or not a checkpoint. Recreate it with: {make}")
+    if isinstance(blob, dict) and isinstance(blob.get("state_dict"), dict) and isinstance(blob.get("meta"), dict):
         state, meta = blob["state_dict"], dict(blob["meta"])
-    elif isinstance(blob, dict) and all(isinstance(v, torch.Tensor) for v in blob.values()):
+    elif isinstance(blob, dict) and blob and all(isinstance(v, torch.Tensor) for v in blob.values()):
         state, meta = blob, {"dataset": spec.name, "architecture": architecture or default_victim_arch(spec)}
     else:
         raise UserError(f"{path} is not a victim checkpoint (no state dict inside). Create one with: {make}")

@@ -6,6 +6,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from common.errors import ConfigError
 from data.registry import to_float
 from models.training import predict_logits
 
@@ -21,7 +22,7 @@ class VictimOracle:
 
     def __init__(self, model: torch.nn.Module, *, device: torch.device, output: str = "labels", ledger=None):
         if output not in OUTPUTS:
-            raise ValueError(f"unknown victim output '{output}'; valid outputs: {', '.join(OUTPUTS)}")
+            raise ConfigError(f"unknown victim output '{output}'; valid outputs: {', '.join(OUTPUTS)}")
         self.model, self.device, self.output, self.ledger = model.eval(), device, output, ledger
         self.queries = 0
         self.query_time_s = 0.0

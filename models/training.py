@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from common.errors import ConfigError
 from data.registry import to_float
 
 EVAL_BATCH = 1024  # batch size for inference-only passes
@@ -24,7 +25,7 @@ def make_optimizer(model: nn.Module, *, optimizer: str, lr: float, momentum: flo
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     if optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer '{optimizer}'; valid optimizers: adam, sgd")
+    raise ConfigError(f"unknown optimizer '{optimizer}'; valid optimizers: adam, sgd")
 
 
 def train_epochs(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, *, optimizer, epochs: int,

@@ -25,7 +25,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from common import checks
 from common.errors import UserError, unknown_name
+from common.io import read_csv_file
 from privacy.accountants import COST_COLUMNS, cost_column
 
 STEP_QUERIES = 1000  # paper: one logged step = 16 batches of 64, counted as 1,000 queries
@@ -51,10 +53,7 @@ def read_cost_log(path, *, cost_measure: str) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path} does not exist; give a run's log.csv or a paper-format CSV")
-    try:
-        frame = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not a readable CSV ({exc})") from exc
+    frame = read_csv_file(path, "cost log")
     column = cost_column(cost_measure)
     if set(PAPER_COLUMNS) <= set(frame.columns):
         out = pd.DataFrame({"queries": frame["queries"], "cost": frame["privacy"], "query_time_s": frame["time"]})
@@ -66,19 +65,39 @@ def read_cost_log(path, *, cost_measure: str) -> pd.DataFrame:
         raise UserError(f"{path} has columns {list(frame.columns)}; expected a run log with queries, "
                         f"query_time_s and {column} (one of {', '.join(COST_COLUMNS)} per --cost_measure), "
                         f"or the paper's {','.join(PAPER_COLUMNS)}")
+    out = out.apply(pd.to_numeric, errors="coerce")
+    if out.empty:
+        raise UserError(f"{path} has a header but no rows; it needs at least one row of queries, time and cost")
     if out.isna().any().any() or not np.isfinite(out.to_numpy(dtype=float)).all():
-        raise UserError(f"{path} has empty or non-numeric values in queries, time or cost")
+        raise UserError(f"{path} has empty, non-numeric or infinite values in queries, time or cost")
+    q = out["queries"].to_numpy(float)
+    if (q < 0).any() or (np.diff(q) <= 0).any():
+        raise UserError(f"{path}: queries must be non-negative and strictly increasing from row to row "
+                        f"(cumulative counts, one row per logged round)")
+    if (out["cost"] < 0).any() or (out["query_time_s"] < 0).any():
+        raise UserError(f"{path}: cost and time must be non-negative (cumulative totals)")
     out.attrs["column"] = column
     return out
 
 
 def load_baseline(path, *, cost_measure: str) -> Baseline:
     frame = read_cost_log(path, cost_measure=cost_measure)
-    frame = frame[frame["queries"] > 0].sort_values("queries")
+    frame = frame[frame["queries"] > 0]
     if len(frame) < 1:
         raise UserError(f"baseline {path} has no rows with queries > 0; it cannot calibrate")
+    if not frame["query_time_s"].iloc[-1] > 0:
+        raise UserError(f"baseline {path} ends with a query time of 0 s; a legitimate user's time must be "
+                        f"positive to calibrate against")
     return Baseline(frame["queries"].to_numpy(float), frame["cost"].to_numpy(float),
                     frame["query_time_s"].to_numpy(float), str(path), frame.attrs["column"])
+
+
+def _finite_fit(baseline: Baseline, **values) -> None:
+    """The fitted line of a baseline must be finite: huge values (1e308) overflow to inf or NaN."""
+    bad = [name for name, v in values.items() if not np.isfinite(v)]
+    if bad:
+        raise UserError(f"baseline {baseline.source} gives a non-finite {', '.join(bad)}: its queries, costs or "
+                        f"times are too large to calibrate with; check the file")
 
 
 class PaperCalibrator:
@@ -87,13 +106,15 @@ class PaperCalibrator:
 
     def __init__(self, baseline: Baseline, *, base: float = 1.0075, min_s: float = 0.1, max_s: float = 2948.467908,
                  one_sided: bool = False):
-        if base <= 1 or min_s <= 0 or max_s < min_s:
-            raise ValueError("paper calibration needs base > 1 and 0 < min_s <= max_s")
+        base = checks.finite("base", base, lo=1, lo_open=True)
+        min_s = checks.finite("min_s", min_s, lo=0, lo_open=True)
+        max_s = checks.finite("max_s", max_s, lo=min_s)
         self.base, self.min_s, self.max_s, self.one_sided = base, min_s, max_s, one_sided
         if len(baseline.queries) >= 2:
             self.slope, self.intercept = np.polyfit(baseline.queries, baseline.cost, 1)
         else:
             self.slope, self.intercept = baseline.cost[0] / baseline.queries[0], 0.0
+        _finite_fit(baseline, slope=self.slope, intercept=self.intercept)
 
     def expected(self, queries):
         return self.slope * np.asarray(queries, float) + self.intercept
@@ -123,13 +144,16 @@ class RelativeCalibrator:
 
     def __init__(self, baseline: Baseline, *, base: float = 1.05, budget: float = 1.0, tolerance: float = 3.0,
                  max_factor: float = 1000.0, batch_size: int = 64):
-        if base <= 1 or budget <= 0 or tolerance < 0 or max_factor < budget or batch_size < 1:
-            raise ValueError("relative calibration needs base > 1, budget > 0, tolerance >= 0, "
-                             "max_factor >= budget and batch_size >= 1")
+        base = checks.finite("base", base, lo=1, lo_open=True)
+        budget = checks.finite("pow_budget", budget, lo=0, lo_open=True)
+        tolerance = checks.finite("tolerance", tolerance, lo=0)
+        max_factor = checks.finite("max_factor (at least pow_budget)", max_factor, lo=budget)
+        batch_size = checks.whole("query batch", batch_size, lo=1)
         self.base, self.budget, self.tolerance, self.max_factor = base, budget, tolerance, max_factor
         self.batch_size = batch_size
         q, c = baseline.queries, baseline.cost
-        self.slope = float((q * c).sum() / (q * q).sum())
+        with np.errstate(over="ignore", invalid="ignore"):
+            self.slope = float((q * c).sum() / (q * q).sum())
         if self.slope <= 0:
             raise UserError(f"baseline {baseline.source} has no positive cost per query; it cannot calibrate")
         self.unit = self.slope * batch_size  # a legitimate batch's expected cost
@@ -137,7 +161,12 @@ class RelativeCalibrator:
         dq = np.diff(np.concatenate([[0.0], q]))
         dc = np.diff(np.concatenate([[0.0], c]))
         batches = dq / batch_size
-        self.batch_sd = float(np.sqrt(np.mean((dc - self.slope * dq) ** 2 / batches)))
+        with np.errstate(over="ignore", invalid="ignore"):
+            self.batch_sd = float(np.sqrt(np.mean((dc - self.slope * dq) ** 2 / batches)))
+        _finite_fit(baseline, slope=self.slope, unit=self.unit, batch_sd=self.batch_sd,
+                    batch_time_s=self.batch_time_s)
+        if not self.batch_time_s > 0:
+            raise UserError(f"baseline {baseline.source} has no positive query time; it cannot calibrate")
 
     def expected(self, queries):
         return self.slope * np.asarray(queries, float)

@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import math
 import os
 import re
 import shutil
 import subprocess
 from dataclasses import dataclass
 
+from common.errors import ConfigError
+
 B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"  # hashcash's counter alphabet
 RAND_CHARS = 16  # random-field length, as the hashcash tool uses
 DEFAULT_EXPIRY_S = 28 * 24 * 3600  # the hashcash tool's default validity: 28 days
 FUTURE_GRACE_S = 2 * 24 * 3600  # clock skew tolerated for stamps dated in the future
 MAX_BITS = 160  # SHA-1 digest length
-_DATE = re.compile(r"^(\d{6})(\d{4})?(\d{2})?$")
-_FIELD = re.compile(r"^[A-Za-z0-9+/=._@\-]*$")
+MAX_STAMP_CHARS = 1024  # longer texts are rejected before any parsing
+_DATE = re.compile(r"([0-9]{6})([0-9]{4})?([0-9]{2})?", re.ASCII)
+_FIELD = re.compile(r"[A-Za-z0-9+/=._@\-]*", re.ASCII)
+_BITS = re.compile(r"[1-9][0-9]{0,2}", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,7 @@ def stamp_date(when: dt.datetime | None = None) -> str:
 
 
 def parse_date(text: str) -> dt.datetime | None:
-    m = _DATE.match(text)
+    m = _DATE.fullmatch(text)
     if not m:
         return None
     fmt = "%y%m%d" + ("%H%M" if m.group(2) else "") + ("%S" if m.group(3) else "")
@@ -70,9 +75,11 @@ def parse_date(text: str) -> dt.datetime | None:
 def prefix(bits: int, resource: str, *, date: str | None = None, ext: str = "", rand: str | None = None) -> str:
     """Everything of a stamp but its counter (ends with ':')."""
     if not 0 < bits <= MAX_BITS:
-        raise ValueError(f"bits must lie in 1..{MAX_BITS}, got {bits}")
-    if ":" in resource or ":" in ext or not resource:
-        raise ValueError("the resource must be non-empty, and neither resource nor ext may contain ':'")
+        raise ConfigError(f"bits must lie in 1..{MAX_BITS}, got {bits}")
+    if (not resource or ":" in resource + ext or not (resource + ext).isascii()
+            or not (resource + ext).isprintable() or len(resource) > 256):
+        raise ConfigError("the resource must be 1 to 256 printable ASCII characters, and neither resource nor "
+                          "ext may contain ':'")
     rand = rand or "".join(B64[b % 64] for b in os.urandom(RAND_CHARS))
     return f"1:{bits}:{date or stamp_date()}:{resource}:{ext}:{rand}:"
 
@@ -93,17 +100,25 @@ def search(stamp_prefix: str, bits: int, start: int, count: int) -> int | None:
 
 
 def check(stamp: str, *, bits: int, resource: str | None = None, now: dt.datetime | None = None,
-          expiry_s: float = DEFAULT_EXPIRY_S) -> Verdict:
-    """Verify a stamp; never raises. Reasons: malformed, wrong version, too few bits asked, wrong
-    resource, expired, dated in the future, or a hash without enough leading zero bits."""
-    if not isinstance(stamp, str) or stamp.count(":") != 6:
+          expiry_s: float = DEFAULT_EXPIRY_S, replay=None) -> Verdict:
+    """Verify a stamp; never raises, whatever the text. Reasons: malformed, wrong version, too few bits
+    asked, wrong resource, expired, dated in the future, a hash without enough leading zero bits, or
+    (with a `replay` guard, the spent set) a stamp already spent. A spent stamp stays spent until it
+    expires."""
+    if not isinstance(stamp, str) or len(stamp) > MAX_STAMP_CHARS or stamp.count(":") != 6:
         return Verdict(False, "malformed: a version-1 stamp has 7 ':'-separated fields")
+    if not stamp.isascii() or not stamp.isprintable():
+        return Verdict(False, "malformed: a stamp is printable ASCII")
+    if not isinstance(bits, int) or not 0 < bits <= MAX_BITS:
+        return Verdict(False, f"server misconfigured: the bits required must lie in 1..{MAX_BITS}")
+    if not isinstance(expiry_s, (int, float)) or not (math.isfinite(expiry_s) and expiry_s > 0):
+        return Verdict(False, "server misconfigured: the expiry must be a finite number of seconds > 0")
     ver, claimed, date, res, ext, rand, counter = stamp.split(":")
     if ver != "1":
         return Verdict(False, f"unsupported version '{ver}' (only hashcash version 1)")
-    if not claimed.isdigit() or not 0 < int(claimed) <= MAX_BITS:
+    if not _BITS.fullmatch(claimed) or not 0 < int(claimed) <= MAX_BITS:
         return Verdict(False, f"malformed bits field '{claimed}'")
-    if not counter or not _FIELD.match(counter) or not _FIELD.match(rand):
+    if not counter or not _FIELD.fullmatch(counter) or not _FIELD.fullmatch(rand):
         return Verdict(False, "malformed rand or counter field")
     when = parse_date(date)
     if when is None:
@@ -121,6 +136,8 @@ def check(stamp: str, *, bits: int, resource: str | None = None, now: dt.datetim
     got = leading_zero_bits(hashlib.sha1(stamp.encode()).digest())
     if got < int(claimed):
         return Verdict(False, f"invalid: the hash has {got} leading zero bits, the stamp claims {claimed}", got)
+    if replay is not None and not replay.claim(stamp, when.timestamp() + expiry_s, now=now.timestamp()):
+        return Verdict(False, "spent: this stamp was already redeemed", got)
     return Verdict(True, "ok", got)
 
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
+from common import checks
 from common.errors import UserError
 from pow import hashcash, puzzles
+from pow.replay import ReplayGuard
 from pow.solver import Solver, default_workers, profile_solver
 from pow.timing import make_pricer
 
@@ -33,12 +36,13 @@ class PowPayer:
                                   measure=lambda kind, w: profile_solver(kind, workers=w, subs=s.pow_subs,
                                                                          seconds=PROFILE_SECONDS))
         self.key = os.urandom(32)
-        self.replay = puzzles.ReplayGuard()
+        self.replay = ReplayGuard()
         self._solver = Solver(self.workers).__enter__() if self.mode == "real" else None
 
     def pay(self, seconds: float, *, batches: int) -> dict:
         """Pay `seconds` of calibrated PoW spread over `batches` batches; returns seconds, work, difficulty."""
-        if batches <= 0 or seconds <= 0:
+        seconds = checks.finite("PoW seconds", seconds, lo=0)
+        if batches <= 0 or seconds == 0:
             return {"seconds": 0.0, "work": 0.0, "difficulty": 0.0}
         difficulty = self.pricer.difficulty(seconds / batches)
         work = batches * self.pricer.work(difficulty)
@@ -55,13 +59,13 @@ class PowPayer:
     def _solve_one(self, difficulty: float) -> None:
         if self.puzzle == "hashcash":
             stamp, _ = self._solver.solve_hashcash(self.resource, int(difficulty), solver=self.solver_name)
-            verdict = hashcash.check(stamp, bits=int(difficulty), resource=self.resource)
+            verdict = hashcash.check(stamp, bits=int(difficulty), resource=self.resource, replay=self.replay)
         else:
             challenge = puzzles.issue(key=self.key, resource=self.resource, work=difficulty, kind=self.puzzle,
                                       subs=self.subs)
             solution, _ = self._solver.solve_target(challenge)
-            verdict = puzzles.verify(solution, key=self.key, resource=self.resource, min_work=difficulty,
-                                     replay=self.replay)
+            verdict = puzzles.verify(solution, key=self.key, kind=self.puzzle, resource=self.resource,
+                                     min_work=difficulty, replay=self.replay)
         if not verdict:
             raise RuntimeError(f"the server rejected a solved puzzle: {verdict.reason}")
 
@@ -86,7 +90,7 @@ def compare_real_simulated(simulated_log, real_log, params_json) -> dict:
     import pandas as pd
 
     sim, real = pd.read_csv(simulated_log), pd.read_csv(real_log)
-    params = json.load(open(params_json))["settings"]
+    params = json.loads(Path(params_json).read_text())["settings"]
     pricer, batch = params["pow_pricer"], params["query_batch"]
     subs = 1 if params["puzzle"] == "hashcash" else params["pow_subs"]
     batches = sim["queries"].diff().fillna(sim["queries"].iloc[0]).to_numpy() / batch

@@ -16,10 +16,14 @@ import hashlib
 import hmac
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 
+from common import checks
+from common.errors import ConfigError
 from pow.hashcash import Verdict
+from pow.replay import ReplayGuard  # noqa: F401  (the spent set; re-exported for callers of this module)
 
 KINDS = ("sha256", "scrypt")
 VERSION = "pow1"
@@ -29,6 +33,18 @@ SCRYPT_MEMORY_BYTES = 128 * SCRYPT_R * SCRYPT_N
 SCRYPT_MAXMEM = 4 * SCRYPT_MEMORY_BYTES  # OpenSSL's memory ceiling for one evaluation
 DEFAULT_TTL_S = 600  # a challenge is valid for ten minutes
 FIELDS = 8  # fields of a challenge
+MAX_SUBS = 4096  # sub-solutions per challenge, at most
+MAX_WORK = 1e18  # expected evaluations, at most (about 30 years of a fast GPU on sha256)
+MAX_SOLUTION_CHARS = FIELDS * 64 + MAX_SUBS * 33 + 512  # longer texts are rejected before any parsing
+NONCE_HEX = 32  # a nonce has at most this many hex digits
+# Every field has one canonical spelling, so no other text can carry the same signed challenge.
+_RESOURCE = re.compile(r"[A-Za-z0-9._@:+/=-]{1,256}", re.ASCII)
+_SUBS = re.compile(r"[1-9][0-9]{0,3}", re.ASCII)
+_EXPIRES = re.compile(r"[1-9][0-9]{0,11}", re.ASCII)
+_RAND = re.compile(r"[0-9a-f]{24}", re.ASCII)
+_MAC = re.compile(r"[0-9a-f]{64}", re.ASCII)
+_NONCES = re.compile(r"(0|[1-9a-f][0-9a-f]{0,%d})(,(0|[1-9a-f][0-9a-f]{0,%d}))*" % (NONCE_HEX - 1, NONCE_HEX - 1),
+                     re.ASCII)
 
 
 def digest(kind: str, data: bytes) -> bytes:
@@ -38,7 +54,7 @@ def digest(kind: str, data: bytes) -> bytes:
     if kind == "scrypt":
         return hashlib.scrypt(data, salt=SCRYPT_SALT, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32,
                               maxmem=SCRYPT_MAXMEM)
-    raise ValueError(f"unknown puzzle kind '{kind}'; valid kinds: {', '.join(KINDS)}")
+    raise ConfigError(f"unknown puzzle kind '{kind}'; valid kinds: {', '.join(KINDS)}")
 
 
 def threshold(work: float, subs: int) -> int:
@@ -51,16 +67,23 @@ def _mac(key: bytes, body: str) -> str:
     return hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
 
 
+def check_work(work: float, subs: int) -> tuple:
+    """(work, subs) validated: work finite in [1, MAX_WORK], subs a whole number in [1, MAX_SUBS]."""
+    return (checks.finite("work", work, lo=1, hi=MAX_WORK),
+            checks.whole("sub-solutions", subs, lo=1, hi=MAX_SUBS))
+
+
 def issue(*, key: bytes, resource: str, work: float, kind: str = "sha256", subs: int = 1,
           ttl_s: float = DEFAULT_TTL_S, now: float | None = None) -> str:
     """A signed challenge demanding `work` expected evaluations in `subs` sub-solutions."""
     if kind not in KINDS:
-        raise ValueError(f"unknown puzzle kind '{kind}'; valid kinds: {', '.join(KINDS)}")
-    if not (work >= 1 and math.isfinite(work)) or subs < 1:
-        raise ValueError("work must be a finite number >= 1 and subs >= 1")
-    if not resource or "|" in resource:
-        raise ValueError("the resource must be non-empty and contain no '|'")
-    expires = int((now if now is not None else time.time()) + ttl_s)
+        raise ConfigError(f"unknown puzzle kind '{kind}'; valid kinds: {', '.join(KINDS)}")
+    work, subs = check_work(work, subs)
+    if not isinstance(resource, str) or not _RESOURCE.fullmatch(resource):
+        raise ConfigError(f"the resource must be 1 to 256 characters of A-Z a-z 0-9 . _ @ : + / = -, got {resource!r}")
+    if not isinstance(key, bytes) or not key:
+        raise ConfigError("the key must be non-empty bytes")
+    expires = int((now if now is not None else time.time()) + checks.finite("ttl_s", ttl_s, lo=1, hi=10 ** 7))
     body = f"{VERSION}|{kind}|{work!r}|{subs}|{expires}|{resource}|{os.urandom(12).hex()}"
     return f"{body}|{_mac(key, body)}"
 
@@ -76,72 +99,71 @@ class Challenge:
     text: str
 
 
+def _canonical_work(text: str) -> float | None:
+    try:
+        w = float(text)
+    except ValueError:
+        return None
+    return w if repr(w) == text and math.isfinite(w) and 1 <= w <= MAX_WORK else None
+
+
 def parse(text: str) -> Challenge | str:
-    """A Challenge, or the reason why the text is not one."""
-    parts = text.split("|") if isinstance(text, str) else []
+    """A Challenge, or the reason why the text is not one. Never raises; accepts only canonical fields."""
+    if not isinstance(text, str) or len(text) > MAX_SOLUTION_CHARS:
+        return "malformed: a challenge is a text of at most a few kilobytes"
+    parts = text.split("|")
     if len(parts) != FIELDS or parts[0] != VERSION:
         return f"malformed: a challenge has {FIELDS} '|'-separated fields starting with {VERSION}"
-    _, kind, work, subs, expires, resource, rand, _ = parts
+    _, kind, work, subs, expires, resource, rand, mac = parts
     if kind not in KINDS:
-        return f"malformed: unknown puzzle kind '{kind}'"
-    try:
-        w, n, e = float(work), int(subs), int(expires)
-    except ValueError:
-        return "malformed: work, subs and expiry must be numbers"
-    if not (w >= 1 and math.isfinite(w)) or n < 1:
-        return "malformed: work must be >= 1 and subs >= 1"
-    return Challenge(kind, w, n, e, resource, rand, text)
+        return "malformed: unknown puzzle kind"
+    w = _canonical_work(work)
+    if w is None or not _SUBS.fullmatch(subs) or int(subs) > MAX_SUBS or not _EXPIRES.fullmatch(expires):
+        return f"malformed: work must be a number in 1..{MAX_WORK:g}, subs 1..{MAX_SUBS} and expiry a unix time"
+    if not _RESOURCE.fullmatch(resource) or not _RAND.fullmatch(rand) or not _MAC.fullmatch(mac):
+        return "malformed: bad resource, random or signature field"
+    return Challenge(kind, w, int(subs), int(expires), resource, rand, text)
 
 
 def sub_input(challenge_text: str, index: int, nonce: int) -> bytes:
     return f"{challenge_text}|{index}|{nonce:x}".encode()
 
 
-def verify(solution: str, *, key: bytes, resource: str | None = None, min_work: float = 1.0,
-           now: float | None = None, replay=None) -> Verdict:
-    """Check a solution; never raises. Reasons: malformed, bad signature, expired, wrong resource,
-    too easy, wrong number of nonces, an invalid sub-solution, or a replay. The same nonce may solve
-    two sub-puzzles: each hashes its own index, so the inputs differ."""
-    if not isinstance(solution, str) or solution.count("|") != FIELDS:
+def verify(solution: str, *, key: bytes, kind: str, resource: str, min_work: float, now: float | None = None,
+           replay=None) -> Verdict:
+    """Check a solution against what the server requires: its key, the puzzle kind, the resource and the
+    least work. Never raises, whatever the text. Reasons: malformed, bad signature, expired, wrong kind,
+    wrong resource, too easy, wrong number of nonces, an invalid sub-solution, or a replay. The same
+    nonce may solve two sub-puzzles: each hashes its own index, so the inputs differ."""
+    if not isinstance(solution, str) or len(solution) > MAX_SOLUTION_CHARS or solution.count("|") != FIELDS:
         return Verdict(False, f"malformed: a solution is the challenge's {FIELDS} fields plus '|nonces'")
+    if not (isinstance(min_work, (int, float)) and math.isfinite(min_work) and min_work >= 1):
+        return Verdict(False, "server misconfigured: the least work required must be a finite number >= 1")
     text, nonces_text = solution.rsplit("|", 1)
     ch = parse(text)
     if isinstance(ch, str):
         return Verdict(False, ch)
     body, mac = text.rsplit("|", 1)
-    if not hmac.compare_digest(_mac(key, body), mac):
+    if not isinstance(key, bytes) or not hmac.compare_digest(_mac(key, body).encode(), mac.encode()):
         return Verdict(False, "bad signature: the challenge was not issued by this server or was altered")
     if (now if now is not None else time.time()) > ch.expires:
         return Verdict(False, "expired: the challenge's time to live has passed")
-    if resource is not None and ch.resource != resource:
+    if ch.kind != kind:
+        return Verdict(False, f"wrong puzzle kind '{ch.kind}' (expected '{kind}')")
+    if ch.resource != resource:
         return Verdict(False, f"wrong resource '{ch.resource}' (expected '{resource}')")
     if ch.work < min_work:
         return Verdict(False, f"too easy: work {ch.work:.6g} is below the required {min_work:.6g}")
-    try:
-        nonces = [int(x, 16) for x in nonces_text.split(",")]
-    except ValueError:
-        return Verdict(False, "malformed: nonces must be comma-separated hexadecimal numbers")
+    if not _NONCES.fullmatch(nonces_text):
+        return Verdict(False, "malformed: nonces must be comma-separated lowercase hexadecimal numbers "
+                              f"without leading zeros, at most {NONCE_HEX} digits each")
+    nonces = [int(x, 16) for x in nonces_text.split(",")]
     if len(nonces) != ch.subs:
         return Verdict(False, f"expected {ch.subs} nonces, got {len(nonces)}")
     limit = threshold(ch.work, ch.subs)
     for i, nonce in enumerate(nonces):
         if int.from_bytes(digest(ch.kind, sub_input(text, i, nonce)), "big") >= limit:
             return Verdict(False, f"invalid: sub-solution {i} does not meet the target")
-    if replay is not None and not replay.claim(text, ch.expires):
+    if replay is not None and not replay.claim(text, ch.expires, now=now):
         return Verdict(False, "replayed: this challenge was already redeemed")
     return Verdict(True, "ok")
-
-
-class ReplayGuard:
-    """Remembers redeemed challenges until they expire, so each is accepted once."""
-
-    def __init__(self):
-        self._seen: dict = {}
-
-    def claim(self, challenge_text: str, expires: float, now: float | None = None) -> bool:
-        now = now if now is not None else time.time()
-        self._seen = {k: e for k, e in self._seen.items() if e >= now}
-        if challenge_text in self._seen:
-            return False
-        self._seen[challenge_text] = expires
-        return True

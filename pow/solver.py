@@ -15,6 +15,7 @@ import os
 import subprocess
 import time
 
+from common.errors import ConfigError
 from pow import hashcash, puzzles
 
 SOLVERS = ("python", "native")
@@ -121,7 +122,7 @@ class Solver:
         """(solution text, evaluations tried) for a pow1 challenge."""
         ch = puzzles.parse(challenge)
         if isinstance(ch, str):
-            raise ValueError(ch)
+            raise ConfigError(ch)
         limit = puzzles.threshold(ch.work, ch.subs)
         nonces, tried = [], 0
         for index in range(ch.subs):
@@ -135,7 +136,7 @@ class Solver:
         if solver == "native":
             return self._native(resource, bits), 2.0 ** bits
         if solver != "python":
-            raise ValueError(f"unknown solver '{solver}'; valid solvers: {', '.join(SOLVERS)}")
+            raise ConfigError(f"unknown solver '{solver}'; valid solvers: {', '.join(SOLVERS)}")
         stamp_prefix = hashcash.prefix(bits, resource)
         counter, tried = self._solve(("sha1", stamp_prefix, bits), BLOCK["sha1"])
         return stamp_prefix + hashcash.encode_b64int(counter), tried

@@ -18,7 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from common import checks
 from common.errors import UserError, unknown_name
+from common.io import read_csv_file
+from pow.puzzles import MAX_WORK as MAX_TARGET_WORK
 
 PUZZLES = ("hashcash", "sha256", "scrypt")
 TABLES = ("live", "measured", "paper")
@@ -42,20 +45,24 @@ class PuzzlePricer:
                  source: str = "live"):
         if puzzle not in PUZZLES:
             raise unknown_name("puzzle", puzzle, PUZZLES)
-        if rate <= 0 or overhead_s < 0:
-            raise ValueError("the solve rate must be positive and the overhead non-negative")
+        rate = checks.finite("the solve rate", rate, lo=0, lo_open=True)
+        overhead_s = checks.finite("the solver overhead", overhead_s, lo=0)
         self.puzzle, self.rate, self.overhead_s, self.source = puzzle, float(rate), float(overhead_s), source
         if puzzle == "hashcash" and bits_seconds is None:
             bits_seconds = {b: overhead_s + 2.0 ** b / rate for b in range(1, 41)}
         self.bits_seconds = dict(sorted(bits_seconds.items())) if bits_seconds else None
 
     def difficulty(self, seconds: float) -> float:
-        """Bits (hashcash) or expected work W (target puzzles) for a PoW time."""
+        """Bits (hashcash) or expected work W (target puzzles) for a PoW time.
+
+        A time that is not a finite number >= 0 is an error, never the easiest puzzle: a NaN from a
+        broken baseline must not switch the defence off."""
+        seconds = checks.finite("PoW seconds", seconds, lo=0)
         if self.puzzle == "hashcash":
             bits = np.array(list(self.bits_seconds))
             times = np.array(list(self.bits_seconds.values()))
             return int(bits[np.argmin(np.abs(np.log(times) - math.log(max(seconds, 1e-12))))])
-        return max(1.0, (seconds - self.overhead_s) * self.rate)
+        return min(max(1.0, (seconds - self.overhead_s) * self.rate), MAX_TARGET_WORK)
 
     def work(self, difficulty: float) -> float:
         return 2.0 ** difficulty if self.puzzle == "hashcash" else float(difficulty)
@@ -74,10 +81,15 @@ def read_timing_csv(path) -> pd.DataFrame:
     if not path.exists():
         raise UserError(f"timing table {path} does not exist; create it with: python main.py pow-calibrate "
                         f"--out {path} (or use --timing_table live or paper)")
-    frame = pd.read_csv(path)
+    frame = read_csv_file(path, "timing table")
     missing = set(TIMING_COLUMNS) - set(frame.columns)
     if missing:
         raise UserError(f"timing table {path} lacks columns {sorted(missing)}; recreate it with pow-calibrate")
+    numbers = frame[["workers", "difficulty", "expected_work", "mean_s", "rate"]].apply(pd.to_numeric, errors="coerce")
+    if frame.empty or not np.isfinite(numbers.to_numpy(float)).all() or (numbers[["mean_s", "rate"]] <= 0).any().any():
+        raise UserError(f"timing table {path} has no rows, or non-numeric, infinite or non-positive times or "
+                        f"rates; recreate it with pow-calibrate")
+    frame[numbers.columns] = numbers
     return frame
 
 

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from common.errors import unknown_name
+from common.errors import ConfigError, unknown_name
 from privacy import rdp as rdpmath
 from privacy.knn import KnnVoter
 
@@ -91,10 +91,13 @@ class KnnAccountant(Accountant):
         return {"privacy_cost": self.cost, "privacy_eps": float(eps)}
 
     def state_dict(self):
-        return {"cost": self.cost, "rdp_sum": self.rdp_sum.copy()}
+        return {"cost": self.cost, "rdp_sum": self.rdp_sum.tolist()}  # plain floats: loadable weights_only
 
     def load_state_dict(self, state):
-        self.cost, self.rdp_sum = float(state["cost"]), np.asarray(state["rdp_sum"]).copy()
+        rdp_sum = np.array(state["rdp_sum"], dtype=np.float64)
+        if rdp_sum.shape != self.orders.shape or not np.isfinite(rdp_sum).all():
+            raise ConfigError(f"saved RDP sums have shape {rdp_sum.shape}, expected {self.orders.shape}, all finite")
+        self.cost, self.rdp_sum = float(state["cost"]), rdp_sum
 
 
 class _SumAccountant(Accountant):

@@ -15,6 +15,8 @@ import math
 
 import torch
 
+from common.errors import ConfigError
+
 CHUNK = 256  # queries per distance block: 256 x 60k floats = 61 MB, allocated once and reused
 SAMPLE = 4096  # training points in the threshold sample
 OVERSAMPLE = 1.3  # expected candidates per query, as a multiple of k
@@ -26,7 +28,7 @@ class KnnVoter:
 
     def __init__(self, reps: torch.Tensor, labels: torch.Tensor, *, k: int, num_classes: int, seed: int = 0):
         if k < 1 or k > len(reps):
-            raise ValueError(f"k must lie in 1..{len(reps)} (the number of training points), got {k}")
+            raise ConfigError(f"k must lie in 1..{len(reps)} (the number of training points), got {k}")
         self.reps = reps.detach().float().contiguous()
         self.reps_t = self.reps.t().contiguous()
         self.labels = labels.long()

@@ -9,6 +9,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import log_ndtr
 
+from common import checks
+from common.errors import ConfigError
+
 #: Renyi orders: 2 to 100 in steps of 0.5, then log-spaced up to 1000.
 DEFAULT_ORDERS = np.concatenate([np.arange(2.0, 100.0 + 1e-9, 0.5), np.logspace(np.log10(110.0), 3.0, 24)])
 
@@ -33,11 +36,10 @@ def log_q_gnmax(votes, *, sigma: float) -> np.ndarray:
     with Z ~ N(0, sigma^2) per class. Since i* is the most likely output, q is also at most
     1 - 1/C (C classes); the smaller bound is returned. votes: (N, C) or (C,). Returns shape (N,).
     """
-    if sigma <= 0:
-        raise ValueError(f"sigma must be positive, got {sigma}")
+    checks.finite("sigma", sigma, lo=0, lo_open=True)
     v = np.atleast_2d(np.asarray(votes, dtype=np.float64))
     if v.shape[1] < 2:
-        raise ValueError("a vote histogram needs at least two classes")
+        raise ConfigError("a vote histogram needs at least two classes")
     top = v.max(axis=1, keepdims=True)
     # (1/2) erfc(d / (2 sigma)) = Phi(-d / (sigma sqrt 2)), evaluated in log space
     log_terms = log_ndtr(-(top - v) / (sigma * np.sqrt(2.0)))
@@ -101,10 +103,9 @@ def rdp_to_eps(rdp, *, orders=DEFAULT_ORDERS, delta: float, conversion: str = "c
     improved (Balle et al. 2020, Thm. 21): eps = min of rdp + log((lambda-1)/lambda)
     - (log delta + log lambda) / (lambda - 1); never larger than classic.
     """
-    if not 0 < delta < 1:
-        raise ValueError(f"delta must lie in (0, 1), got {delta}")
+    checks.finite("delta", delta, lo=0, hi=1, lo_open=True, hi_open=True)
     if conversion not in CONVERSIONS:
-        raise ValueError(f"unknown conversion '{conversion}'; valid conversions: {', '.join(CONVERSIONS)}")
+        raise ConfigError(f"unknown conversion '{conversion}'; valid conversions: {', '.join(CONVERSIONS)}")
     rdp = np.asarray(rdp, dtype=np.float64)
     lam = np.asarray(orders, dtype=np.float64)
     if conversion == "classic":

@@ -1,0 +1,179 @@
+"""The run folder of one extraction: its lock, its saved state, and the files derived from that state.
+
+state.pt is the single source of truth. log.csv and params.json are rebuilt from it at every commit
+and whenever a run starts again, so they always agree with it. The rules:
+  * one process at a time per folder (an flock on FOLDER/.lock);
+  * temporary files of atomic writes that a kill left behind are deleted at start;
+  * --fresh deletes state.pt (and stolen.pt) before anything new is written, so an interrupted fresh
+    run can never be mixed with the old one; log.csv and params.json are replaced at the first commit;
+  * a log.csv without state.pt is refused, never silently restarted over;
+  * state.pt is loaded with weights_only=True and checked key by key;
+  * a resume must have the same settings (paths compared resolved; out_dir, device and budget may
+    differ) and the same input files, by content hash.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from common.errors import UserError
+from common.io import (FolderLock, atomic_torch_save, atomic_write_csv, atomic_write_text, file_sha256,
+                       remove_stale_tmp, safe_torch_load)
+
+STATE, LOG, PARAMS, STOLEN = "state.pt", "log.csv", "params.json", "stolen.pt"
+STATE_VERSION = 2
+#: settings that may differ between a run and its resumption
+RESUMABLE_CHANGES = {"fresh", "device", "budget", "command", "out_dir"}
+#: settings that name a file or folder: compared as resolved paths
+PATH_SETTINGS = ("data_dir", "victim_path", "calibration", "timing_csv")
+STATE_KEYS = {"version": int, "settings": dict, "inputs": dict, "rows": list, "xs": list, "answers": list,
+              "pow_time_s": float, "pow_work": float, "stolen": dict, "optimizer": dict, "oracle": dict,
+              "attack": dict, "generator": torch.Tensor, "torch_rng": torch.Tensor, "params": dict}
+FRESH = "pass --fresh to start over there (the old results are replaced), or choose another --out_dir"
+
+
+def comparable(settings: dict) -> dict:
+    """The settings that must match for a resume, with paths resolved (dir/, ./dir and dir agree)."""
+    out = {k: v for k, v in settings.items() if k not in RESUMABLE_CHANGES}
+    for key in PATH_SETTINGS:
+        if out.get(key):
+            out[key] = str(Path(out[key]).expanduser().resolve())
+    return out
+
+
+def input_files(settings) -> dict:
+    """The input files a run reads, by setting name: victim checkpoint, baseline, timing table."""
+    files = {"victim_path": settings.victim_path}
+    if settings.calibration:
+        files["calibration"] = settings.calibration
+        if settings.timing_table == "measured":
+            files["timing_csv"] = settings.timing_csv
+    return files
+
+
+def fingerprint(files: dict) -> dict:
+    """{setting: sha256 of the file's content} for the files that exist (missing ones fail later, clearly)."""
+    return {name: file_sha256(path) for name, path in files.items() if Path(path).is_file()}
+
+
+def _plain(value):
+    """Numbers as plain Python int/float (numpy scalars are refused by weights_only loading)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int) or (hasattr(value, "dtype") and "int" in str(value.dtype)):
+        return int(value)
+    return float(value)
+
+
+class RunFolder:
+    """Use as a context manager: creates and locks the folder, and removes stale temporary files."""
+
+    def __init__(self, out_dir):
+        self.dir = Path(out_dir)
+        self._lock = FolderLock(self.dir, "extraction run")
+
+    def __enter__(self):
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock.__enter__()
+        try:
+            for name in (STATE, LOG, PARAMS, STOLEN):
+                remove_stale_tmp(self.dir / name)
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        return self._lock.__exit__(*exc)
+
+    def discard(self) -> None:
+        """--fresh: make the old run unusable (state.pt, then stolen.pt) before anything new is written."""
+        for name in (STATE, STOLEN):
+            try:
+                (self.dir / name).unlink()
+            except FileNotFoundError:
+                pass
+        fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def load(self, settings: dict, inputs: dict, *, budget: int) -> dict | None:
+        """The saved state, checked against the settings and inputs; None when there is none to resume."""
+        path = self.dir / STATE
+        if not path.exists():
+            if (self.dir / LOG).exists():
+                raise UserError(f"{self.dir / LOG} exists but {path} does not (it was deleted, or a --fresh run "
+                                f"was interrupted), so that run cannot resume and its log would be lost; {FRESH}")
+            return None
+        if not path.is_file():
+            raise UserError(f"{path} is not a file; {FRESH}")
+        state = safe_torch_load(path, "saved state", f"it is damaged or not a run's state; {FRESH}")
+        check_state(state, path)
+        old, new = comparable(state["settings"]), comparable(settings)
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if changed:
+            raise UserError(f"{self.dir} holds a run with other settings ({', '.join(changed)}); {FRESH}")
+        edited = sorted(k for k in set(state["inputs"]) | set(inputs) if state["inputs"].get(k) != inputs.get(k))
+        if edited:
+            raise UserError(f"the content of {', '.join('--' + k for k in edited)} changed since {self.dir} "
+                            f"started (content hash differs); restore the file, or {FRESH}")
+        done = int(state["oracle"]["queries"])
+        if done > budget:
+            raise UserError(f"{self.dir} already holds {done} queries, more than --budget {budget}; pass "
+                            f"--budget {done} or more to resume it, or {FRESH}")
+        return state
+
+    def commit(self, state: dict, columns: list) -> None:
+        """Save the state atomically, then rebuild log.csv and params.json from it."""
+        state = {**state, "rows": [{k: _plain(v) for k, v in row.items()} for row in state["rows"]],
+                 "pow_time_s": float(state["pow_time_s"]), "pow_work": float(state["pow_work"]),
+                 "version": STATE_VERSION}
+        check_state(state, self.dir / STATE)
+        atomic_torch_save(state, self.dir / STATE)
+        self.write_outputs(state, columns)
+
+    def write_outputs(self, state: dict, columns: list) -> None:
+        atomic_write_csv(self.dir / LOG, pd.DataFrame(state["rows"], columns=columns))
+        atomic_write_text(self.dir / PARAMS, json.dumps(state["params"], indent=2, default=str) + "\n")
+
+    def save_stolen(self, stolen_state: dict, dataset: str) -> Path:
+        path = self.dir / STOLEN
+        atomic_torch_save({"state_dict": stolen_state, "dataset": dataset}, path)
+        return path
+
+
+def check_state(state, path) -> None:
+    """A UserError unless `state` has every key, of the right type, and its parts agree with each other."""
+    bad = f"{path} is not a complete extraction state ({{}}); {FRESH}"
+    if not isinstance(state, dict):
+        raise UserError(bad.format(f"it holds a {type(state).__name__}"))
+    missing = sorted(set(STATE_KEYS) - set(state))
+    if missing:
+        raise UserError(bad.format(f"missing {', '.join(missing)}"))
+    wrong = sorted(k for k, t in STATE_KEYS.items() if not isinstance(state[k], t) or isinstance(state[k], bool))
+    if wrong:
+        raise UserError(bad.format(f"wrong type of {', '.join(wrong)}"))
+    if state["version"] != STATE_VERSION:
+        raise UserError(bad.format(f"format version {state['version']}, this code writes {STATE_VERSION}"))
+    rows, xs, answers, oracle = state["rows"], state["xs"], state["answers"], state["oracle"]
+    if not rows or not all(isinstance(r, dict) for r in rows):
+        raise UserError(bad.format("no logged rounds"))
+    if [r.get("round") for r in rows] != list(range(1, len(rows) + 1)):
+        raise UserError(bad.format("its rounds are not numbered 1, 2, ..."))
+    if len(xs) != len(answers) or not all(isinstance(t, torch.Tensor) for t in xs + answers):
+        raise UserError(bad.format("its queries and answers do not pair up"))
+    sent = sum(len(t) for t in xs)
+    queries = oracle.get("queries")
+    if not isinstance(queries, int) or sent != queries or rows[-1].get("queries") != queries or \
+            sum(len(t) for t in answers) != queries:
+        raise UserError(bad.format(f"its log ends at {rows[-1].get('queries')} queries, its oracle counted "
+                                   f"{queries} and it holds {sent}"))
+    if not all(math.isfinite(v) for v in (state["pow_time_s"], state["pow_work"])):
+        raise UserError(bad.format("its PoW totals are not finite"))
