@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from results_io import write_result  # noqa: E402
 from pow import hashcash, puzzles  # noqa: E402
+from pow.replay import ReplayGuard  # noqa: E402
 from pow.solver import Solver, measure_rate, profile_solver  # noqa: E402
 
 
@@ -53,18 +54,53 @@ def per_call(fn, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+class _RebuildGuard:
+    """The spent set as it was before: every claim rebuilds the dict (the baseline, measured side by side)."""
+
+    def __init__(self):
+        self._seen = {}
+
+    def claim(self, token, expires, now):
+        self._seen = {k: e for k, e in self._seen.items() if e >= now}
+        if token in self._seen:
+            return False
+        self._seen[token] = expires
+        return True
+
+
+def bench_replay_guard(entries: int = 200_000) -> dict:
+    """Mean time of one claim with `entries` live tokens: ReplayGuard against the rebuild-per-claim baseline."""
+    now = time.time()
+    out = {"entries": entries}
+    for name, guard, claims in (("replay_guard", ReplayGuard(), 20_000), ("rebuild_baseline", _RebuildGuard(), 20)):
+        if isinstance(guard, ReplayGuard):
+            for i in range(entries):
+                guard.claim(f"t{i}", now + 3600, now=now)
+        else:
+            guard._seen = {f"t{i}": now + 3600 for i in range(entries)}
+        start = time.perf_counter()
+        for i in range(claims):
+            guard.claim(f"new{i}", now + 3600, now=now)
+        out[f"{name}_claim_us"] = (time.perf_counter() - start) / claims * 1e6
+    out["speedup"] = out["rebuild_baseline_claim_us"] / out["replay_guard_claim_us"]
+    print(f"spent-set claim at {entries} entries: {out['replay_guard_claim_us']:.2f} us "
+          f"(rebuild baseline {out['rebuild_baseline_claim_us']:.0f} us, {out['speedup']:.0f}x)")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--seconds", type=float, default=2.0)
     args = ap.parse_args()
     w, secs = args.workers, args.seconds
-    key = b"bench"
+    key = b"bench-key-0123456789"
     result = {"workers": w, "modes": {}}
 
     ours = measure_rate("sha1", workers=w, seconds=secs)
     native = hashcash.native_rate() * w if hashcash.native_tool() else None
-    stamp = Solver(1).__enter__().solve_hashcash("bench", 12)[0]
+    with Solver(1) as one:
+        stamp = one.solve_hashcash("bench", 12)[0]
     entry = {"ours_python_rate": ours, "native_rate": native,
              "verify_us": per_call(lambda: hashcash.check(stamp, bits=12, resource="bench"), 2000) * 1e6}
     if native:
@@ -81,18 +117,22 @@ def main():
 
     ours = measure_rate("sha256", workers=w, seconds=secs)
     native_one = openssl_sha256_rate()
-    sol = Solver(1).__enter__().solve_target(puzzles.issue(key=key, resource="b", work=1000))[0]
+    with Solver(1) as one:
+        sol = one.solve_target(puzzles.issue(key=key, resource="b", work=1000))[0]
     entry = {"ours_python_rate": ours, "native_rate": native_one * w if native_one else None,
-             "verify_us": per_call(lambda: puzzles.verify(sol, key=key, resource="b"), 2000) * 1e6}
+             "verify_us": per_call(lambda: puzzles.verify(sol, key=key, kind="sha256", resource="b", min_work=1),
+                                  2000) * 1e6}
     if native_one:
         entry["ratio_python"] = ours / (native_one * w)
     result["modes"]["sha256"] = entry
 
     ours = measure_rate("scrypt", workers=w, seconds=secs)
     native_one = scrypt_native_rate(secs)
-    sol = Solver(1).__enter__().solve_target(puzzles.issue(key=key, resource="b", work=3, kind="scrypt"))[0]
+    with Solver(1) as one:
+        sol = one.solve_target(puzzles.issue(key=key, resource="b", work=3, kind="scrypt"))[0]
     entry = {"ours_python_rate": ours, "native_rate": native_one * w, "ratio_python": ours / (native_one * w),
-             "verify_us": per_call(lambda: puzzles.verify(sol, key=key, resource="b"), 200) * 1e6,
+             "verify_us": per_call(lambda: puzzles.verify(sol, key=key, kind="scrypt", resource="b", min_work=1),
+                                  200) * 1e6,
              "memory_per_evaluation_bytes": puzzles.SCRYPT_MEMORY_BYTES,
              "seconds_per_evaluation": 1.0 / native_one,
              "params": {"n": puzzles.SCRYPT_N, "r": puzzles.SCRYPT_R, "p": puzzles.SCRYPT_P}}
@@ -100,6 +140,7 @@ def main():
     entry["effective_puzzle_rate"], entry["per_puzzle_overhead_s"] = rate, overhead
     result["modes"]["scrypt"] = entry
 
+    result["replay_guard"] = bench_replay_guard()
     write_result("pow", result)
 
 

@@ -9,8 +9,10 @@ import json
 import os
 import pickle
 import platform
+import struct
 import subprocess
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -208,8 +210,10 @@ class FolderLock:
         return False
 
 
-#: what torch.load raises for a file that is not a readable, code-free checkpoint
-LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError)
+#: what torch.load's restricted unpickler raises on a file that is not a readable, code-free checkpoint;
+#: arbitrary bytes reach its opcode decoder, which fails with any of these (a decoding boundary)
+LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, IndexError, ValueError, TypeError,
+               AttributeError, struct.error, zipfile.BadZipFile, UnicodeDecodeError)
 
 
 def safe_torch_load(path, what: str, fix: str):

@@ -29,6 +29,7 @@ from models.oracle import VictimOracle
 from models.training import make_optimizer, predict_logits, train_epochs
 from pow import calibration
 from pow.pricing import PowPayer
+from pow.timing import read_timing_csv
 from privacy import accountants
 from privacy.accountants import Ledger, cost_column
 from privacy.knn import KnnVoter
@@ -72,9 +73,11 @@ def validate(s) -> None:
     checks.finite("--delta", s.delta, lo=0, hi=1, lo_open=True, hi_open=True)
     checks.finite("--lr", s.lr, lo=0, lo_open=True)
     cost_column(s.cost_measure)
-    for name, path in input_files(s).items():
-        if name != "victim_path":  # a missing victim gets its own message, with the command that makes one
-            input_file(path, f"--{name}")
+    files = input_files(s)
+    if "calibration" in files:
+        input_file(files["calibration"], "--calibration")
+    if "timing_csv" in files:
+        read_timing_csv(files["timing_csv"])  # says how to make a missing table
 
 
 def _metadata(s, calibrator, payer) -> dict:
@@ -110,7 +113,9 @@ def run_extraction(s, *, progress: bool = True) -> dict:
     with RunFolder(out_dir) as folder:
         if s.fresh:
             folder.discard()
-        state = folder.load(s.as_dict(), inputs, budget=s.budget)
+            state = None
+        else:
+            state = folder.load(s.as_dict(), inputs, budget=s.budget)
         if state is not None:
             stolen.load_state_dict(state["stolen"])
             optimizer.load_state_dict(state["optimizer"])

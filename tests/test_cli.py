@@ -31,7 +31,7 @@ def test_unknown_flag(cli):
 
 
 def test_unknown_dataset(cli):
-    assert_clean_error(cli("extract", "--dataset", "imagenet"), "unknown dataset 'imagenet'", "mnist-5k")
+    assert_clean_error(cli("extract", "--dataset", "imagenet"), "invalid choice: 'imagenet'", "mnist-5k")
 
 
 def test_unknown_mode(cli, victim_path, tmp_path):

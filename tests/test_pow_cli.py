@@ -31,20 +31,25 @@ def test_mint_native(cli):
 @pytest.mark.parametrize("puzzle", ["sha256", "scrypt"])
 def test_mint_and_check_target(cli, puzzle):
     work = "2000" if puzzle == "sha256" else "5"
-    out = cli("pow-mint", "--puzzle", puzzle, "--work", work, "--pow_subs", "2", "--key", "k", "--resource", "r")
+    key = "k" * 32
+    out = cli("pow-mint", "--puzzle", puzzle, "--work", work, "--pow_subs", "2", "--key", key, "--resource", "r")
     assert out.returncode == 0, out.stderr
     solution = out.stdout.splitlines()[0]
-    assert cli("pow-check", "--solution", solution, "--key", "k", "--resource", "r").returncode == 0
-    forged = cli("pow-check", "--solution", solution, "--key", "other", "--resource", "r")
+    check = ("pow-check", "--solution", solution, "--resource", "r", "--puzzle", puzzle)
+    assert cli(*check, "--key", key).returncode == 0
+    forged = cli(*check, "--key", "o" * 32)
     assert forged.returncode != 0 and "bad signature" in forged.stderr
-    greedy = cli("pow-check", "--solution", solution, "--key", "k", "--resource", "r", "--min_work", "1e9")
+    greedy = cli(*check, "--key", key, "--min_work", "1e9")
     assert greedy.returncode != 0 and "too easy" in greedy.stderr
+    other = "scrypt" if puzzle == "sha256" else "sha256"
+    wrong_kind = cli(*check[:-1], other, "--key", key)
+    assert wrong_kind.returncode != 0 and "wrong puzzle kind" in wrong_kind.stderr
 
 
 def test_check_needs_one_input(cli):
     out = cli("pow-check")
     assert out.returncode != 0 and "exactly one of --stamp" in out.stderr
-    out = cli("pow-check", "--solution", "nonsense")
+    out = cli("pow-check", "--solution", "nonsense", "--key", "k" * 32)
     assert out.returncode != 0 and "malformed" in out.stderr
 
 

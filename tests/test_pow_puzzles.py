@@ -9,7 +9,7 @@ from pow.solver import Solver
 from pow.timing import PAPER_HASHCASH_SECONDS, PuzzlePricer
 
 needs_tool = pytest.mark.skipif(hashcash.native_tool() is None, reason="hashcash tool not installed")
-KEY = b"test-key"
+KEY = b"test-key-0123456789"
 
 
 def mint(resource="alice@example.com", bits=10):
@@ -70,18 +70,19 @@ def solve(work, kind="sha256", subs=1, workers=1, resource="alice"):
 def test_target_round_trip_and_replay():
     _, solution, _ = solve(500, subs=3)
     guard = puzzles.ReplayGuard()
-    assert puzzles.verify(solution, key=KEY, resource="alice", min_work=500, replay=guard)
-    assert "replayed" in puzzles.verify(solution, key=KEY, resource="alice", replay=guard).reason
+    assert puzzles.verify(solution, key=KEY, kind="sha256", resource="alice", min_work=500, replay=guard)
+    assert "replayed" in puzzles.verify(solution, key=KEY, kind="sha256", resource="alice", min_work=1,
+                                        replay=guard).reason
 
 
 def test_scrypt_round_trip():
     _, solution, _ = solve(4, kind="scrypt", workers=2)
-    assert puzzles.verify(solution, key=KEY, resource="alice")
+    assert puzzles.verify(solution, key=KEY, kind="scrypt", resource="alice", min_work=4)
 
 
 @pytest.mark.parametrize("change,kwargs,needle", [
     (lambda s: s, {"key": b"other"}, "bad signature"),
-    (lambda s: s.replace("|sha256|500|", "|sha256|5|"), {}, "bad signature"),
+    (lambda s: s.replace("|sha256|500.0|", "|sha256|5.0|"), {}, "bad signature"),
     (lambda s: s, {"resource": "bob"}, "wrong resource"),
     (lambda s: s, {"min_work": 1000}, "too easy"),
     (lambda s: s, {"now": 4e9}, "expired"),
@@ -91,14 +92,15 @@ def test_scrypt_round_trip():
 ])
 def test_target_rejections(change, kwargs, needle):
     _, solution, _ = solve(500)
-    args = {"key": KEY, "resource": "alice", **kwargs}
+    args = {"key": KEY, "kind": "sha256", "resource": "alice", "min_work": 1, **kwargs}
     verdict = puzzles.verify(change(solution), **args)
     assert not verdict and needle in verdict.reason
 
 
 def test_invalid_nonce():
     ch = puzzles.issue(key=KEY, resource="alice", work=1e9, subs=2)
-    assert "invalid: sub-solution 0" in puzzles.verify(ch + "|1,2", key=KEY).reason
+    assert "invalid: sub-solution 0" in puzzles.verify(ch + "|1,2", key=KEY, kind="sha256", resource="alice",
+                                                       min_work=1).reason
 
 
 def test_difficulty_is_continuous():

@@ -1,0 +1,281 @@
+"""Results are never lost or mixed: the run folder's state is the single source of truth.
+
+Each test is named after what it protects. The crash test SIGKILLs real `extract` processes at several
+points, inside the atomic write of state.pt among them, and checks that the resumed log equals an
+uninterrupted run's.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pandas as pd
+import pytest
+import torch
+
+import parameters
+from commands.demo import demo
+from commands.victim import train_victim
+from common.errors import UserError
+from common.io import FolderLock
+from extraction import loop
+from extraction.loop import run_extraction
+from tests.conftest import ROOT
+
+DETERMINISTIC = ["round", "queries", "accuracy", "fidelity", "privacy_cost", "privacy_eps", "entropy_cost",
+                 "gap_cost"]
+
+
+def args(victim_path, out_dir, *extra):
+    return ["extract", "--victim_path", str(victim_path), "--out_dir", str(out_dir), "--device", "cpu",
+            "--budget", "128", "--batches_per_round", "1", "--stolen_epochs", "1", *extra]
+
+
+def run(victim_path, out_dir, *extra):
+    return run_extraction(parameters.parse(args(victim_path, out_dir, *extra)), progress=False)
+
+
+def read_log(out_dir):
+    return pd.read_csv(out_dir / "log.csv")
+
+
+# --- never overwrite a file the user named ------------------------------------------------------
+
+@pytest.mark.parametrize("content", ["text", "other-dataset", "raw-state-dict"])
+def test_demo_never_overwrites_victim_path(victim_path, tmp_path, content):
+    target = tmp_path / "victim.pt"
+    if content == "text":
+        target.write_text("my notes, not a checkpoint\n")
+    elif content == "other-dataset":
+        blob = torch.load(victim_path, weights_only=True)
+        blob["meta"]["dataset"] = "fashion-mnist"
+        torch.save(blob, target)
+    else:
+        torch.save({"w": torch.zeros(3)}, target)
+    before = target.read_bytes()
+    s = parameters.parse(["demo", "--victim_path", str(target), "--out_dir", str(tmp_path / "out"),
+                          "--device", "cpu", "--budget", "128"])
+    with pytest.raises(UserError, match=str(target)):
+        demo(s, progress=False)
+    assert target.read_bytes() == before
+    assert not (tmp_path / "out" / "standard").exists()
+
+
+def test_train_victim_refuses_existing_file(tmp_path):
+    target = tmp_path / "v.pt"
+    target.write_text("keep me")
+    s = parameters.parse(["train-victim", "--victim_path", str(target), "--epochs", "1", "--device", "cpu"])
+    with pytest.raises(UserError, match="--overwrite"):
+        train_victim(s, progress=False)
+    assert target.read_text() == "keep me"
+
+
+# --- the log always agrees with the state -------------------------------------------------------
+
+@pytest.mark.parametrize("damage", ["deleted", "garbage", "truncated"])
+def test_finished_run_rebuilds_its_log(victim_path, tmp_path, damage):
+    run(victim_path, tmp_path)
+    whole = read_log(tmp_path)
+    log = tmp_path / "log.csv"
+    if damage == "deleted":
+        log.unlink()
+    elif damage == "garbage":
+        log.write_text("\x00garbage,,\n1,2\n")
+    else:
+        log.write_text(log.read_text().splitlines()[0] + "\n")
+    result = run(victim_path, tmp_path)
+    pd.testing.assert_frame_equal(read_log(tmp_path), whole)
+    assert result["final"]["queries"] == 128
+
+
+def test_resume_with_smaller_budget_is_refused(victim_path, tmp_path):
+    run(victim_path, tmp_path, "--budget", "256")
+    before = (tmp_path / "log.csv").read_bytes()
+    with pytest.raises(UserError, match="already holds 256 queries, more than --budget 128"):
+        run(victim_path, tmp_path, "--budget", "128")
+    assert (tmp_path / "log.csv").read_bytes() == before
+
+
+def test_missing_state_is_refused_not_restarted(victim_path, tmp_path):
+    run(victim_path, tmp_path, "--budget", "256")
+    (tmp_path / "state.pt").unlink()
+    before = (tmp_path / "log.csv").read_bytes()
+    with pytest.raises(UserError, match="state.pt does not.*--fresh"):
+        run(victim_path, tmp_path, "--budget", "256")
+    assert (tmp_path / "log.csv").read_bytes() == before
+
+
+def test_interrupted_fresh_never_mixes_runs(victim_path, tmp_path, monkeypatch):
+    run(victim_path, tmp_path)
+    params_before = (tmp_path / "params.json").read_bytes()
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(loop, "train_epochs", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run(victim_path, tmp_path, "--fresh", "--seed", "1")
+    assert not (tmp_path / "state.pt").exists()  # the old state was made unusable first
+    assert (tmp_path / "params.json").read_bytes() == params_before  # unchanged before the first commit
+    with pytest.raises(UserError, match="--fresh"):
+        run(victim_path, tmp_path)  # seed 0 again: refused, never mixed with seed 1
+    run(victim_path, tmp_path, "--fresh", "--seed", "1")
+    assert json.loads((tmp_path / "params.json").read_text())["seed"] == 1
+    assert read_log(tmp_path)["queries"].tolist() == [64, 128]
+
+
+def _baseline(victim_path, tmp_path):
+    base = tmp_path / "std"
+    run(victim_path, base, "--budget", "256")
+    path = tmp_path / "baseline.csv"
+    shutil.copy(base / "log.csv", path)
+    return path
+
+
+@pytest.mark.parametrize("which", ["calibration", "victim_path"])
+def test_changed_input_is_refused(victim_path, tmp_path, which):
+    baseline = _baseline(victim_path, tmp_path)
+    victim = tmp_path / "victim.pt"
+    shutil.copy(victim_path, victim)
+    out = tmp_path / "cc"
+    run(victim, out, "--mode", "copycat", "--calibration", str(baseline))
+    if which == "calibration":
+        frame = pd.read_csv(baseline)
+        frame["entropy_cost"] *= 2
+        frame.to_csv(baseline, index=False)
+    else:
+        blob = torch.load(victim, weights_only=True)
+        blob["meta"]["note"] = "retrained"
+        torch.save(blob, victim)
+    with pytest.raises(UserError, match=f"content of --{which} changed"):
+        run(victim, out, "--mode", "copycat", "--calibration", str(baseline), "--budget", "256")
+
+
+# --- loading state runs no code; a wrong-shaped state is a clear error ---------------------------
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("shape", ["pickle", "victim", "missing-keys", "truncated-rows", "text", "folder"])
+def test_bad_state_is_a_clear_error(victim_path, tmp_path, shape):
+    out = tmp_path / "run"
+    run(victim_path, out, "--budget", "256")
+    state_path = out / "state.pt"
+    marker = tmp_path / "ran"
+    state = torch.load(state_path, weights_only=True)
+    if shape == "pickle":
+        torch.save({**state, "attack": _Evil(marker)}, state_path)
+    elif shape == "victim":
+        shutil.copy(victim_path, state_path)
+    elif shape == "missing-keys":
+        torch.save({k: v for k, v in state.items() if k != "oracle"}, state_path)
+    elif shape == "truncated-rows":
+        torch.save({**state, "rows": state["rows"][:2]}, state_path)
+    elif shape == "text":
+        state_path.write_text("hello")
+    else:
+        state_path.unlink()
+        state_path.mkdir()
+    with pytest.raises(UserError, match="--fresh"):
+        run(victim_path, out, "--budget", "256")
+    assert not marker.exists()
+
+
+def test_stale_temporary_files_are_removed(victim_path, tmp_path):
+    run(victim_path, tmp_path)
+    stale = [tmp_path / ".state.pt.abc123.tmp", tmp_path / ".log.csv.x.tmp"]
+    for p in stale:
+        p.write_bytes(b"half-written")
+    keep = tmp_path / ".notes.tmp"
+    keep.write_text("not ours")
+    run(victim_path, tmp_path)
+    assert not any(p.exists() for p in stale) and keep.exists()
+
+
+def test_resume_accepts_other_spellings_of_paths(victim_path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(victim_path, tmp_path / "v.pt")
+    run("v.pt", "dir", "--data_dir", "data")
+    for out, data in (("dir/", "data/"), ("./dir", "./data"), (str(tmp_path / "dir"), str(tmp_path / "data"))):
+        run("./v.pt", out, "--data_dir", data, "--budget", "192")
+    shutil.copytree(tmp_path / "dir", tmp_path / "copy")
+    assert run("v.pt", "copy", "--data_dir", "data", "--budget", "256")["final"]["queries"] == 256
+
+
+def test_one_process_per_run_folder(victim_path, tmp_path):
+    with FolderLock(tmp_path, "test"):
+        with pytest.raises(UserError, match="another extraction run is using"):
+            run(victim_path, tmp_path)
+    assert not (tmp_path / "log.csv").exists()
+
+
+# --- crash test: SIGKILL, then resume -----------------------------------------------------------
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, {root!r})
+    target, nth = {target!r}, {nth}
+    calls = [0]
+    real_replace = os.replace
+    def replace(src, dst, *a, **k):
+        if os.path.basename(str(dst)) == target:
+            calls[0] += 1
+            if calls[0] == nth:
+                os.kill(os.getpid(), signal.SIGKILL)  # the temporary file is written, the rename not done
+        return real_replace(src, dst, *a, **k)
+    os.replace = replace
+    import main
+    sys.exit(main.main({argv!r}))
+""")
+
+
+def _extract(argv, target="", nth=0, kill_after=None):
+    code = KILLER.format(root=str(ROOT), target=target, nth=nth, argv=argv)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    timer = threading.Timer(kill_after, proc.kill) if kill_after else None
+    if timer:
+        timer.start()
+    try:
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if timer:
+            timer.cancel()
+    return proc.returncode, err
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(victim_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole")
+    rc, err = _extract(args(victim_path, out, "--budget", "256"))
+    assert rc == 0, err
+    return read_log(out)
+
+
+@pytest.mark.parametrize("kill", [("state.pt", 2, None), ("state.pt", 4, None), ("log.csv", 3, None),
+                                  ("", 0, 9.0)], ids=["in-state-write-2", "in-last-state-write",
+                                                      "between-state-and-log", "at-9s"])
+def test_sigkill_then_resume_equals_uninterrupted(victim_path, tmp_path, uninterrupted, kill):
+    target, nth, after = kill
+    argv = args(victim_path, tmp_path, "--budget", "256")
+    rc, err = _extract(argv, target, nth, after)
+    if after is None:
+        assert rc == -signal.SIGKILL, err
+        assert list(tmp_path.glob(f".{target}.*.tmp")), "the kill came inside the atomic write"
+    rc, err = _extract(argv)
+    assert rc == 0, err
+    assert not list(tmp_path.glob(".*.tmp"))
+    resumed = read_log(tmp_path)
+    pd.testing.assert_frame_equal(resumed[DETERMINISTIC], uninterrupted[DETERMINISTIC])
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert state["oracle"]["queries"] == 256 and len(state["rows"]) == len(resumed)
