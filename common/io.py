@@ -223,7 +223,8 @@ def safe_torch_load(path, what: str, fix: str):
         return torch.load(path, map_location="cpu", weights_only=True)
     except LOAD_ERRORS as exc:
         if isinstance(exc, pickle.UnpicklingError):
-            why = "it holds objects other than tensors, numbers and strings, which are not loaded since they could run code"
+            why = ("not a checkpoint of tensors, numbers and strings only; other objects are never loaded, "
+                   "since they could run code")
         else:
             why = f"{exc.__class__.__name__}: {(str(exc).strip().splitlines() or ['truncated'])[0][:120]}"
         raise UserError(f"{what} {path} cannot be read ({why}); {fix}") from exc

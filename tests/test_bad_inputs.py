@@ -1,0 +1,273 @@
+"""Every command fed its bad inputs: a non-zero exit, exactly one `error:` line, no traceback, and no new
+or changed file anywhere in the working folder (inputs included).
+
+The commands run in-process through main.main(), so any exception other than the project's own error
+type (and OSError for paths) escapes and fails the test, as a traceback would.
+"""
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+import main as entry
+
+GOOD_LOG = "queries,query_time_s,entropy_cost,privacy_cost,privacy_eps,gap_cost\n" + "".join(
+    f"{q},{0.01 * q / 64:.4f},{0.02 * q:.3f},{0.2 * q:.3f},{q / 50:.3f},{0.03 * q:.3f}\n" for q in (64, 128, 192, 256))
+HEADER = GOOD_LOG.splitlines()[0] + "\n"
+ATTACK_HEADER = "time (sec),mode,accuracy,diff queries,privacy cost\n"
+
+FILES = {
+    "notes.txt": "my notes, not a checkpoint\n",
+    "baseline.csv": GOOD_LOG,
+    "dup_queries.csv": HEADER + "64,0.01,1,1,1,1\n64,0.02,2,2,2,2\n",
+    "zero_time.csv": HEADER + "64,0,1,1,1,1\n128,0,2,2,2,2\n",
+    "nan.csv": HEADER + "64,0.01,nan,1,1,1\n",
+    "huge.csv": HEADER + "64,0.01,1e308,1,1,1\n128,0.02,1.7e308,2,2,2\n",
+    "negative.csv": HEADER + "-64,0.01,1,1,1,1\n64,0.02,2,2,2,2\n",
+    "header_only.csv": HEADER,
+    "votes_inf.csv": "300,0,0\ninf,0,0\n",
+    "votes_huge.csv": "300,0,0\n1e400,0,0\n",
+    "attacks_strings.csv": ATTACK_HEADER + "1.0,copycat,abc,16,5\n",
+    "attacks_header.csv": ATTACK_HEADER,
+    "attacks_zero_time.csv": ATTACK_HEADER + "0,copycat,50,16,5\n",
+    "paper_cal.csv": "time,privacy,queries\n1.0,10,1000\n2.0,20,2000\n",
+    "timing_bad.csv": "puzzle,solver,workers,difficulty,expected_work,trials,mean_tries,mean_s,median_s,p90_s,rate\n"
+                      "sha256,python,1,10,10,3,10,nan,1,1,1000\n",
+    "afile": "a regular file, not a folder\n",
+}
+
+EXTRACT = ["extract", "--victim_path", "{in}/victim.pt", "--out_dir", "{out}/run", "--device", "cpu"]
+KEYED = ["--key", "k" * 32]
+CASES = {
+    # extract: NaN and out-of-range numbers, bad baselines, impossible budgets, unusable paths
+    "extract-sigma-nan": EXTRACT + ["--sigma", "nan"],
+    "extract-sigma-inf": EXTRACT + ["--sigma", "inf"],
+    "extract-base-nan": EXTRACT + ["--base", "nan"],
+    "extract-pow-budget-nan": EXTRACT + ["--pow_budget", "nan"],
+    "extract-tolerance-nan": EXTRACT + ["--tolerance", "nan"],
+    "extract-max-factor-inf": EXTRACT + ["--max_factor", "inf"],
+    "extract-delta-1": EXTRACT + ["--delta", "1"],
+    "extract-batch-size-0": EXTRACT + ["--batch_size", "0"],
+    "extract-query-batch-0": EXTRACT + ["--query_batch", "0"],
+    "extract-budget-0": EXTRACT + ["--budget", "0"],
+    "extract-workers-negative": EXTRACT + ["--workers", "-1"],
+    "extract-seed-negative": EXTRACT + ["--seed", "-1"],
+    "extract-budget-huge": EXTRACT + ["--mode", "copycat", "--budget", "1000000000000"],
+    "extract-calibration-folder": EXTRACT + ["--calibration", "{in}/adir"],
+    "extract-baseline-duplicate-queries": EXTRACT + ["--calibration", "{in}/dup_queries.csv"],
+    "extract-baseline-zero-time": EXTRACT + ["--calibration", "{in}/zero_time.csv"],
+    "extract-baseline-nan": EXTRACT + ["--calibration", "{in}/nan.csv"],
+    "extract-baseline-huge": EXTRACT + ["--calibration", "{in}/huge.csv"],
+    "extract-baseline-header-only": EXTRACT + ["--calibration", "{in}/header_only.csv"],
+    "extract-timing-table-nan": EXTRACT + ["--calibration", "{in}/baseline.csv", "--timing_table", "measured",
+                                           "--timing_csv", "{in}/timing_bad.csv", "--puzzle", "sha256"],
+    "extract-out-under-file": EXTRACT[:-4] + ["--out_dir", "{in}/afile/run", "--device", "cpu"],
+    "extract-victim-text": ["extract", "--victim_path", "{in}/notes.txt", "--out_dir", "{out}/run"],
+    "extract-unknown-mode": EXTRACT + ["--mode", "steal"],
+    # train-victim
+    "train-epochs-negative": ["train-victim", "--epochs", "-1", "--victim_path", "{out}/v.pt"],
+    "train-epochs-zero": ["train-victim", "--epochs", "0", "--victim_path", "{out}/v.pt"],
+    "train-existing-file": ["train-victim", "--epochs", "1", "--victim_path", "{in}/notes.txt"],
+    "train-under-file": ["train-victim", "--epochs", "1", "--victim_path", "{in}/afile/v.pt"],
+    "train-unknown-dataset": ["train-victim", "--dataset", "nope", "--victim_path", "{out}/v.pt"],
+    # demo
+    "demo-victim-text": ["demo", "--victim_path", "{in}/notes.txt", "--out_dir", "{out}/demo", "--device", "cpu"],
+    "demo-budget-0": ["demo", "--budget", "0", "--out_dir", "{out}/demo"],
+    "demo-out-under-file": ["demo", "--victim_path", "{in}/victim.pt", "--out_dir", "{in}/afile/demo"],
+    # privacy-cost
+    "privacy-dataset-unknown": ["privacy-cost", "--votes", "{in}/votes_inf.csv", "--dataset", "nope"],
+    "privacy-votes-folder": ["privacy-cost", "--votes", "{in}/adir"],
+    "privacy-votes-inf": ["privacy-cost", "--votes", "{in}/votes_inf.csv"],
+    "privacy-votes-1e400": ["privacy-cost", "--votes", "{in}/votes_huge.csv"],
+    "privacy-sigma-nan": ["privacy-cost", "--votes", "{in}/votes_inf.csv", "--sigma", "nan"],
+    "privacy-out-under-file": ["privacy-cost", "--votes", "{in}/votes_inf.csv", "--out", "{in}/afile/o.csv"],
+    # pow-time
+    "pow-time-negative-queries": ["pow-time", "--calibration", "{in}/baseline.csv", "--log", "{in}/negative.csv",
+                                  "--out", "{out}/p.csv"],
+    "pow-time-huge-baseline": ["pow-time", "--calibration", "{in}/huge.csv", "--log", "{in}/baseline.csv",
+                               "--out", "{out}/p.csv"],
+    "pow-time-header-only-log": ["pow-time", "--calibration", "{in}/baseline.csv", "--log",
+                                 "{in}/header_only.csv", "--out", "{out}/p.csv"],
+    "pow-time-out-is-log": ["pow-time", "--calibration", "{in}/baseline.csv", "--log", "{in}/baseline.csv",
+                            "--out", "{in}/baseline.csv"],
+    "pow-time-base-nan": ["pow-time", "--calibration", "{in}/baseline.csv", "--log", "{in}/baseline.csv",
+                          "--base", "nan", "--out", "{out}/p.csv"],
+    "pow-time-bases-empty": ["pow-time", "--calibration", "{in}/baseline.csv", "--log", "{in}/baseline.csv",
+                             "--bases", ","],
+    "pow-time-calibration-folder": ["pow-time", "--calibration", "{in}/adir", "--log", "{in}/baseline.csv",
+                                    "--out", "{out}/p.csv"],
+    "pow-time-out-under-file": ["pow-time", "--calibration", "{in}/baseline.csv", "--log", "{in}/baseline.csv",
+                                "--out", "{in}/afile/p.csv"],
+    # pow-mint
+    "mint-work-0": ["pow-mint", "--puzzle", "sha256", "--work", "0"] + KEYED,
+    "mint-work-nan": ["pow-mint", "--puzzle", "sha256", "--work", "nan"] + KEYED,
+    "mint-workers-negative": ["pow-mint", "--puzzle", "sha256", "--workers", "-1"] + KEYED,
+    "mint-workers-0": ["pow-mint", "--puzzle", "sha256", "--workers", "0"] + KEYED,
+    "mint-no-key": ["pow-mint", "--puzzle", "sha256", "--work", "10"],
+    "mint-empty-key": ["pow-mint", "--puzzle", "sha256", "--work", "10", "--key", ""],
+    "mint-short-key": ["pow-mint", "--puzzle", "sha256", "--work", "10", "--key", "short"],
+    "mint-bits-0": ["pow-mint", "--puzzle", "hashcash", "--bits", "0"],
+    "mint-bits-161": ["pow-mint", "--puzzle", "hashcash", "--bits", "161"],
+    "mint-subs-0": ["pow-mint", "--puzzle", "sha256", "--pow_subs", "0"] + KEYED,
+    "mint-resource-pipe": ["pow-mint", "--puzzle", "sha256", "--work", "10", "--resource", "a|b"] + KEYED,
+    "mint-resource-colon": ["pow-mint", "--puzzle", "hashcash", "--bits", "8", "--resource", "a:b"],
+    "mint-bad-challenge": ["pow-mint", "--puzzle", "sha256", "--challenge", "pow1|sha256|x"],
+    # pow-check
+    "check-min-work-nan": ["pow-check", "--solution", "x", "--min_work", "nan"] + KEYED,
+    "check-no-key": ["pow-check", "--solution", "x", "--puzzle", "sha256"],
+    "check-dev-key": ["pow-check", "--solution", "x", "--key", "insecure-development-key"],
+    "check-unicode-stamp": ["pow-check", "--stamp", "1:²:261130:r::a:b", "--bits", "10"],
+    "check-solution-is-junk": ["pow-check", "--solution", "pow1|" + "é" * 80, "--puzzle", "sha256"] + KEYED,
+    # pow-calibrate
+    "calibrate-puzzles-bogus": ["pow-calibrate", "--puzzles", "bogus", "--out", "{out}/t.csv"],
+    "calibrate-puzzles-empty": ["pow-calibrate", "--puzzles", ",", "--out", "{out}/t.csv"],
+    "calibrate-trials-0": ["pow-calibrate", "--trials", "0", "--out", "{out}/t.csv"],
+    "calibrate-trials-negative": ["pow-calibrate", "--trials", "-1", "--out", "{out}/t.csv"],
+    "calibrate-max-seconds-nan": ["pow-calibrate", "--max_seconds", "nan", "--out", "{out}/t.csv"],
+    "calibrate-out-under-file": ["pow-calibrate", "--puzzles", "sha256", "--trials", "1", "--max_seconds", "0.01",
+                                 "--out", "{in}/afile/t.csv"],
+    # pow-table
+    "table-attacks-strings": ["pow-table", "--calibration", "{in}/paper_cal.csv", "--attacks",
+                              "{in}/attacks_strings.csv", "--out", "{out}/t.csv"],
+    "table-attacks-header-only": ["pow-table", "--calibration", "{in}/paper_cal.csv", "--attacks",
+                                  "{in}/attacks_header.csv", "--out", "{out}/t.csv"],
+    "table-attacks-zero-time": ["pow-table", "--calibration", "{in}/paper_cal.csv", "--attacks",
+                                "{in}/attacks_zero_time.csv", "--out", "{out}/t.csv"],
+    "table-calibration-folder": ["pow-table", "--calibration", "{in}/adir", "--attacks",
+                                 "{in}/attacks_zero_time.csv", "--out", "{out}/t.csv"],
+    "table-out-under-file": ["pow-table", "--calibration", "{in}/paper_cal.csv", "--attacks",
+                             "{in}/attacks_zero_time.csv", "--out", "{in}/afile/t.csv"],
+    # cost-separation
+    "separation-queries-negative": ["cost-separation", "--queries", "-1", "--out", "{out}/s.csv"],
+    "separation-datasets-empty": ["cost-separation", "--datasets", ",", "--out", "{out}/s.csv"],
+    "separation-datasets-unknown": ["cost-separation", "--datasets", "nope", "--out", "{out}/s.csv"],
+    "separation-sigmas-nan": ["cost-separation", "--sigmas", "nan", "--out", "{out}/s.csv"],
+    "separation-out-under-file": ["cost-separation", "--datasets", "mnist-5k", "--out", "{in}/afile/s.csv"],
+    "separation-no-victims": ["cost-separation", "--datasets", "mnist-5k", "--victim_dir", "{in}/adir",
+                              "--queries", "10", "--out", "{out}/s.csv"],
+}
+
+#: what each case's error line must say: proof that it failed where its name says
+NEEDLES = {
+    'calibrate-max-seconds-nan': '--max_seconds: the value must be a finite number',
+    'calibrate-out-under-file': 'is a file, not a folder',
+    'calibrate-puzzles-bogus': "unknown puzzle 'bogus'",
+    'calibrate-puzzles-empty': 'needs at least one puzzle',
+    'calibrate-trials-0': '--trials: the value must be a whole number >= 1',
+    'calibrate-trials-negative': '--trials: the value must be a whole number >= 1',
+    'check-dev-key': 'public development key',
+    'check-min-work-nan': '--min_work: the value must be a finite number',
+    'check-no-key': 'no HMAC key',
+    'check-solution-is-junk': 'rejected: malformed',
+    'check-unicode-stamp': 'rejected: malformed',
+    'demo-budget-0': '--budget: the value must be a whole number >= 1',
+    'demo-out-under-file': 'is a file, not a folder',
+    'demo-victim-text': 'cannot be read',
+    'extract-base-nan': '--base: the value must be a finite number > 1',
+    'extract-baseline-duplicate-queries': 'strictly increasing',
+    'extract-baseline-header-only': 'header but no rows',
+    'extract-baseline-huge': 'too large to calibrate',
+    'extract-baseline-nan': 'non-numeric or infinite',
+    'extract-baseline-zero-time': 'query time of 0 s',
+    'extract-batch-size-0': '--batch_size: the value must be a whole number >= 1',
+    'extract-budget-0': '--budget: the value must be a whole number >= 1',
+    'extract-budget-huge': 'lower --budget',
+    'extract-calibration-folder': 'is not a file',
+    'extract-delta-1': '--delta: the value must be a finite number > 0 and < 1',
+    'extract-max-factor-inf': '--max_factor: the value must be a finite number',
+    'extract-out-under-file': 'is a file, not a folder',
+    'extract-pow-budget-nan': '--pow_budget: the value must be a finite number',
+    'extract-query-batch-0': '--query_batch: the value must be a whole number >= 1',
+    'extract-seed-negative': '--seed: the value must be a whole number >= 0',
+    'extract-sigma-inf': '--sigma: the value must be a finite number > 0, got inf',
+    'extract-sigma-nan': '--sigma: the value must be a finite number > 0, got nan',
+    'extract-timing-table-nan': 'recreate it with pow-calibrate',
+    'extract-tolerance-nan': '--tolerance: the value must be a finite number',
+    'extract-unknown-mode': "unknown mode 'steal'",
+    'extract-victim-text': 'cannot be read',
+    'extract-workers-negative': '--workers: the value must be a whole number >= 1',
+    'mint-bad-challenge': '--challenge is not a challenge',
+    'mint-bits-0': '--bits: the value must be a whole number >= 1 and <= 160',
+    'mint-bits-161': '--bits: the value must be a whole number >= 1 and <= 160',
+    'mint-empty-key': 'no HMAC key',
+    'mint-no-key': 'no HMAC key',
+    'mint-resource-colon': "may contain ':'",
+    'mint-resource-pipe': 'the resource must be',
+    'mint-short-key': 'use at least 16',
+    'mint-subs-0': '--pow_subs: the value must be a whole number >= 1',
+    'mint-work-0': '--work: the value must be a finite number >= 1',
+    'mint-work-nan': '--work: the value must be a finite number >= 1',
+    'mint-workers-0': '--workers: the value must be a whole number >= 1',
+    'mint-workers-negative': '--workers: the value must be a whole number >= 1',
+    'pow-time-base-nan': '--base: the value must be a finite number > 1',
+    'pow-time-bases-empty': 'needs at least one base',
+    'pow-time-calibration-folder': 'is not a file',
+    'pow-time-header-only-log': 'header but no rows',
+    'pow-time-huge-baseline': 'too large to calibrate',
+    'pow-time-negative-queries': 'non-negative and strictly increasing',
+    'pow-time-out-is-log': 'never overwrites its inputs',
+    'pow-time-out-under-file': 'is a file, not a folder',
+    'privacy-dataset-unknown': "invalid choice: 'nope'",
+    'privacy-out-under-file': 'is a file, not a folder',
+    'privacy-sigma-nan': '--sigma: the value must be a finite number > 0, got nan',
+    'privacy-votes-1e400': 'counts must be finite',
+    'privacy-votes-folder': 'is not a file',
+    'privacy-votes-inf': 'counts must be finite',
+    'separation-datasets-empty': 'needs at least one dataset',
+    'separation-datasets-unknown': "unknown dataset 'nope'",
+    'separation-no-victims': 'train-victim --dataset mnist-5k',
+    'separation-out-under-file': 'is a file, not a folder',
+    'separation-queries-negative': '--queries: the value must be a whole number >= 1',
+    'separation-sigmas-nan': '--sigmas: the value must be a finite number > 0',
+    'table-attacks-header-only': 'header but no rows',
+    'table-attacks-strings': 'must be finite numbers in every row',
+    'table-attacks-zero-time': 'end with a time of 0 s',
+    'table-calibration-folder': 'is not a file',
+    'table-out-under-file': 'is a file, not a folder',
+    'train-epochs-negative': '--epochs: the value must be a whole number >= 1',
+    'train-epochs-zero': '--epochs: the value must be a whole number >= 1',
+    'train-existing-file': 'Pass --overwrite',
+    'train-under-file': 'is a file, not a folder',
+    'train-unknown-dataset': "invalid choice: 'nope'",
+}
+
+
+def snapshot(root: Path) -> dict:
+    return {p.relative_to(root): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def workspace(victim_path, tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad-inputs")
+    inputs = root / "in"
+    inputs.mkdir()
+    (inputs / "adir").mkdir()
+    for name, text in FILES.items():
+        (inputs / name).write_text(text)
+    shutil.copy(victim_path, inputs / "victim.pt")
+    (root / "out").mkdir()
+    return root
+
+
+def test_every_case_names_its_error():
+    assert set(NEEDLES) == set(CASES)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_fails_cleanly(workspace, case, capsys, monkeypatch):
+    monkeypatch.chdir(workspace)
+    monkeypatch.delenv("POW_SECRET", raising=False)
+    argv = [a.replace("{in}", str(workspace / "in")).replace("{out}", str(workspace / "out")) for a in CASES[case]]
+    before = snapshot(workspace)
+    try:
+        code = entry.main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code not in (0, None), err
+    assert "Traceback" not in err
+    assert sum("error:" in line for line in err.splitlines()) == 1, err
+    assert NEEDLES[case] in err, err
+    assert snapshot(workspace) == before, "a failed command left a new or changed file"
