@@ -9,8 +9,7 @@ from common.errors import UserError
 from pow import calibration
 from pow.calibration import Baseline, PaperCalibrator, RelativeCalibrator
 
-PAPER = Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "paper"
-needs_paper = pytest.mark.skipif(not PAPER.exists(), reason="../shared/reference/paper not present")
+PAPER = Path(__file__).resolve().parent / "data" / "paper"  # the paper's CSVs, shipped with the tests
 
 
 def line_baseline(n=20, per_query=0.25, sd=0.0, seed=0):
@@ -20,7 +19,6 @@ def line_baseline(n=20, per_query=0.25, sd=0.0, seed=0):
     return Baseline(q, np.cumsum(inc), q * 0.01, "synthetic", "cost")
 
 
-@needs_paper
 def test_paper_formula_on_paper_mnist_baseline():
     base = calibration.load_baseline(PAPER / "time_privacy_cost_mnist.csv", cost_measure="knn")
     cal = PaperCalibrator(base)
