@@ -29,13 +29,20 @@ def test_votes_match_brute_force(n, k):
 
 
 def test_fallback_rows_are_exact():
-    # identical training points make every query's threshold catch all of them or none
-    x = torch.zeros(10000, 10)
-    x[5000:] = 5.0
-    y = torch.arange(10000) % 10
-    voter = KnnVoter(x, y, k=300, num_classes=10)
-    votes = voter.votes(torch.full((5, 10), 4.0))
-    assert (votes.sum(1) == 300).all()
+    """Rows whose threshold catches fewer than k points take the full top-k: reached, and exact."""
+    g = torch.Generator().manual_seed(1)
+    y = torch.randint(0, 10, (6000,), generator=g)
+    x = torch.log_softmax(torch.randn(6000, 10, generator=g) * 3, 1)
+    q = torch.log_softmax(torch.randn(40, 10, generator=g) * 3, 1)
+    voter = KnnVoter(x, y, k=100, num_classes=10)
+    assert voter.rank < voter.sample_t.shape[1]  # the thresholded path, not the all-points path
+    voter.rank = 1  # the nearest sample point's distance: far fewer than k points fall below it
+    calls = []
+    full = voter._full
+    voter._full = lambda rows: calls.append(len(rows)) or full(rows)
+    votes = voter.votes(q)
+    assert sum(calls) == len(q)  # every row went through the fallback
+    assert (votes == brute_votes(q, x, y, 100, 10)).all(1).float().mean() > 0.99
 
 
 def test_entropy_and_gap_scores():

@@ -100,3 +100,15 @@ def test_bad_arguments_raise_value_error():
         rdp.rdp_to_eps(np.ones(3), orders=[2, 3, 4], delta=2)
     with pytest.raises(ValueError, match="classic, improved"):
         rdp.rdp_to_eps(np.ones(3), orders=[2, 3, 4], delta=1e-5, conversion="x")
+
+
+def test_order_grid_has_no_gap_above_100():
+    """sigma=28, delta=1e-6: the best order is near 105; the golden epsilon holds to 1e-5 relative."""
+    votes = np.array([[4, 32, 4, 1, 26, 118, 54, 2, 24, 35]])
+    eps, _ = rdp.eps_per_query(votes, sigma=28.0, delta=1e-6)
+    assert eps[0] == pytest.approx(0.266771, rel=1e-5)
+    orders = rdp.DEFAULT_ORDERS
+    gaps = np.diff(orders)
+    assert orders[0] == 2 and orders[-1] == pytest.approx(1000) and (gaps > 0).all()
+    assert (gaps[orders[:-1] < 99.5] <= 0.5 + 1e-9).all()
+    assert (gaps[orders[:-1] >= 99.5] / orders[:-1][orders[:-1] >= 99.5] <= 0.012).all()
