@@ -152,7 +152,7 @@ def _rounds(s, folder, state, *, splits, victim, device, oracle, attack, stolen,
                desc=f"{s.mode} on {s.dataset}")
     try:
         while oracle.queries < s.budget:
-            q_prev = oracle.queries
+            q_prev, t_prev = oracle.queries, oracle.query_time_s
             for _ in range(s.batches_per_round):
                 n = min(s.query_batch, s.budget - oracle.queries)
                 if n <= 0:
@@ -166,7 +166,8 @@ def _rounds(s, folder, state, *, splits, victim, device, oracle, attack, stolen,
             totals = oracle.totals()
             difficulty = np.nan
             if calibrator is not None:
-                seconds = float(calibrator.extra_seconds(q_prev, totals["queries"], totals[cost_col]))
+                seconds = float(calibrator.extra_seconds(q_prev, totals["queries"], totals[cost_col], time_prev=t_prev,
+                                                         time_s=totals["query_time_s"]))
                 paid = payer.pay(seconds, batches=-(-(totals["queries"] - q_prev) // s.query_batch))
                 pow_time += paid["seconds"]
                 pow_work += paid["work"]

@@ -1,15 +1,22 @@
 """Calibrate proof-of-work time from a client's cumulative cost against a legitimate baseline.
 
-Two calibrations share one interface, extra_seconds(q_prev, q, cost): the PoW seconds a client pays
-for the queries between q_prev and q, given its cumulative cost at q.
+Two calibrations share one interface, extra_seconds(q_prev, q, cost, time_prev=, time_s=): the PoW
+seconds a client pays for the queries between q_prev and q, given its cumulative cost at q and, where
+known, the server's cumulative time answering it at q_prev and q.
 
 paper     (Dziedzic et al. 2022) expected(q) is a least-squares line through the baseline's
           (queries, cost); each logged step of STEP_QUERIES queries costs
           clip(base ** |cost - expected(q)|, min_s, max_s) seconds (pro rata for other step sizes).
-relative  (this project's default; holds on any hardware) a legitimate user pays `budget` times their
-          own query time per batch, t_b; an excess of cost over the legitimate line multiplies it:
+relative  (this project's default; holds on any hardware and under any load) a client pays `budget`
+          times the server's own time answering the priced queries, dt; an excess of cost over the
+          legitimate line multiplies it:
               excess(q, c) = max(0, c - slope*q - tolerance * sd_b * sqrt(q/B)) / (slope*B)
-              seconds per batch = min(budget * t_b * base ** excess, max_factor * t_b)
+              seconds = min(budget * base ** excess, max_factor) * max(dt, MIN_TIME_SHARE * t_b * n)
+          for n batches. dt is measured by the answering side, so the client cannot shrink it, and it
+          moves with the server's load: a legitimate user pays budget x its own time whether the
+          baseline was recorded on a busy or a quiet machine. (Pricing in the baseline's time per batch
+          t_b instead made a legitimate user pay 6.5x on a quiet machine against a busy baseline.)
+          Without a measured dt (the paper's CSVs, or extra_seconds without times), dt = t_b * n.
           slope is the baseline's cost per query (line through the origin), B the batch size, sd_b
           the standard deviation of one legitimate batch's cost. The excess is counted in legitimate
           batches' worth of cost, so it means the same on every dataset and cost measure, and a
@@ -30,6 +37,7 @@ from common.errors import UserError, unknown_name
 from common.io import read_csv_file
 from privacy.accountants import COST_COLUMNS, cost_column
 
+MIN_TIME_SHARE = 0.1  # relative: dt is never taken below this share of the baseline's time for the same batches
 STEP_QUERIES = 1000  # paper: one logged step = 16 batches of 64, counted as 1,000 queries
 PAPER_COLUMNS = ("time", "privacy", "queries")  # the paper's legitimate-user CSV format
 CALIBRATIONS = ("paper", "relative")
@@ -130,7 +138,8 @@ class PaperCalibrator:
         log_s = self.deviation(queries, cost) * math.log(self.base)
         return np.exp(np.clip(log_s, math.log(self.min_s), math.log(self.max_s)))
 
-    def extra_seconds(self, q_prev, queries, cost):
+    def extra_seconds(self, q_prev, queries, cost, *, time_prev=None, time_s=None):
+        """Seconds for the queries q_prev..queries (the paper's absolute seconds: times are not used)."""
         return self.step_seconds(queries, cost) * (np.asarray(queries, float) - q_prev) / STEP_QUERIES
 
     def describe(self) -> dict:
@@ -182,8 +191,22 @@ class RelativeCalibrator:
         log_s = math.log(self.budget * self.batch_time_s) + self.excess(queries, cost) * math.log(self.base)
         return np.exp(np.minimum(log_s, math.log(self.max_factor * self.batch_time_s)))
 
-    def extra_seconds(self, q_prev, queries, cost):
-        return self.batch_seconds(queries, cost) * (np.asarray(queries, float) - q_prev) / self.batch_size
+    def multiplier(self, queries, cost):
+        """PoW time as a multiple of the answering time: budget * base ** excess, at most max_factor."""
+        log_m = math.log(self.budget) + self.excess(queries, cost) * math.log(self.base)
+        return np.exp(np.minimum(log_m, math.log(self.max_factor)))
+
+    def extra_seconds(self, q_prev, queries, cost, *, time_prev=None, time_s=None):
+        """Seconds for the queries q_prev..queries, priced in the server's own answering time for them."""
+        q = np.asarray(queries, float)
+        batches = (q - np.asarray(q_prev, float)) / self.batch_size
+        floor = MIN_TIME_SHARE * self.batch_time_s * batches
+        if time_s is None:
+            answered = self.batch_time_s * batches
+        else:
+            dt = np.asarray(time_s, float) - np.asarray(0.0 if time_prev is None else time_prev, float)
+            answered = np.maximum(dt, floor)
+        return self.multiplier(q, cost) * answered
 
     def describe(self) -> dict:
         return {"calibration_mode": self.name, "base": self.base, "budget": self.budget,
@@ -208,7 +231,10 @@ def add_pow_columns(frame: pd.DataFrame, calibrator, *, cost: str) -> pd.DataFra
     out = frame.copy()
     q = out["queries"].to_numpy(float)
     q_prev = np.concatenate([[0.0], q[:-1]])
-    extra = np.where(q > q_prev, calibrator.extra_seconds(q_prev, q, out[cost].to_numpy(float)), 0.0)
+    t = out["query_time_s"].to_numpy(float)
+    t_prev = np.concatenate([[0.0], t[:-1]])
+    extra = np.where(q > q_prev, calibrator.extra_seconds(q_prev, q, out[cost].to_numpy(float), time_prev=t_prev,
+                                                          time_s=t), 0.0)
     out["pow_time_s"] = np.cumsum(extra)
     out["total_time_s"] = out["query_time_s"] + out["pow_time_s"]
     return out

@@ -66,3 +66,24 @@ def test_read_cost_log_rejects_other_layouts(tmp_path):
         calibration.read_cost_log(bad, cost_measure="entropy")
     with pytest.raises(UserError, match="does not exist"):
         calibration.read_cost_log(tmp_path / "none.csv", cost_measure="entropy")
+
+
+def test_relative_legitimate_ratio_holds_under_load():
+    """A baseline recorded on a busy machine (5.5x slower answers) still prices a legitimate user on a quiet
+    machine at exactly 1 + budget: PoW is priced in the client's own answering time, not the baseline's."""
+    busy = line_baseline(sd=1.0)
+    busy = Baseline(busy.queries, busy.cost, busy.time_s * 5.5, "busy", "cost")
+    cal = RelativeCalibrator(busy, base=1.05, budget=1.0, tolerance=3.0)
+    quiet = line_baseline(sd=1.0, seed=3)
+    frame = pd.DataFrame({"queries": quiet.queries, "cost": quiet.cost, "query_time_s": quiet.time_s})
+    assert calibration.ratio(calibration.add_pow_columns(frame, cal, cost="cost")) == pytest.approx(2.0)
+    slow = frame.assign(query_time_s=frame["query_time_s"] * 3)  # and on an even busier one
+    assert calibration.ratio(calibration.add_pow_columns(slow, cal, cost="cost")) == pytest.approx(2.0)
+
+
+def test_relative_time_floor_keeps_pow_on():
+    """An answering time of zero never switches PoW off: dt is floored at a share of the baseline's."""
+    cal = RelativeCalibrator(line_baseline(), base=1.05, budget=1.0, tolerance=3.0)
+    q = np.array([640.0])
+    seconds = cal.extra_seconds(576.0, q, cal.expected(q), time_prev=1.0, time_s=1.0)
+    assert seconds == pytest.approx(calibration.MIN_TIME_SHARE * cal.batch_time_s)
