@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from attacks import ATTACKS
+from attacks.knockoff import SAMPLINGS
 from common import checks
 from common.errors import ConfigError
 from data.ood import OOD_POOLS
@@ -22,6 +23,7 @@ from pow.timing import PUZZLES, TABLES
 from privacy.accountants import COST_MEASURES
 from privacy.rdp import CONVERSIONS
 
+SOFT_TARGET_MODES = sorted(name for name, cls in ATTACKS.items() if cls.soft_targets)
 DEFAULT_DATASET = "mnist-5k"  # the embedded default: needs no download
 
 _MNIST_LIKE = dict(optimizer="sgd", lr=0.1, momentum=0.5, weight_decay=1e-4, batch_size=64,
@@ -50,7 +52,7 @@ DEFAULTS = dict(
     timing_table="live", timing_csv="results/pow_timing.csv", stamp=None, solution=None, challenge=None,
     resource="client", bits=None, work=None, key=None, min_work=1.0, puzzles="hashcash,sha256,scrypt",
     max_seconds=1.0, trials=20, attacks=None, plot=None, one_sided=False, victim_dir="checkpoints",
-    insecure_dev_key=False, overwrite=False,
+    insecure_dev_key=False, overwrite=False, sampling="random",
 )
 
 
@@ -228,9 +230,13 @@ def _extraction(p: argparse.ArgumentParser) -> None:
                    help="architecture of the stolen copy (default: mnistnet for 28x28, resnet18 for 32x32x3)")
     p.add_argument("--stolen_epochs", type=_NONNEG_INT, default=None,
                    help=_preset_help("stolen_epochs") + "; epochs on all answers so far, each round")
-    p.add_argument("--victim_output", default=None, choices=OUTPUTS, help="what the API answers (default: labels)")
+    p.add_argument("--victim_output", default=None, choices=OUTPUTS,
+                   help="what the API answers (default: labels; probs for knockoff, which trains on them)")
     p.add_argument("--ood_pool", default=None, choices=sorted(OOD_POOLS),
-                   help="natural out-of-distribution images for copycat (default: photos)")
+                   help="natural out-of-distribution images for copycat and knockoff (default: photos)")
+    p.add_argument("--sampling", default=None, choices=SAMPLINGS,
+                   help="knockoff: random order, or adaptive (a gradient bandit over the pool's groups) "
+                        "(default: random)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -345,6 +351,8 @@ def resolve(args: argparse.Namespace) -> Settings:
     command = values.get("command")
     if "epochs" not in given:
         values["epochs"] = preset["victim_epochs"]
+    if command in ("extract", "demo") and "victim_output" not in given and values.get("mode") in SOFT_TARGET_MODES:
+        values["victim_output"] = "probs"
     if values.get("victim_path") is None:
         values["victim_path"] = str(Path("checkpoints") / f"{dataset}-victim.pt")
     if command == "pow-table" and "calibration_mode" not in given:

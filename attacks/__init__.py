@@ -1,4 +1,9 @@
-"""Query-selection strategies behind one base class and a registry."""
-from attacks.base import ATTACKS, Attack, AttackContext, create
+"""Attacks behind one contract and a registry; importing the package registers every attack."""
+from attacks.base import (ATTACKS, Attack, AttackContext, PoolAttack, ScoredPoolAttack, SequentialPoolAttack,
+                          create, register)
 
-__all__ = ["ATTACKS", "Attack", "AttackContext", "create"]
+# each module registers its attack; they import from attacks.base, which imports none of them
+from attacks import active, copycat, knockoff, standard, worstcase  # noqa: E402,F401  isort: skip
+
+__all__ = ["ATTACKS", "Attack", "AttackContext", "PoolAttack", "ScoredPoolAttack", "SequentialPoolAttack",
+           "create", "register"]

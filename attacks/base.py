@@ -1,6 +1,10 @@
-"""The attack contract: choose the next queries; optionally look at the answers.
+"""The attack contract, and the registry. Attacks never see the victim: the extraction loop owns the one
+metered oracle, answers every query through it, and hands the attack the answers.
 
-Querying the oracle, training the stolen model and evaluating live once, in the extraction loop.
+PoolAttack    chooses the next n queries, given the current stolen model (select(n, stolen)); sees
+              every answered batch (observe); the shared loop trains the stolen model on all answers.
+Subclasses register themselves with @register; this module imports none of them (attacks/__init__.py
+imports each one), so `from attacks import Attack` works inside an attack module.
 """
 from __future__ import annotations
 
@@ -9,68 +13,131 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from common.errors import UserError, unknown_name
-
+from models.training import predict_logits
 
 MAX_POOL_BYTES = 2 ** 30  # a pool attack's images (uint8), at most: checked before anything is allocated
 
 
 @dataclass(frozen=True)
 class AttackContext:
-    """What an attack may use: the dataset spec, the attacker's in-distribution pool, settings."""
+    """What an attack may use: the dataset spec, the attacker's in-distribution pool, and its settings.
+
+    There is no victim here: answers come only from the loop's metered oracle."""
     spec: Any
     pool_x: torch.Tensor
     budget: int
     seed: int
     data_dir: str = "data"
     ood_pool: str = "photos"
+    device: torch.device = torch.device("cpu")
+    cost_measure: str = "entropy"  # the defence the worst-case attacker knows
+    cost_params: tuple = (("k", 300), ("sigma", 28.0), ("delta", 1e-5))  # ... and its parameters
+    sampling: str = "random"  # knockoff: random or adaptive
 
 
 class Attack:
-    """Base class. Subclasses implement select(); observe() is for adaptive attacks."""
+    """Base class of every attack; state_dict() must hold only tensors, numbers, strings and containers."""
     name = ""
+    soft_targets = False  # True: trains on the victim's probabilities (needs --victim_output probs)
 
     def __init__(self, ctx: AttackContext):
         self.ctx = ctx
-        self.position = 0
 
-    def select(self, n: int) -> torch.Tensor:
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore from state_dict(); a state of the wrong shape is a UserError."""
+
+
+class PoolAttack(Attack):
+    """Chooses queries from images it holds; the loop trains the stolen model on every answer so far."""
+
+    def select(self, n: int, stolen: torch.nn.Module) -> torch.Tensor:
         """The next n query images (uint8 or float in [0, 1], shaped like the victim's input)."""
         raise NotImplementedError
 
     def observe(self, x: torch.Tensor, answers: torch.Tensor) -> None:
         """Called with every answered batch."""
 
-    def state_dict(self) -> dict:
-        return {"position": self.position}
+    def build_pool(self) -> torch.Tensor:
+        raise NotImplementedError
 
-    def load_state_dict(self, state: dict) -> None:
-        self.position = int(state["position"])
+    def _pool(self) -> torch.Tensor:
+        """build_pool(), after checking that one image per query fits in memory and in the pool."""
+        need = self.ctx.budget * math.prod(self.ctx.spec.input_shape)
+        if need > MAX_POOL_BYTES:
+            raise UserError(f"attack '{self.name}' keeps one image per query: --budget {self.ctx.budget} on "
+                            f"'{self.ctx.spec.name}' would need {need / 2 ** 30:.1f} GiB, more than the "
+                            f"{MAX_POOL_BYTES / 2 ** 30:.0f} GiB allowed; lower --budget")
+        images = self.build_pool()
+        if self.ctx.budget > len(images):
+            raise UserError(f"attack '{self.name}' can send at most {len(images)} distinct queries on "
+                            f"'{self.ctx.spec.name}', but --budget is {self.ctx.budget}; lower --budget")
+        return images
 
 
-class SequentialPoolAttack(Attack):
+class SequentialPoolAttack(PoolAttack):
     """Walks through a fixed, seeded sequence of images (the pool a subclass builds)."""
 
     def __init__(self, ctx: AttackContext):
         super().__init__(ctx)
-        need = ctx.budget * math.prod(ctx.spec.input_shape)
-        if need > MAX_POOL_BYTES:
-            raise UserError(f"attack '{self.name}' keeps one image per query: --budget {ctx.budget} on "
-                            f"'{ctx.spec.name}' would need {need / 2 ** 30:.1f} GiB, more than the "
-                            f"{MAX_POOL_BYTES / 2 ** 30:.0f} GiB allowed; lower --budget")
-        self.images = self.build_pool()
-        if ctx.budget > len(self.images):
-            raise UserError(f"attack '{self.name}' can send at most {len(self.images)} distinct queries on "
-                            f"'{ctx.spec.name}', but --budget is {ctx.budget}; lower --budget")
+        self.images = self._pool()
+        self.position = 0
 
-    def build_pool(self) -> torch.Tensor:
-        raise NotImplementedError
-
-    def select(self, n: int) -> torch.Tensor:
+    def select(self, n: int, stolen=None) -> torch.Tensor:
         batch = self.images[self.position:self.position + n]
         self.position += len(batch)
         return batch
+
+    def state_dict(self) -> dict:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        position = state.get("position")
+        if not isinstance(position, int) or not 0 <= position <= len(self.images):
+            raise UserError(f"saved attack state has position {position!r}, outside the pool of {len(self.images)}")
+        self.position = position
+
+
+class ScoredPoolAttack(PoolAttack):
+    """Active learning: the unqueried pool images that score highest under the current stolen model."""
+
+    def __init__(self, ctx: AttackContext):
+        super().__init__(ctx)
+        self.images = self._pool()
+        self.used = torch.zeros(len(self.images), dtype=torch.bool)
+
+    def build_pool(self) -> torch.Tensor:
+        return self.ctx.pool_x
+
+    def score(self, logprobs: torch.Tensor) -> torch.Tensor:
+        """Higher is chosen first; logprobs is the stolen model's log-softmax of each candidate."""
+        raise NotImplementedError
+
+    def select(self, n: int, stolen: torch.nn.Module) -> torch.Tensor:
+        free = (~self.used).nonzero().flatten()
+        logprobs = F.log_softmax(predict_logits(stolen, self.images[free], self.ctx.device), dim=1)
+        scores = self.score(logprobs).double()
+        if not torch.isfinite(scores).all():
+            scores = torch.nan_to_num(scores, nan=-math.inf)
+        # stable order: ties go to the lower pool index, so a run repeats exactly
+        order = torch.sort(scores, descending=True, stable=True).indices[:n]
+        chosen = free[order]
+        self.used[chosen] = True
+        return self.images[chosen]
+
+    def state_dict(self) -> dict:
+        return {"used": self.used.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        used = state.get("used")
+        if not isinstance(used, torch.Tensor) or used.shape != self.used.shape or used.dtype != torch.bool:
+            raise UserError(f"saved attack state does not fit the pool of {len(self.used)} images")
+        self.used = used.clone()
 
 
 ATTACKS: dict = {}
@@ -83,11 +150,7 @@ def register(cls):
 
 
 def create(name: str, ctx: AttackContext) -> Attack:
-    """Build a registered attack; ValueError lists the valid names."""
+    """Build a registered attack; a ConfigError lists the valid names."""
     if name not in ATTACKS:
         raise unknown_name("mode", name, ATTACKS)
     return ATTACKS[name](ctx)
-
-
-# import the attacks so that they register themselves
-from attacks import copycat, standard  # noqa: E402,F401  pylint: disable=wrong-import-position

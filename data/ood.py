@@ -15,6 +15,7 @@ from data.registry import DatasetSpec, load_splits
 
 MIN_CROP = 24  # smallest square crop side, in photo pixels
 MAX_CROP = 320  # largest square crop side, in photo pixels
+SIZE_BUCKETS = 4  # photo crops are grouped by photo and by quartile of crop size
 _GRAY = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)  # ITU-R 601 luma weights
 
 
@@ -40,34 +41,47 @@ def adapt(images: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
 
 def photo_crops(n: int, spec: DatasetSpec, seed: int) -> torch.Tensor:
     """n random square crops of scikit-learn's sample photos, resized to the victim's input."""
+    return photo_crops_grouped(n, spec, seed)[0]
+
+
+def photo_crops_grouped(n: int, spec: DatasetSpec, seed: int) -> tuple:
+    """(crops, group of each crop): the group is the photo and the quartile of the crop's size, the
+    'classes' a bandit over the pool can choose between (PHOTO_GROUPS of them)."""
     photos = _sample_photos()
     rng = np.random.default_rng(seed)
     out = torch.empty((n, spec.channels, spec.size, spec.size), dtype=torch.uint8)
+    groups = torch.empty(n, dtype=torch.long)
     for i in range(n):
-        photo = photos[rng.integers(len(photos))]
+        which = int(rng.integers(len(photos)))
+        photo = photos[which]
         _, h, w = photo.shape
-        side = int(rng.integers(MIN_CROP, min(MAX_CROP, h, w) + 1))
+        top_side = min(MAX_CROP, h, w)
+        side = int(rng.integers(MIN_CROP, top_side + 1))
         top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
         crop = photo[:, top:top + side, left:left + side].unsqueeze(0)
         if rng.random() < 0.5:
             crop = crop.flip(-1)
         out[i] = adapt(crop, spec)[0]
-    return out
+        quartile = min(SIZE_BUCKETS - 1, (side - MIN_CROP) * SIZE_BUCKETS // (top_side - MIN_CROP + 1))
+        groups[i] = which * SIZE_BUCKETS + quartile
+    return out, groups
 
 
 def _dataset_pool(name: str):
-    def build(n: int, spec: DatasetSpec, seed: int, data_dir) -> torch.Tensor:
+    def build(n: int, spec: DatasetSpec, seed: int, data_dir) -> tuple:
         splits = load_splits(name, data_dir)
         images = torch.cat([splits.pool_x, splits.eval_x, splits.victim_x])
+        labels = torch.cat([splits.pool_y, splits.eval_y, splits.victim_y])
         if n > len(images):
             raise UserError(f"out-of-distribution pool '{name}' has {len(images)} images, fewer than {n} asked")
         idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
-        return adapt(images[idx], spec)
+        return adapt(images[idx], spec), labels[idx]
     return build
 
 
+#: name -> build(n, spec, seed, data_dir) -> (images, group of each image)
 OOD_POOLS = {
-    "photos": lambda n, spec, seed, data_dir: photo_crops(n, spec, seed),
+    "photos": lambda n, spec, seed, data_dir: photo_crops_grouped(n, spec, seed),
     "fashion-mnist": _dataset_pool("fashion-mnist"),
     "mnist-5k": _dataset_pool("mnist-5k"),
     "mnist": _dataset_pool("mnist"),
@@ -76,6 +90,11 @@ OOD_POOLS = {
 
 def ood_pool(name: str, n: int, spec: DatasetSpec, *, seed: int, data_dir="data") -> torch.Tensor:
     """n natural non-problem-domain images for the victim `spec`, from the named source."""
+    return ood_pool_grouped(name, n, spec, seed=seed, data_dir=data_dir)[0]
+
+
+def ood_pool_grouped(name: str, n: int, spec: DatasetSpec, *, seed: int, data_dir="data") -> tuple:
+    """(images, groups): the pool and a class-like group per image (labels, or photo and crop size)."""
     if name not in OOD_POOLS:
         raise unknown_name("out-of-distribution pool", name, OOD_POOLS)
     return OOD_POOLS[name](n, spec, seed, data_dir)

@@ -102,7 +102,11 @@ def run_extraction(s, *, progress: bool = True) -> dict:
     if s.calibration:
         baseline = calibration.load_baseline(s.calibration, cost_measure=s.cost_measure)
         calibrator = calibration.create(s.calibration_mode, baseline, s)
-    attack = attacks.create(s.mode, AttackContext(spec, splits.pool_x, s.budget, s.seed, s.data_dir, s.ood_pool))
+    attack = attacks.create(s.mode, AttackContext(
+        spec, splits.pool_x, s.budget, s.seed, s.data_dir, s.ood_pool, device=device, cost_measure=s.cost_measure,
+        cost_params=(("k", s.k), ("sigma", s.sigma), ("delta", s.delta)), sampling=s.sampling))
+    if attack.soft_targets and s.victim_output != "probs":
+        raise UserError(f"mode '{s.mode}' trains on the victim's probabilities; pass --victim_output probs")
     ledger = build_ledger(victim, splits.victim_x, splits.victim_y, s, device, spec.num_classes)
     oracle = VictimOracle(victim, device=device, output=s.victim_output, ledger=ledger)
     stolen = architectures.create(s.stolen_arch or default_stolen_arch(spec), spec).to(device)
@@ -157,7 +161,7 @@ def _rounds(s, folder, state, *, splits, victim, device, oracle, attack, stolen,
                 n = min(s.query_batch, s.budget - oracle.queries)
                 if n <= 0:
                     break
-                x = attack.select(n)
+                x = attack.select(n, stolen)
                 y = oracle.query(x)
                 attack.observe(x, y)
                 xs.append(x)
