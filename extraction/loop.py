@@ -148,6 +148,7 @@ def _rounds(s, folder, state, *, splits, victim, device, oracle, attack, stolen,
             calibrator, payer, inputs, progress) -> dict:
     """Run rounds until the budget is spent, committing each; returns the last committed state."""
     rows, xs, answers = (list(state[k]) for k in ("rows", "xs", "answers")) if state else ([], [], [])
+    round_start = len(xs)
     pow_time, pow_work = (state["pow_time_s"], state["pow_work"]) if state else (0.0, 0.0)
     cost_col = cost_column(s.cost_measure)
     victim_eval = predict_logits(victim, splits.eval_x, device).argmax(1)
@@ -196,12 +197,13 @@ def _rounds(s, folder, state, *, splits, victim, device, oracle, attack, stolen,
             })
             bar.set_postfix(acc=f"{rows[-1]['accuracy']:.1f}", cost=f"{totals[cost_col]:.1f}")
             state = {
-                "settings": s.as_dict(), "inputs": inputs, "rows": rows, "xs": xs, "answers": answers,
+                "settings": s.as_dict(), "inputs": inputs, "rows": rows, "saved_queries": oracle.queries,
                 "pow_time_s": pow_time, "pow_work": pow_work, "stolen": stolen.state_dict(),
                 "optimizer": optimizer.state_dict(), "oracle": oracle.state_dict(), "attack": attack.state_dict(),
                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "params": params,
             }
-            folder.commit(state, LOG_COLUMNS)
+            folder.commit(state, LOG_COLUMNS, xs=xs[round_start:], answers=answers[round_start:])
+            round_start = len(xs)
     finally:
         bar.close()
     return state

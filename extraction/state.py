@@ -8,6 +8,9 @@ and whenever a run starts again, so they always agree with it. The rules:
     run can never be mixed with the old one; log.csv and params.json are replaced at the first commit;
   * a log.csv without state.pt is refused, never silently restarted over;
   * state.pt is loaded with weights_only=True and checked key by key;
+  * the queries and answers go to queries/round-NNNNNN.pt, one file per round, each written once: the
+    saved state grows linearly with the queries and a commit never rewrites what is saved (state.pt
+    itself holds only the small parts); a round file past the last committed round is deleted;
   * a resume must have the same settings (paths compared resolved; out_dir, device and budget may
     differ) and the same input files, by content hash.
 """
@@ -25,13 +28,13 @@ from common.errors import UserError
 from common.io import (FolderLock, atomic_torch_save, atomic_write_csv, atomic_write_text, file_sha256,
                        remove_stale_tmp, safe_torch_load)
 
-STATE, LOG, PARAMS, STOLEN = "state.pt", "log.csv", "params.json", "stolen.pt"
-STATE_VERSION = 2
+STATE, LOG, PARAMS, STOLEN, QUERIES = "state.pt", "log.csv", "params.json", "stolen.pt", "queries"
+STATE_VERSION = 3
 #: settings that may differ between a run and its resumption
 RESUMABLE_CHANGES = {"fresh", "device", "budget", "command", "out_dir"}
 #: settings that name a file or folder: compared as resolved paths
 PATH_SETTINGS = ("data_dir", "victim_path", "calibration", "timing_csv")
-STATE_KEYS = {"version": int, "settings": dict, "inputs": dict, "rows": list, "xs": list, "answers": list,
+STATE_KEYS = {"version": int, "settings": dict, "inputs": dict, "rows": list, "saved_queries": int,
               "pow_time_s": float, "pow_work": float, "stolen": dict, "optimizer": dict, "oracle": dict,
               "attack": dict, "generator": torch.Tensor, "torch_rng": torch.Tensor, "params": dict}
 FRESH = "pass --fresh to start over there (the old results are replaced), or choose another --out_dir"
@@ -83,6 +86,8 @@ class RunFolder:
         try:
             for name in (STATE, LOG, PARAMS, STOLEN):
                 remove_stale_tmp(self.dir / name)
+            for tmp in (self.dir / QUERIES).glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
         except BaseException:
             self._lock.__exit__(None, None, None)
             raise
@@ -98,11 +103,39 @@ class RunFolder:
                 (self.dir / name).unlink()
             except FileNotFoundError:
                 pass
-        fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_dir(self.dir)
+        for chunk in self._chunks():
+            chunk.unlink(missing_ok=True)
+
+    def _chunk(self, index: int) -> Path:
+        return self.dir / QUERIES / f"round-{index:06d}.pt"
+
+    def _chunks(self) -> list:
+        return sorted((self.dir / QUERIES).glob("round-*.pt"))
+
+    def _load_queries(self, state: dict) -> tuple:
+        """(xs, answers) of every committed round, checked; round files past the last one are deleted."""
+        rounds = len(state["rows"])
+        xs, answers = [], []
+        for index in range(1, rounds + 1):
+            path = self._chunk(index)
+            if not path.is_file():
+                raise UserError(f"{path} is missing, so the queries of round {index} are lost; {FRESH}")
+            chunk = safe_torch_load(path, "saved queries", f"it is damaged; {FRESH}")
+            ok = (isinstance(chunk, dict) and isinstance(chunk.get("xs"), list) and isinstance(chunk.get("answers"), list)
+                  and len(chunk["xs"]) == len(chunk["answers"])
+                  and all(isinstance(t, torch.Tensor) for t in chunk["xs"] + chunk["answers"]))
+            if not ok:
+                raise UserError(f"{path} is not a round of queries and answers; {FRESH}")
+            xs.extend(chunk["xs"])
+            answers.extend(chunk["answers"])
+        for path in self._chunks():
+            if int(path.stem.split("-")[1]) > rounds:
+                path.unlink()  # written by a round whose state never committed
+        sent = sum(len(t) for t in xs)
+        if sent != state["saved_queries"] or sum(len(t) for t in answers) != sent:
+            raise UserError(f"{self.dir / QUERIES} holds {sent} queries, the state {state['saved_queries']}; {FRESH}")
+        return xs, answers
 
     def load(self, settings: dict, inputs: dict, *, budget: int) -> dict | None:
         """The saved state, checked against the settings and inputs; None when there is none to resume."""
@@ -128,14 +161,17 @@ class RunFolder:
         if done > budget:
             raise UserError(f"{self.dir} already holds {done} queries, more than --budget {budget}; pass "
                             f"--budget {done} or more to resume it, or {FRESH}")
+        state["xs"], state["answers"] = self._load_queries(state)
         return state
 
-    def commit(self, state: dict, columns: list) -> None:
-        """Save the state atomically, then rebuild log.csv and params.json from it."""
+    def commit(self, state: dict, columns: list, *, xs: list, answers: list) -> None:
+        """Save this round's queries and answers (a new file), then the state atomically, then rebuild
+        log.csv and params.json from it. `state` holds no queries: only their count, saved_queries."""
         state = {**state, "rows": [{k: _plain(v) for k, v in row.items()} for row in state["rows"]],
                  "pow_time_s": float(state["pow_time_s"]), "pow_work": float(state["pow_work"]),
                  "version": STATE_VERSION}
         check_state(state, self.dir / STATE)
+        atomic_torch_save({"xs": xs, "answers": answers}, self._chunk(len(state["rows"])))
         atomic_torch_save(state, self.dir / STATE)
         self.write_outputs(state, columns)
 
@@ -147,6 +183,14 @@ class RunFolder:
         path = self.dir / STOLEN
         atomic_torch_save({"state_dict": stolen_state, "dataset": dataset}, path)
         return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def check_state(state, path) -> None:
@@ -162,18 +206,14 @@ def check_state(state, path) -> None:
         raise UserError(bad.format(f"wrong type of {', '.join(wrong)}"))
     if state["version"] != STATE_VERSION:
         raise UserError(bad.format(f"format version {state['version']}, this code writes {STATE_VERSION}"))
-    rows, xs, answers, oracle = state["rows"], state["xs"], state["answers"], state["oracle"]
+    rows, oracle = state["rows"], state["oracle"]
     if not rows or not all(isinstance(r, dict) for r in rows):
         raise UserError(bad.format("no logged rounds"))
     if [r.get("round") for r in rows] != list(range(1, len(rows) + 1)):
         raise UserError(bad.format("its rounds are not numbered 1, 2, ..."))
-    if len(xs) != len(answers) or not all(isinstance(t, torch.Tensor) for t in xs + answers):
-        raise UserError(bad.format("its queries and answers do not pair up"))
-    sent = sum(len(t) for t in xs)
     queries = oracle.get("queries")
-    if not isinstance(queries, int) or sent != queries or rows[-1].get("queries") != queries or \
-            sum(len(t) for t in answers) != queries:
+    if not isinstance(queries, int) or rows[-1].get("queries") != queries or state["saved_queries"] != queries:
         raise UserError(bad.format(f"its log ends at {rows[-1].get('queries')} queries, its oracle counted "
-                                   f"{queries} and it holds {sent}"))
+                                   f"{queries} and it saved {state['saved_queries']}"))
     if not all(math.isfinite(v) for v in (state["pow_time_s"], state["pow_work"])):
         raise UserError(bad.format("its PoW totals are not finite"))

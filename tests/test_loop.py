@@ -27,8 +27,9 @@ def test_every_attack_steals_something(victim_path, tmp_path, mode):
     frame = pd.read_csv(result["log"])
     assert list(frame.columns) == LOG_COLUMNS
     assert frame["queries"].tolist() == [64, 128]
-    state = torch.load(tmp_path / "state.pt", weights_only=False)
-    x, answers = torch.cat([to_float(v) for v in state["xs"]]), torch.cat(state["answers"])
+    rounds = [torch.load(p, weights_only=True) for p in sorted((tmp_path / "queries").glob("round-*.pt"))]
+    x = torch.cat([to_float(v) for r in rounds for v in r["xs"]])
+    answers = torch.cat([a for r in rounds for a in r["answers"]])
     stolen = architectures.create("mnistnet", create_spec("mnist-5k"))
     stolen.load_state_dict(torch.load(tmp_path / "stolen.pt")["state_dict"])
     answers = answers.argmax(1) if answers.is_floating_point() else answers  # probabilities (knockoff)

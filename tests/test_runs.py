@@ -263,19 +263,48 @@ def uninterrupted(victim_path, tmp_path_factory):
 
 
 @pytest.mark.parametrize("kill", [("state.pt", 2, None), ("state.pt", 4, None), ("log.csv", 3, None),
-                                  ("", 0, 9.0)], ids=["in-state-write-2", "in-last-state-write",
-                                                      "between-state-and-log", "at-9s"])
+                                  ("round-000003.pt", 1, None), ("", 0, 9.0)],
+                         ids=["in-state-write-2", "in-last-state-write", "between-state-and-log",
+                              "in-queries-write-3", "at-9s"])
 def test_sigkill_then_resume_equals_uninterrupted(victim_path, tmp_path, uninterrupted, kill):
     target, nth, after = kill
     argv = args(victim_path, tmp_path, "--budget", "256")
     rc, err = _extract(argv, target, nth, after)
     if after is None:
         assert rc == -signal.SIGKILL, err
-        assert list(tmp_path.glob(f".{target}.*.tmp")), "the kill came inside the atomic write"
+        assert list(tmp_path.rglob(f".{target}.*.tmp")), "the kill came inside the atomic write"
     rc, err = _extract(argv)
     assert rc == 0, err
-    assert not list(tmp_path.glob(".*.tmp"))
+    assert not list(tmp_path.rglob(".*.tmp"))
     resumed = read_log(tmp_path)
     pd.testing.assert_frame_equal(resumed[DETERMINISTIC], uninterrupted[DETERMINISTIC])
     state = torch.load(tmp_path / "state.pt", weights_only=True)
     assert state["oracle"]["queries"] == 256 and len(state["rows"]) == len(resumed)
+
+
+def test_saved_state_grows_linearly_and_is_never_rewritten(victim_path, tmp_path):
+    """Each round's queries go to a new file, written once; state.pt itself stays small."""
+    run(victim_path, tmp_path, "--budget", "128")
+    first = tmp_path / "queries" / "round-000001.pt"
+    stamp, size_small = first.stat().st_mtime_ns, (tmp_path / "state.pt").stat().st_size
+    run(victim_path, tmp_path, "--budget", "512")
+    rounds = sorted((tmp_path / "queries").glob("round-*.pt"))
+    assert len(rounds) == 8 and first.stat().st_mtime_ns == stamp  # never rewritten
+    assert (tmp_path / "state.pt").stat().st_size < size_small + 8 * 1024  # only the rows grew
+
+
+def test_round_file_past_the_state_is_dropped(victim_path, tmp_path):
+    run(victim_path, tmp_path, "--budget", "128")
+    stray = tmp_path / "queries" / "round-000003.pt"
+    shutil.copy(tmp_path / "queries" / "round-000002.pt", stray)  # as if killed before the state committed
+    run(victim_path, tmp_path, "--budget", "192")
+    whole = tmp_path / "whole"
+    run(victim_path, whole, "--budget", "192")
+    pd.testing.assert_frame_equal(read_log(tmp_path)[DETERMINISTIC], read_log(whole)[DETERMINISTIC])
+
+
+def test_missing_round_file_is_refused(victim_path, tmp_path):
+    run(victim_path, tmp_path, "--budget", "128")
+    (tmp_path / "queries" / "round-000001.pt").unlink()
+    with pytest.raises(UserError, match="round-000001.pt is missing"):
+        run(victim_path, tmp_path, "--budget", "192")
