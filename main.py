@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 
@@ -28,8 +29,18 @@ def _commands():
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    import parameters
-    from common.errors import UserError
+    try:
+        # Ctrl-C is held back while the libraries load: an import cut in half (numpy's) fails with an
+        # ImportError instead of a KeyboardInterrupt. A Ctrl-C pressed meanwhile arrives right after.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            import parameters
+            from common.errors import UserError
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    except KeyboardInterrupt:
+        print("interrupted while starting; nothing was written", file=sys.stderr)
+        return 130
 
     try:
         settings = parameters.parse(argv)

@@ -16,12 +16,13 @@ from data.ood import OOD_POOLS
 from data.registry import DATASETS
 from models.architectures import ARCHITECTURES
 from models.oracle import OUTPUTS
+from models.training import MAX_LR
 from pow.calibration import CALIBRATIONS
 from pow.pricing import POW_MODES
 from pow.solver import SOLVERS
 from pow.timing import PUZZLES, TABLES
 from privacy.accountants import COST_MEASURES
-from privacy.rdp import CONVERSIONS
+from privacy.rdp import CONVERSIONS, MIN_SIGMA
 
 SOFT_TARGET_MODES = sorted(name for name, cls in ATTACKS.items() if cls.soft_targets)
 DEFAULT_DATASET = "mnist-5k"  # the embedded default: needs no download
@@ -147,16 +148,16 @@ def _victim(p: argparse.ArgumentParser) -> None:
 
 def _training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", default=None, choices=["sgd", "adam"], help=_preset_help("optimizer"))
-    p.add_argument("--lr", type=_POS_FLOAT, default=None, help=_preset_help("lr"))
+    p.add_argument("--lr", type=_num(float, 0, MAX_LR, lo_open=True), default=None, help=_preset_help("lr"))
     p.add_argument("--momentum", type=_num(float, 0, 1, hi_open=True), default=None, help=_preset_help("momentum"))
-    p.add_argument("--weight_decay", type=_NONNEG_FLOAT, default=None, help=_preset_help("weight_decay"))
+    p.add_argument("--weight_decay", type=_num(float, 0, 1), default=None, help=_preset_help("weight_decay"))
     p.add_argument("--batch_size", type=_POS_INT, default=None, help=_preset_help("batch_size"))
 
 
 def _accountant(p: argparse.ArgumentParser, with_knn: bool = True) -> None:
     if with_knn:
         p.add_argument("--k", type=_POS_INT, default=None, help=_preset_help("k") + "; private-kNN neighbours")
-    p.add_argument("--sigma", type=_POS_FLOAT, default=None, help=_preset_help("sigma") + "; GNMax noise")
+    p.add_argument("--sigma", type=_num(float, MIN_SIGMA, 1e6), default=None, help=_preset_help("sigma") + "; GNMax noise")
     p.add_argument("--delta", type=_num(float, 0, 1, lo_open=True, hi_open=True), default=None, help=_preset_help("delta"))
     p.add_argument("--cap_rdp", action="store_true", default=None,
                    help="cap the data-dependent RDP at the data-independent bound (default: off, as the paper)")
@@ -336,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--victim_dir", default=None,
                    help="folder of DATASET-victim.pt checkpoints (default: checkpoints)")
     p.add_argument("--queries", type=_POS_INT, default=None, help="queries per client (default: 1000)")
-    p.add_argument("--sigmas", default=None, type=_list(_POS_FLOAT, "sigma"), help="comma-separated private-kNN sigmas (default: 28,10)")
+    p.add_argument("--sigmas", default=None, type=_list(_num(float, MIN_SIGMA, 1e6), "sigma"), help="comma-separated private-kNN sigmas (default: 28,10)")
     p.add_argument("--ood_pool", default=None, choices=sorted(OOD_POOLS), help="(default: photos)")
     p.add_argument("--out", default=None, help="CSV of the table (default: results/cost_separation.csv)")
     return parser

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from common.errors import UserError
-from common.io import atomic_write_csv, ensure_writable, input_file, write_params_json
+from common.io import atomic_write_csv, check_outputs, input_file, params_beside, write_params_beside
 from common.runtime import resolve_device, set_seed
 from data.ood import ood_pool
 from data.registry import load_splits
@@ -44,8 +44,7 @@ def read_votes(path) -> np.ndarray:
 
 
 def privacy_cost(s) -> tuple:
-    if s.out:
-        ensure_writable(s.out, "--out")
+    check_outputs({"--out": s.out}, {"--votes": s.votes})
     votes = read_votes(s.votes)
     table = cumulative_costs(votes, sigma=s.sigma, delta=s.delta, cap=bool(s.cap_rdp),
                              conversion=s.rdp_conversion)
@@ -61,7 +60,8 @@ def privacy_cost(s) -> tuple:
 
 def cost_separation(s, *, progress: bool = True) -> tuple:
     """Mean cost per query of each measure for in-distribution and OOD clients, and their ratio."""
-    out = ensure_writable(Path(s.out or "results/cost_separation.csv"), "--out")
+    out = Path(s.out or "results/cost_separation.csv")
+    check_outputs({"--out": out, "the settings record": params_beside(out)}, {})
     if int(s.queries) < 1:
         raise UserError(f"--queries must be at least 1, got {s.queries}")
     device = resolve_device(s.device)
@@ -91,6 +91,6 @@ def cost_separation(s, *, progress: bool = True) -> tuple:
                          "ratio": ood / ind if ind > 0 else float("inf"), "queries": n})
     frame = pd.DataFrame(rows)
     atomic_write_csv(out, frame)
-    write_params_json(out.parent, s.as_dict(), "cost-separation")
+    write_params_beside(out, s.as_dict(), "cost-separation")
     text = frame.to_string(index=False, float_format=lambda v: f"{v:.4f}")
     return frame, f"mean cost per query (k={s.k}, delta={s.delta})\n{text}\nwritten to {out}"

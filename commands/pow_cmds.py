@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from common.errors import UserError
-from common.io import atomic_savefig, atomic_write_csv, ensure_writable, write_params_json
+from common.io import atomic_savefig, atomic_write_csv, check_outputs, params_beside, write_params_beside
 from pow import hashcash, puzzles
 from pow.keys import resolve_key
 from pow.solver import Solver, default_workers, measure_rate
@@ -85,8 +85,8 @@ def pow_calibrate(s, *, progress: bool = True) -> tuple:
         raise UserError(f"--puzzles takes a comma-separated list of {', '.join(HASH_KIND)}; got '{s.puzzles}'")
     if int(s.trials) < 1:
         raise UserError(f"--trials must be at least 1, got {s.trials}")
-    out = ensure_writable(Path(s.out or "results/pow_timing.csv"), "--out")
-    ensure_writable(out.with_suffix(".png"), "the plot")
+    out = Path(s.out or "results/pow_timing.csv")
+    check_outputs({"--out": out, "the plot": out.with_suffix(".png"), "the settings record": params_beside(out)}, {})
     rows = []
     key = os.urandom(32)
     with Solver(workers) as solver:
@@ -115,7 +115,7 @@ def pow_calibrate(s, *, progress: bool = True) -> tuple:
                              "median_s": float(np.median(t)), "p90_s": float(np.quantile(t, 0.9)), "rate": rate})
     frame = pd.DataFrame(rows, columns=TIMING_COLUMNS)
     atomic_write_csv(out, frame)
-    write_params_json(out.parent, s.as_dict(), "pow-calibrate")
+    write_params_beside(out, s.as_dict(), "pow-calibrate")
     _plot_timing(frame, out.with_suffix(".png"))
     text = frame.to_string(index=False, float_format=lambda v: f"{v:.6g}")
     return frame, f"{text}\nwritten to {out} and {out.with_suffix('.png')}"

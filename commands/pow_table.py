@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from common.errors import UserError
-from common.io import atomic_savefig, atomic_write_csv, ensure_writable, read_csv_file, write_params_json
+from common.io import atomic_savefig, atomic_write_csv, check_outputs, params_beside, read_csv_file, write_params_beside
 from pow import calibration
 
 BATCHES_PER_STEP = 16  # the paper's CSVs: 16 batches of 64 are counted as 1,000 queries
@@ -89,9 +89,10 @@ def pow_table(s) -> tuple:
     cals, atts = _split(s.calibration), _split(s.attacks)
     if not cals or len(cals) != len(atts):
         raise UserError("give as many --calibration files as --attacks files (one pair per dataset)")
-    for path, what in ((s.out, "--out"), (s.plot, "--plot")):
-        if path:
-            ensure_writable(path, what)
+    inputs = {**{f"--calibration {i + 1}": c for i, c in enumerate(cals)},
+              **{f"--attacks {i + 1}": a for i, a in enumerate(atts)}}
+    check_outputs({"--out": s.out, "--plot": s.plot, "the settings record": params_beside(s.out) if s.out else None},
+                  inputs)
     texts, tables, priced = [], [], {}
     for cal_csv, att_csv in zip(cals, atts):
         name = Path(att_csv).stem.replace("model_extraction_attack_accuracy_", "")
@@ -105,7 +106,7 @@ def pow_table(s) -> tuple:
     result = pd.concat(tables, ignore_index=True)
     if s.out:
         atomic_write_csv(s.out, result)
-        write_params_json(Path(s.out).parent, s.as_dict(), "pow-table")
+        write_params_beside(s.out, s.as_dict(), "pow-table")
     if s.plot:
         plot(priced, s.plot)
         texts.append(f"plot: {s.plot}")

@@ -1,13 +1,12 @@
 """pow-time: price a run's log in proof-of-work seconds from a legitimate baseline; base/budget sweeps."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from common.errors import UserError
-from common.io import atomic_write_csv, atomic_write_text, ensure_writable, run_metadata
+from common.io import atomic_write_csv, check_outputs, params_beside, write_params_beside
 from pow import calibration
 
 
@@ -38,29 +37,18 @@ def priced_path(log) -> Path:
     return log.with_name(log.stem + ".pow.csv")
 
 
-def _output(s) -> Path:
-    target = Path(s.out) if s.out else priced_path(s.log)
-    for given, flag in ((s.log, "--log"), (s.calibration, "--calibration")):
-        if Path(given).exists() and target.exists() and target.resolve() == Path(given).resolve():
-            raise UserError(f"--out {target} is the file given as {flag}; pow-time never overwrites its inputs. "
-                            f"Choose another --out (default: {priced_path(s.log)})")
-    return ensure_writable(target, "--out")
-
-
 def pow_time(s) -> tuple:
+    inputs = {"--log": s.log, "--calibration": s.calibration}
     if s.bases or s.budgets:
-        if s.out:
-            _output(s)
+        check_outputs({"--out": s.out}, inputs)
         return sweep(s)
-    target = _output(s)
-    record = target.with_name((target.stem if target.suffix == ".csv" else target.name) + ".json")
-    ensure_writable(record, "the settings record")
+    target = Path(s.out) if s.out else priced_path(s.log)
+    record = params_beside(target)
+    check_outputs({"--out": target, "the settings record": record}, inputs)
     frame, cal = priced(s, s.calibration, s.log)
     atomic_write_csv(target, frame)
     # the settings that priced this log, beside it (the run's own params.json is left as it was)
-    atomic_write_text(record,
-                      json.dumps({**run_metadata(s.as_dict(), "pow-time"), "calibrator": cal.describe()},
-                                 indent=2, default=str) + "\n")
+    write_params_beside(target, s.as_dict(), "pow-time", calibrator=cal.describe())
     last = frame.iloc[-1]
     r = calibration.ratio(frame)
     text = (f"calibration: {cal.name} on {s.calibration} (cost column: {s.cost_measure})\n"

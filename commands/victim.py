@@ -23,7 +23,7 @@ def check_target(path, *, overwrite: bool) -> Path:
     sidecar = Path(str(path) + ".json")
     for p in (path, sidecar):
         ensure_writable(p, "--victim_path" if p == path else "the checkpoint's metadata")
-        if p.exists() and not overwrite:
+        if (p.exists() or p.is_symlink()) and not overwrite:  # a dangling or looping link is the user's too
             raise UserError(f"{p} already exists; train-victim never replaces a file unasked. Pass --overwrite "
                             f"to replace it, or choose another --victim_path")
     return path

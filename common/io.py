@@ -1,6 +1,7 @@
 """Atomic writes (temp file + rename) and the params.json written beside every run's CSV."""
 from __future__ import annotations
 
+import csv
 import datetime
 import errno
 import fcntl
@@ -19,6 +20,15 @@ from typing import Any, Callable
 import torch
 
 from common.errors import UserError
+
+
+def _umask() -> int:
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+_UMASK = _umask()  # read once, at import (os.umask can only be read by setting it)
 
 
 def tmp_prefix(path) -> str:
@@ -46,6 +56,7 @@ def _atomic(path: Path, write: Callable[[str], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=tmp_prefix(path), suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # as a plain open() would create it, not mkstemp's 0600
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -110,10 +121,43 @@ def run_metadata(settings: dict, command: str) -> dict:
 
 
 def write_params_json(out_dir, settings: dict, command: str) -> Path:
-    """Write out_dir/params.json atomically and return its path."""
+    """Write out_dir/params.json atomically and return its path (for a folder the command owns)."""
     path = Path(out_dir) / "params.json"
     atomic_write_text(path, json.dumps(run_metadata(settings, command), indent=2, default=str) + "\n")
     return path
+
+
+def params_beside(csv_path) -> Path:
+    """The settings record of a CSV the user named: OUT.params.json beside OUT.csv (never a shared
+    params.json, which may belong to a run in the same folder)."""
+    path = Path(csv_path)
+    return path.with_name((path.stem if path.suffix else path.name) + ".params.json")
+
+
+def write_params_beside(csv_path, settings: dict, command: str, **extra) -> Path:
+    path = params_beside(csv_path)
+    atomic_write_text(path, json.dumps({**run_metadata(settings, command), **extra}, indent=2, default=str) + "\n")
+    return path
+
+
+def check_outputs(outputs: dict, inputs: dict) -> None:
+    """Before any work: every output is writable, and none lands on an input or on another output.
+    outputs and inputs map a name for the message (a flag) to a path; None entries are skipped."""
+    seen: dict = {}
+    for name, path in inputs.items():
+        if path is not None and Path(path).exists():
+            seen[Path(path).resolve()] = (name, "input")
+    for name, path in outputs.items():
+        if path is None:
+            continue
+        ensure_writable(path, name)
+        key = Path(path).resolve()
+        if key in seen:
+            other, role = seen[key]
+            what = "the file given as " + other if role == "input" else "also where " + other + " goes"
+            raise UserError(f"{name} {path} is {what}; no command writes over its inputs or writes two outputs "
+                            f"to one file. Choose another path")
+        seen[key] = (name, "output")
 
 
 def ensure_writable(path, what: str = "output") -> Path:
@@ -163,7 +207,15 @@ def read_csv_file(path, what: str, **kwargs):
 
     path = input_file(path, what)
     try:
-        return pd.read_csv(path, **kwargs)
+        frame = pd.read_csv(path, **kwargs)
+        if kwargs.get("header", "infer") is not None:
+            with open(path, newline="", encoding="utf-8-sig") as fh:
+                header = next(csv.reader(fh), [])
+            names = [h.strip() for h in header]
+            twice = sorted({h for h in names if names.count(h) > 1})
+            if twice:
+                raise UserError(f"{what} {path} names the column(s) {', '.join(twice)} more than once; keep one")
+        return frame
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise UserError(f"{what} {path} is not a readable CSV ({exc.__class__.__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc

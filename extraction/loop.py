@@ -26,14 +26,15 @@ from data.registry import load_splits, to_float
 from models import architectures
 from models.checkpoint import default_stolen_arch, load_victim
 from models.oracle import VictimOracle
-from models.training import make_optimizer, predict_logits, train_epochs
+from models.training import MAX_LR, make_optimizer, predict_logits, train_epochs
 from pow import calibration
 from pow.pricing import PowPayer
 from pow.timing import read_timing_csv
 from privacy import accountants
 from privacy.accountants import Ledger, cost_column
 from privacy.knn import KnnVoter
-from extraction.state import RunFolder, fingerprint, input_files
+from privacy.rdp import MIN_SIGMA
+from extraction.state import RunFolder, comparable, fingerprint, input_files, run_file_of
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +70,16 @@ def validate(s) -> None:
     checks.whole("--batch_size", s.batch_size, lo=1)
     checks.whole("--k", s.k, lo=1)
     checks.whole("--seed", s.seed, lo=0)
-    checks.finite("--sigma", s.sigma, lo=0, lo_open=True)
+    checks.finite("--sigma", s.sigma, lo=MIN_SIGMA, hi=1e6)
     checks.finite("--delta", s.delta, lo=0, hi=1, lo_open=True, hi_open=True)
-    checks.finite("--lr", s.lr, lo=0, lo_open=True)
+    checks.finite("--lr", s.lr, lo=0, hi=MAX_LR, lo_open=True)
     cost_column(s.cost_measure)
     files = input_files(s)
+    for name, path in files.items():
+        reserved = run_file_of(Path(s.out_dir), path)
+        if reserved:
+            raise UserError(f"--{name} {path} is the run's own {reserved} in --out_dir {s.out_dir}, which the run "
+                            f"writes; copy the file elsewhere first, or choose another --out_dir")
     if "calibration" in files:
         input_file(files["calibration"], "--calibration")
     if "timing_csv" in files:
@@ -114,32 +120,30 @@ def run_extraction(s, *, progress: bool = True) -> dict:
                                weight_decay=s.weight_decay)
     generator = torch.Generator().manual_seed(s.seed)
 
-    with RunFolder(out_dir) as folder:
-        if s.fresh:
-            folder.discard()
-            state = None
-        else:
-            state = folder.load(s.as_dict(), inputs, budget=s.budget)
-        if state is not None:
-            stolen.load_state_dict(state["stolen"])
-            optimizer.load_state_dict(state["optimizer"])
-            oracle.load_state_dict(state["oracle"])
-            attack.load_state_dict(state["attack"])
-            generator.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])
-            folder.write_outputs(state, LOG_COLUMNS)  # the log always agrees with the state
-            log.info("resuming %s after %d queries", out_dir, oracle.queries)
-        payer = None
-        try:
-            if calibrator is not None:
-                payer = PowPayer(s, resource=f"{s.dataset}-{s.mode}")
+    payer = PowPayer(s, resource=f"{s.dataset}-{s.mode}") if calibrator is not None else None  # checks pricing
+    try:
+        with RunFolder(out_dir) as folder:
+            if s.fresh:
+                folder.discard()
+                state = None
+            else:
+                state = folder.load(s.as_dict(), inputs, budget=s.budget)
+            if state is not None:
+                stolen.load_state_dict(state["stolen"])
+                optimizer.load_state_dict(state["optimizer"])
+                oracle.load_state_dict(state["oracle"])
+                attack.load_state_dict(state["attack"])
+                generator.set_state(state["generator"])
+                torch.set_rng_state(state["torch_rng"])
+                folder.write_outputs(state, LOG_COLUMNS)  # the log always agrees with the state
+                log.info("resuming %s after %d queries", out_dir, oracle.queries)
             state = _rounds(s, folder, state, splits=splits, victim=victim, device=device, oracle=oracle,
                             attack=attack, stolen=stolen, optimizer=optimizer, generator=generator,
                             calibrator=calibrator, payer=payer, inputs=inputs, progress=progress)
-        finally:
-            if payer is not None:
-                payer.close()
-        folder.save_stolen(stolen.state_dict(), s.dataset)
+            folder.save_stolen(stolen.state_dict(), s.dataset)
+    finally:
+        if payer is not None:
+            payer.close()
     return {"log": out_dir / "log.csv", "params": out_dir / "params.json", "final": state["rows"][-1],
             "calibrator": calibrator.describe() if calibrator else None}
 
@@ -151,6 +155,7 @@ def _rounds(s, folder, state, *, splits, victim, device, oracle, attack, stolen,
     round_start = len(xs)
     pow_time, pow_work = (state["pow_time_s"], state["pow_work"]) if state else (0.0, 0.0)
     cost_col = cost_column(s.cost_measure)
+    resolved = state["resolved"] if state else comparable(s.as_dict())  # paths as resolved when the run began
     victim_eval = predict_logits(victim, splits.eval_x, device).argmax(1)
     params = _metadata(s, calibrator, payer)
     bar = tqdm(total=s.budget, initial=min(oracle.queries, s.budget), unit="query", disable=not progress,
@@ -197,7 +202,8 @@ def _rounds(s, folder, state, *, splits, victim, device, oracle, attack, stolen,
             })
             bar.set_postfix(acc=f"{rows[-1]['accuracy']:.1f}", cost=f"{totals[cost_col]:.1f}")
             state = {
-                "settings": s.as_dict(), "inputs": inputs, "rows": rows, "saved_queries": oracle.queries,
+                "settings": s.as_dict(), "resolved": resolved, "inputs": inputs, "rows": rows,
+                "saved_queries": oracle.queries,
                 "pow_time_s": pow_time, "pow_work": pow_work, "stolen": stolen.state_dict(),
                 "optimizer": optimizer.state_dict(), "oracle": oracle.state_dict(), "attack": attack.state_dict(),
                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "params": params,

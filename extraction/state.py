@@ -34,7 +34,7 @@ STATE_VERSION = 3
 RESUMABLE_CHANGES = {"fresh", "device", "budget", "command", "out_dir"}
 #: settings that name a file or folder: compared as resolved paths
 PATH_SETTINGS = ("data_dir", "victim_path", "calibration", "timing_csv")
-STATE_KEYS = {"version": int, "settings": dict, "inputs": dict, "rows": list, "saved_queries": int,
+STATE_KEYS = {"version": int, "settings": dict, "resolved": dict, "inputs": dict, "rows": list, "saved_queries": int,
               "pow_time_s": float, "pow_work": float, "stolen": dict, "optimizer": dict, "oracle": dict,
               "attack": dict, "generator": torch.Tensor, "torch_rng": torch.Tensor, "params": dict}
 FRESH = "pass --fresh to start over there (the old results are replaced), or choose another --out_dir"
@@ -43,6 +43,8 @@ FRESH = "pass --fresh to start over there (the old results are replaced), or cho
 def comparable(settings: dict) -> dict:
     """The settings that must match for a resume, with paths resolved (dir/, ./dir and dir agree)."""
     out = {k: v for k, v in settings.items() if k not in RESUMABLE_CHANGES}
+    if not (out.get("calibration") and out.get("timing_table") == "measured"):
+        out.pop("timing_csv", None)  # not read by this run: its spelling does not matter
     for key in PATH_SETTINGS:
         if out.get(key):
             out[key] = str(Path(out[key]).expanduser().resolve())
@@ -57,6 +59,18 @@ def input_files(settings) -> dict:
         if settings.timing_table == "measured":
             files["timing_csv"] = settings.timing_csv
     return files
+
+
+def run_file_of(out_dir: Path, path) -> str | None:
+    """The name of the run file (log.csv, state.pt, ...) that `path` is inside out_dir, else None."""
+    try:
+        rel = Path(path).resolve().relative_to(Path(out_dir).resolve())
+    except ValueError:
+        return None
+    parts = rel.parts
+    if parts and (parts[0] in (STATE, LOG, PARAMS, STOLEN, ".lock") or parts[0] == QUERIES):
+        return "/".join(parts)
+    return None
 
 
 def fingerprint(files: dict) -> dict:
@@ -149,7 +163,7 @@ class RunFolder:
             raise UserError(f"{path} is not a file; {FRESH}")
         state = safe_torch_load(path, "saved state", f"it is damaged or not a run's state; {FRESH}")
         check_state(state, path)
-        old, new = comparable(state["settings"]), comparable(settings)
+        old, new = state["resolved"], comparable(settings)  # old: resolved where and when the run began
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if changed:
             raise UserError(f"{self.dir} holds a run with other settings ({', '.join(changed)}); {FRESH}")

@@ -9,10 +9,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from common import checks
 from common.errors import ConfigError
 from data.registry import to_float
 
 EVAL_BATCH = 1024  # batch size for inference-only passes
+MAX_LR = 10.0  # learning rates above this diverge (and 1e308 overflows inside the optimizer)
 
 
 def soft_cross_entropy(logits: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
@@ -21,6 +23,9 @@ def soft_cross_entropy(logits: torch.Tensor, probs: torch.Tensor) -> torch.Tenso
 
 
 def make_optimizer(model: nn.Module, *, optimizer: str, lr: float, momentum: float, weight_decay: float):
+    checks.finite("--lr", lr, lo=0, hi=MAX_LR, lo_open=True)
+    checks.finite("--momentum", momentum, lo=0, hi=1, hi_open=True)
+    checks.finite("--weight_decay", weight_decay, lo=0, hi=1)
     if optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     if optimizer == "adam":

@@ -38,6 +38,7 @@ from common.io import read_csv_file
 from privacy.accountants import COST_COLUMNS, cost_column
 
 MIN_TIME_SHARE = 0.1  # relative: dt is never taken below this share of the baseline's time for the same batches
+MAX_QUERIES = 1e15  # a query count above this is not a count
 STEP_QUERIES = 1000  # paper: one logged step = 16 batches of 64, counted as 1,000 queries
 PAPER_COLUMNS = ("time", "privacy", "queries")  # the paper's legitimate-user CSV format
 CALIBRATIONS = ("paper", "relative")
@@ -73,12 +74,16 @@ def read_cost_log(path, *, cost_measure: str) -> pd.DataFrame:
         raise UserError(f"{path} has columns {list(frame.columns)}; expected a run log with queries, "
                         f"query_time_s and {column} (one of {', '.join(COST_COLUMNS)} per --cost_measure), "
                         f"or the paper's {','.join(PAPER_COLUMNS)}")
+    if any(out[c].dtype == bool or out[c].map(lambda v: isinstance(v, bool)).any() for c in out.columns):
+        raise UserError(f"{path} has true/false values in queries, time or cost; they must be numbers")
     out = out.apply(pd.to_numeric, errors="coerce")
     if out.empty:
         raise UserError(f"{path} has a header but no rows; it needs at least one row of queries, time and cost")
     if out.isna().any().any() or not np.isfinite(out.to_numpy(dtype=float)).all():
         raise UserError(f"{path} has empty, non-numeric or infinite values in queries, time or cost")
     q = out["queries"].to_numpy(float)
+    if (q != np.floor(q)).any() or (q > MAX_QUERIES).any():
+        raise UserError(f"{path}: queries must be whole numbers of at most {MAX_QUERIES:.0e}")
     if (q < 0).any() or (np.diff(q) <= 0).any():
         raise UserError(f"{path}: queries must be non-negative and strictly increasing from row to row "
                         f"(cumulative counts, one row per logged round)")

@@ -109,10 +109,12 @@ def check(stamp: str, *, bits: int, resource: str | None = None, now: dt.datetim
         return Verdict(False, "malformed: a version-1 stamp has 7 ':'-separated fields")
     if not stamp.isascii() or not stamp.isprintable():
         return Verdict(False, "malformed: a stamp is printable ASCII")
-    if not isinstance(bits, int) or not 0 < bits <= MAX_BITS:
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 0 < bits <= MAX_BITS:
         return Verdict(False, f"server misconfigured: the bits required must lie in 1..{MAX_BITS}")
     if not isinstance(expiry_s, (int, float)) or not (math.isfinite(expiry_s) and expiry_s > 0):
         return Verdict(False, "server misconfigured: the expiry must be a finite number of seconds > 0")
+    if now is not None and (not isinstance(now, dt.datetime) or now.tzinfo is None):
+        return Verdict(False, "server misconfigured: the time must be a timezone-aware datetime")
     ver, claimed, date, res, ext, rand, counter = stamp.split(":")
     if ver != "1":
         return Verdict(False, f"unsupported version '{ver}' (only hashcash version 1)")

@@ -35,4 +35,8 @@ def resolve_key(given: str | None, *, insecure_dev: bool = False, environ=None) 
     if len(key) < MIN_KEY_CHARS and key != INSECURE_DEV_KEY:
         raise UserError(f"the HMAC key has {len(key)} characters; use at least {MIN_KEY_CHARS}. Make one with: "
                         f"{MAKE_KEY}")
-    return key.encode()
+    try:
+        return key.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UserError(f"the HMAC key is not valid text (undecodable bytes); use printable text such as hex. "
+                        f"Make one with: {MAKE_KEY}") from exc

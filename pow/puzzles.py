@@ -137,8 +137,13 @@ def verify(solution: str, *, key: bytes, kind: str, resource: str, min_work: flo
     nonce may solve two sub-puzzles: each hashes its own index, so the inputs differ."""
     if not isinstance(solution, str) or len(solution) > MAX_SOLUTION_CHARS or solution.count("|") != FIELDS:
         return Verdict(False, f"malformed: a solution is the challenge's {FIELDS} fields plus '|nonces'")
-    if not (isinstance(min_work, (int, float)) and math.isfinite(min_work) and min_work >= 1):
+    if isinstance(min_work, bool) or not (isinstance(min_work, (int, float)) and math.isfinite(min_work)
+                                          and min_work >= 1):
         return Verdict(False, "server misconfigured: the least work required must be a finite number >= 1")
+    if now is not None and (isinstance(now, bool) or not isinstance(now, (int, float)) or not math.isfinite(now)):
+        return Verdict(False, "server misconfigured: the time must be a finite number of seconds")
+    if not isinstance(kind, str) or not isinstance(resource, str):
+        return Verdict(False, "server misconfigured: the kind and resource required must be text")
     text, nonces_text = solution.rsplit("|", 1)
     ch = parse(text)
     if isinstance(ch, str):

@@ -20,6 +20,7 @@ class ReplayGuard:
         self._lock = threading.Lock()
         self._expires: dict = {}
         self._heap: list = []
+        self._horizon = -math.inf  # the latest time pruned up to
 
     def claim(self, token: str, expires: float, now: float | None = None) -> bool:
         """True for the first claim of an unexpired token; False for a replay, or a token already expired."""
@@ -28,13 +29,16 @@ class ReplayGuard:
             return False
         with self._lock:
             self._prune(now)
-            if token in self._expires:
+            # Tokens that expired before the latest time seen may already be pruned: a clock that steps
+            # back (or an older `now`) must not make them redeemable again.
+            if expires < self._horizon or token in self._expires:
                 return False
             self._expires[token] = expires
             heapq.heappush(self._heap, (expires, token))
             return True
 
     def _prune(self, now: float) -> None:
+        self._horizon = max(self._horizon, now)
         heap, live = self._heap, self._expires
         while heap and heap[0][0] < now:
             expires, token = heapq.heappop(heap)

@@ -17,7 +17,8 @@ from common.errors import ConfigError
 #: put epsilon 0.1% too high.
 DEFAULT_ORDERS = np.concatenate([np.arange(2.0, 100.0, 0.5), np.logspace(2.0, 3.0, 200)])
 
-CONVERSIONS = ("classic", "improved")  # RDP -> (eps, delta) conversions offered
+CONVERSIONS = ("classic", "improved")
+MIN_SIGMA = 1e-3  # GNMax noise below this gives infinite epsilons (1e-320 passed a plain "> 0" check)  # RDP -> (eps, delta) conversions offered
 
 
 def _log1mexp(x: np.ndarray) -> np.ndarray:
@@ -38,7 +39,7 @@ def log_q_gnmax(votes, *, sigma: float) -> np.ndarray:
     with Z ~ N(0, sigma^2) per class. Since i* is the most likely output, q is also at most
     1 - 1/C (C classes); the smaller bound is returned. votes: (N, C) or (C,). Returns shape (N,).
     """
-    checks.finite("sigma", sigma, lo=0, lo_open=True)
+    checks.finite("sigma", sigma, lo=MIN_SIGMA, hi=1e6)
     v = np.atleast_2d(np.asarray(votes, dtype=np.float64))
     if v.shape[1] < 2:
         raise ConfigError("a vote histogram needs at least two classes")

@@ -35,6 +35,12 @@ FILES = {
     "timing_bad.csv": "puzzle,solver,workers,difficulty,expected_work,trials,mean_tries,mean_s,median_s,p90_s,rate\n"
                       "sha256,python,1,10,10,3,10,nan,1,1,1000\n",
     "afile": "a regular file, not a folder\n",
+    "runlike/log.csv": GOOD_LOG,
+    "bl.params.json": GOOD_LOG,
+    "boolish.csv": HEADER + "True,0.01,1,1,1,1\nTrue,0.02,2,2,2,2\n",
+    "fractional.csv": HEADER + "64.5,0.01,1,1,1,1\n",
+    "huge_queries.csv": HEADER + "64,0.01,1,1,1,1\n1e308,0.02,2,2,2,2\n",
+    "dup_columns.csv": "queries,query_time_s,entropy_cost,queries\n64,0.01,1,7\n",
 }
 
 EXTRACT = ["extract", "--victim_path", "{in}/victim.pt", "--out_dir", "{out}/run", "--device", "cpu"]
@@ -89,7 +95,7 @@ CASES = {
                                "--out", "{out}/p.csv"],
     "pow-time-header-only-log": ["pow-time", "--calibration", "{in}/baseline.csv", "--log",
                                  "{in}/header_only.csv", "--out", "{out}/p.csv"],
-    "pow-time-out-is-log": ["pow-time", "--calibration", "{in}/baseline.csv", "--log", "{in}/baseline.csv",
+    "pow-time-out-is-log": ["pow-time", "--calibration", "{in}/paper_cal.csv", "--log", "{in}/baseline.csv",
                             "--out", "{in}/baseline.csv"],
     "pow-time-base-nan": ["pow-time", "--calibration", "{in}/baseline.csv", "--log", "{in}/baseline.csv",
                           "--base", "nan", "--out", "{out}/p.csv"],
@@ -99,6 +105,31 @@ CASES = {
                                     "--out", "{out}/p.csv"],
     "pow-time-out-under-file": ["pow-time", "--calibration", "{in}/baseline.csv", "--log", "{in}/baseline.csv",
                                 "--out", "{in}/afile/p.csv"],
+    "extract-lr-huge": EXTRACT + ["--lr", "1e308"],
+    "extract-timing-paper-scrypt": EXTRACT + ["--calibration", "{in}/baseline.csv", "--timing_table", "paper",
+                                              "--puzzle", "scrypt"],
+    "extract-calibration-is-own-log": ["extract", "--victim_path", "{in}/victim.pt", "--out_dir", "{in}/runlike",
+                                       "--calibration", "{in}/runlike/log.csv", "--fresh"],
+    "extract-victim-is-own-stolen": ["extract", "--victim_path", "{in}/runlike/stolen.pt", "--out_dir",
+                                     "{in}/runlike"],
+    "train-lr-huge": ["train-victim", "--epochs", "1", "--lr", "1e308", "--victim_path", "{out}/v.pt"],
+    "train-dangling-link": ["train-victim", "--epochs", "1", "--victim_path", "{in}/dangling"],
+    "privacy-sigma-tiny": ["privacy-cost", "--votes", "{in}/votes_inf.csv", "--sigma", "1e-320"],
+    "pow-time-record-is-calibration": ["pow-time", "--calibration", "{in}/bl.params.json", "--log",
+                                       "{in}/baseline.csv", "--out", "{in}/bl.csv"],
+    "pow-time-bool-queries": ["pow-time", "--calibration", "{in}/baseline.csv", "--log", "{in}/boolish.csv",
+                              "--out", "{out}/p.csv"],
+    "pow-time-fractional-queries": ["pow-time", "--calibration", "{in}/baseline.csv", "--log",
+                                    "{in}/fractional.csv", "--out", "{out}/p.csv"],
+    "pow-time-huge-queries": ["pow-time", "--calibration", "{in}/baseline.csv", "--log", "{in}/huge_queries.csv",
+                              "--out", "{out}/p.csv"],
+    "pow-time-duplicate-columns": ["pow-time", "--calibration", "{in}/baseline.csv", "--log",
+                                   "{in}/dup_columns.csv", "--out", "{out}/p.csv"],
+    "table-out-is-calibration": ["pow-table", "--calibration", "{in}/paper_cal.csv", "--attacks",
+                                 "{in}/attacks_zero_time.csv", "--out", "{in}/paper_cal.csv"],
+    "calibrate-out-is-the-plot": ["pow-calibrate", "--puzzles", "sha256", "--trials", "1", "--max_seconds", "0.01",
+                                  "--out", "{out}/t.png"],
+    "mint-key-undecodable": ["pow-mint", "--puzzle", "sha256", "--work", "10", "--key", "\udcff\udcfe" + "a" * 20],
     # pow-mint
     "mint-work-0": ["pow-mint", "--puzzle", "sha256", "--work", "0"] + KEYED,
     "mint-work-nan": ["pow-mint", "--puzzle", "sha256", "--work", "nan"] + KEYED,
@@ -180,8 +211,8 @@ NEEDLES = {
     'extract-pow-budget-nan': '--pow_budget: the value must be a finite number',
     'extract-query-batch-0': '--query_batch: the value must be a whole number >= 1',
     'extract-seed-negative': '--seed: the value must be a whole number >= 0',
-    'extract-sigma-inf': '--sigma: the value must be a finite number > 0, got inf',
-    'extract-sigma-nan': '--sigma: the value must be a finite number > 0, got nan',
+    'extract-sigma-inf': '--sigma: the value must be a finite number >= 0.001 and <= 1e+06, got inf',
+    'extract-sigma-nan': '--sigma: the value must be a finite number >= 0.001 and <= 1e+06, got nan',
     'extract-timing-table-nan': 'recreate it with pow-calibrate',
     'extract-tolerance-nan': '--tolerance: the value must be a finite number',
     'extract-unknown-mode': "unknown mode 'steal'",
@@ -206,11 +237,11 @@ NEEDLES = {
     'pow-time-header-only-log': 'header but no rows',
     'pow-time-huge-baseline': 'too large to calibrate',
     'pow-time-negative-queries': 'non-negative and strictly increasing',
-    'pow-time-out-is-log': 'never overwrites its inputs',
+    'pow-time-out-is-log': 'no command writes over its inputs',
     'pow-time-out-under-file': 'is a file, not a folder',
     'privacy-dataset-unknown': "invalid choice: 'nope'",
     'privacy-out-under-file': 'is a file, not a folder',
-    'privacy-sigma-nan': '--sigma: the value must be a finite number > 0, got nan',
+    'privacy-sigma-nan': '--sigma: the value must be a finite number >= 0.001 and <= 1e+06, got nan',
     'privacy-votes-1e400': 'counts must be finite',
     'privacy-votes-folder': 'is not a file',
     'privacy-votes-inf': 'counts must be finite',
@@ -219,7 +250,7 @@ NEEDLES = {
     'separation-no-victims': 'train-victim --dataset mnist-5k',
     'separation-out-under-file': 'is a file, not a folder',
     'separation-queries-negative': '--queries: the value must be a whole number >= 1',
-    'separation-sigmas-nan': '--sigmas: the value must be a finite number > 0',
+    'separation-sigmas-nan': '--sigmas: the value must be a finite number >= 0.001',
     'table-attacks-header-only': 'header but no rows',
     'table-attacks-strings': 'must be finite numbers in every row',
     'table-attacks-zero-time': 'end with a time of 0 s',
@@ -230,11 +261,27 @@ NEEDLES = {
     'train-existing-file': 'Pass --overwrite',
     'train-under-file': 'is a file, not a folder',
     'train-unknown-dataset': "invalid choice: 'nope'",
+    "extract-lr-huge": "--lr: the value must be a finite number > 0 and <= 10",
+    "extract-timing-paper-scrypt": "the paper's timing table is for hashcash",
+    "extract-calibration-is-own-log": "is the run's own log.csv",
+    "extract-victim-is-own-stolen": "is the run's own stolen.pt",
+    "train-lr-huge": "--lr: the value must be a finite number > 0 and <= 10",
+    "train-dangling-link": "Pass --overwrite",
+    "privacy-sigma-tiny": "--sigma: the value must be a finite number >= 0.001",
+    "pow-time-record-is-calibration": "is the file given as --calibration",
+    "pow-time-bool-queries": "must be numbers",
+    "pow-time-fractional-queries": "whole numbers",
+    "pow-time-huge-queries": "whole numbers of at most",
+    "pow-time-duplicate-columns": "more than once",
+    "table-out-is-calibration": "is the file given as --calibration 1",
+    "calibrate-out-is-the-plot": "also where --out goes",
+    "mint-key-undecodable": "not valid text",
 }
 
 
 def snapshot(root: Path) -> dict:
-    return {p.relative_to(root): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+    return {p.relative_to(root): ("link", str(p.readlink())) if p.is_symlink()
+            else hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
             for p in sorted(root.rglob("*"))}
 
 
@@ -245,8 +292,11 @@ def workspace(victim_path, tmp_path_factory):
     inputs.mkdir()
     (inputs / "adir").mkdir()
     for name, text in FILES.items():
+        (inputs / name).parent.mkdir(parents=True, exist_ok=True)
         (inputs / name).write_text(text)
     shutil.copy(victim_path, inputs / "victim.pt")
+    shutil.copy(victim_path, inputs / "runlike" / "stolen.pt")
+    (inputs / "dangling").symlink_to(root / "nowhere")
     (root / "out").mkdir()
     return root
 

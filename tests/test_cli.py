@@ -110,6 +110,6 @@ def test_cost_separation_command(cli, victim_path, tmp_path):
     # private kNN at sigma=28 is bounded to [0.161, 0.244] per query
     assert 0.16 <= table.loc["knn sigma=28", "in_distribution"] <= 0.2437
     assert table.loc["entropy", "ratio"] > table.loc["knn sigma=28", "ratio"]
-    assert (tmp_path / "params.json").exists()
+    assert (tmp_path / "sep.params.json").exists() and not (tmp_path / "params.json").exists()
     missing = cli("cost-separation", "--datasets", "mnist-5k", "--victim_dir", tmp_path / "none")
     assert missing.returncode != 0 and "train-victim" in missing.stderr

@@ -308,3 +308,36 @@ def test_missing_round_file_is_refused(victim_path, tmp_path):
     (tmp_path / "queries" / "round-000001.pt").unlink()
     with pytest.raises(UserError, match="round-000001.pt is missing"):
         run(victim_path, tmp_path, "--budget", "192")
+
+
+def test_resume_from_another_folder(victim_path, tmp_path, monkeypatch):
+    """Paths are stored resolved where the run began: the same files by absolute path resume from anywhere;
+    a relative path that now means another folder is refused."""
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir()
+    elsewhere.mkdir()
+    shutil.copy(victim_path, work / "v.pt")
+    monkeypatch.chdir(work)
+    run("v.pt", "runs/r1", "--data_dir", "data")
+    monkeypatch.chdir(elsewhere)
+    assert run(work / "v.pt", work / "runs/r1", "--data_dir", str(work / "data"),
+               "--budget", "192")["final"]["queries"] == 192
+    with pytest.raises(UserError, match="data_dir"):
+        run(work / "v.pt", work / "runs/r1", "--data_dir", "data", "--budget", "256")
+
+
+def test_files_follow_the_umask(victim_path, tmp_path):
+    run(victim_path, tmp_path)
+    old = os.umask(0o022)
+    os.umask(old)
+    for name in ("log.csv", "params.json", "state.pt"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~old
+
+
+def test_ctrl_c_while_starting_is_clean(tmp_path):
+    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "extract", "--out_dir", str(tmp_path / "o")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    threading.Timer(0.4, lambda: proc.send_signal(signal.SIGINT)).start()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err and "interrupted" in err
+    assert not (tmp_path / "o").exists()

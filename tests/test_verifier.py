@@ -224,3 +224,20 @@ def test_codec_round_trip(work, subs, resource):
     ch = puzzles.parse(puzzles.issue(key=KEY, resource=resource, work=work, subs=subs))
     assert isinstance(ch, puzzles.Challenge)
     assert (ch.work, ch.subs, ch.resource) == (work, subs, resource)
+
+
+def test_verifier_arguments_fail_closed(solution, stamp):
+    """A bad `now`, a naive datetime or a bool bit count is a rejection, never a crash or a pass."""
+    for now in (float("nan"), float("inf"), "x", True):
+        verdict = _verify(solution, now=now)
+        assert not verdict and "misconfigured" in verdict.reason
+    naive = dt.datetime.now()
+    assert "misconfigured" in hashcash.check(stamp, bits=18, resource="alice", now=naive).reason
+    assert "misconfigured" in hashcash.check(stamp, bits=True, resource="alice").reason
+
+
+def test_replay_guard_survives_a_clock_stepping_back():
+    guard = ReplayGuard()
+    assert guard.claim("A", 2000.0, now=1000.0)
+    assert guard.claim("B", 4000.0, now=3000.0)  # prunes A
+    assert not guard.claim("A", 2000.0, now=1500.0)  # an older clock must not redeem A again
