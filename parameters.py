@@ -53,7 +53,7 @@ DEFAULTS = dict(
     timing_table="live", timing_csv="results/pow_timing.csv", stamp=None, solution=None, challenge=None,
     resource="client", bits=None, work=None, key=None, min_work=1.0, puzzles="hashcash,sha256,scrypt",
     max_seconds=1.0, trials=20, attacks=None, plot=None, one_sided=False, victim_dir="checkpoints",
-    insecure_dev_key=False, overwrite=False, sampling="random",
+    insecure_dev_key=False, overwrite=False, sampling="random", jacobian_cap=None,
 )
 
 
@@ -235,6 +235,8 @@ def _extraction(p: argparse.ArgumentParser) -> None:
                    help="what the API answers (default: labels; probs for knockoff, which trains on them)")
     p.add_argument("--ood_pool", default=None, choices=sorted(OOD_POOLS),
                    help="natural out-of-distribution images for copycat and knockoff (default: photos)")
+    p.add_argument("--jacobian_cap", type=_POS_INT, default=None,
+                   help="jacobian: most points augmented per generation, a seeded random subset (default: all)")
     p.add_argument("--sampling", default=None, choices=SAMPLINGS,
                    help="knockoff: random order, or adaptive (a gradient bandit over the pool's groups) "
                         "(default: random)")

@@ -3,7 +3,7 @@ from attacks.base import (ATTACKS, Attack, AttackContext, PoolAttack, ScoredPool
                           create, register)
 
 # each module registers its attack; they import from attacks.base, which imports none of them
-from attacks import active, copycat, knockoff, standard, worstcase  # noqa: E402,F401  isort: skip
+from attacks import active, copycat, jacobian, knockoff, standard, worstcase  # noqa: E402,F401  isort: skip
 
 __all__ = ["ATTACKS", "Attack", "AttackContext", "PoolAttack", "ScoredPoolAttack", "SequentialPoolAttack",
            "create", "register"]

@@ -36,6 +36,7 @@ class AttackContext:
     cost_measure: str = "entropy"  # the defence the worst-case attacker knows
     cost_params: tuple = (("k", 300), ("sigma", 28.0), ("delta", 1e-5))  # ... and its parameters
     sampling: str = "random"  # knockoff: random or adaptive
+    jacobian_cap: int | None = None  # jacobian: most points augmented per generation (None: all)
 
 
 class Attack:
@@ -62,6 +63,9 @@ class PoolAttack(Attack):
 
     def observe(self, x: torch.Tensor, answers: torch.Tensor) -> None:
         """Called with every answered batch."""
+
+    def restore_history(self, xs: list, answers: list) -> None:
+        """On resume, after load_state_dict: every batch answered so far, for attacks that keep them."""
 
     def build_pool(self) -> torch.Tensor:
         raise NotImplementedError

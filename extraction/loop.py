@@ -110,7 +110,8 @@ def run_extraction(s, *, progress: bool = True) -> dict:
         calibrator = calibration.create(s.calibration_mode, baseline, s)
     attack = attacks.create(s.mode, AttackContext(
         spec, splits.pool_x, s.budget, s.seed, s.data_dir, s.ood_pool, device=device, cost_measure=s.cost_measure,
-        cost_params=(("k", s.k), ("sigma", s.sigma), ("delta", s.delta)), sampling=s.sampling))
+        cost_params=(("k", s.k), ("sigma", s.sigma), ("delta", s.delta)), sampling=s.sampling,
+        jacobian_cap=s.jacobian_cap))
     if attack.soft_targets and s.victim_output != "probs":
         raise UserError(f"mode '{s.mode}' trains on the victim's probabilities; pass --victim_output probs")
     ledger = build_ledger(victim, splits.victim_x, splits.victim_y, s, device, spec.num_classes)
@@ -133,6 +134,7 @@ def run_extraction(s, *, progress: bool = True) -> dict:
                 optimizer.load_state_dict(state["optimizer"])
                 oracle.load_state_dict(state["oracle"])
                 attack.load_state_dict(state["attack"])
+                attack.restore_history(state["xs"], state["answers"])
                 generator.set_state(state["generator"])
                 torch.set_rng_state(state["torch_rng"])
                 folder.write_outputs(state, LOG_COLUMNS)  # the log always agrees with the state

@@ -50,10 +50,12 @@ def test_every_mode_spends_its_budget_through_the_one_oracle(victim_path, tmp_pa
 
 @pytest.mark.parametrize("mode", sorted(ATTACKS))
 def test_every_mode_resumes_to_the_same_log(victim_path, tmp_path, mode):
-    whole = pd.read_csv(run_extraction(settings(victim_path, tmp_path / "w", mode, "--budget", "192"),
+    """Stopped after its third round (a budget the whole run also passes), then resumed to the end."""
+    whole = pd.read_csv(run_extraction(settings(victim_path, tmp_path / "w", mode, "--budget", "278"),
                                        progress=False)["log"])
-    run_extraction(settings(victim_path, tmp_path / "r", mode, "--budget", "64"), progress=False)
-    resumed = pd.read_csv(run_extraction(settings(victim_path, tmp_path / "r", mode, "--budget", "192"),
+    first = str(int(whole["queries"].iloc[2]))
+    run_extraction(settings(victim_path, tmp_path / "r", mode, "--budget", first), progress=False)
+    resumed = pd.read_csv(run_extraction(settings(victim_path, tmp_path / "r", mode, "--budget", "278"),
                                          progress=False)["log"])
     pd.testing.assert_frame_equal(whole[DETERMINISTIC], resumed[DETERMINISTIC])
 
@@ -128,3 +130,44 @@ def test_adaptive_knockoff_resumes_to_the_same_log(victim_path, tmp_path):
     resumed = pd.read_csv(run_extraction(settings(victim_path, tmp_path / "r", "knockoff", *extra, "--budget", "192"),
                                          progress=False)["log"])
     pd.testing.assert_frame_equal(whole[DETERMINISTIC], resumed[DETERMINISTIC])
+
+
+def test_jacobian_step_moves_along_the_sign_of_the_gradient():
+    """On a linear model the step is lambda * sign(w_y) per pixel, clipped to [0, 1]."""
+    from attacks.jacobian import jacobian_step
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3, bias=False))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[1.0, -1.0, 2.0, 0.5], [-1.0, 1.0, 0.0, -3.0], [0.0, 0.0, 0.0, 0.0]]))
+    x = torch.full((2, 1, 2, 2), 0.5)
+    x[1, 0, 0, 0] = 0.95
+    out = jacobian_step(model, x, torch.tensor([0, 1]), 0.1, torch.device("cpu"))
+    assert torch.allclose(out[0].flatten(), torch.tensor([0.6, 0.4, 0.6, 0.6]))
+    assert torch.allclose(out[1].flatten(), torch.tensor([0.85, 0.6, 0.5, 0.4]))  # sign(0) = 0
+    flipped = jacobian_step(model, x[:1], torch.tensor([0]), -0.1, torch.device("cpu"))
+    assert torch.allclose(flipped.flatten(), torch.tensor([0.4, 0.6, 0.4, 0.4]))
+
+
+def test_jacobian_generations_and_sign_flip(victim_path, tmp_path):
+    """Generation 0 is the seed set (150 on 28x28 data); each later one augments the previous; jacobiantr
+    flips lambda every TAU generations; a budget below the seed set is refused."""
+    from attacks.jacobian import JacobianTrAttack, TAU
+    from common.errors import UserError
+    spec = create_spec("mnist-5k")
+    pool = torch.randint(0, 255, (400, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(UserError, match="seed set of 150"):
+        JacobianTrAttack(AttackContext(spec, pool, budget=100, seed=0))
+    attack = JacobianTrAttack(AttackContext(spec, pool, budget=2000, seed=0, jacobian_cap=40))
+    stolen = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    sizes, steps = [], []
+    while attack.generation <= TAU + 1:
+        g = attack.generation
+        steps.append((g, attack._step()))
+        x = attack.select(64, stolen)
+        attack.observe(x, torch.randint(0, 10, (len(x),)))
+        sizes.append((g, len(x)))
+    per_gen = {}
+    for g, n in sizes:
+        per_gen[g] = per_gen.get(g, 0) + n
+    assert per_gen[0] == 150 and all(per_gen[g] == 40 for g in range(1, TAU + 2))  # the cap
+    signs = dict(steps)
+    assert signs[1] > 0 and signs[TAU] < 0
