@@ -23,10 +23,11 @@ def settings(victim_path, out_dir, *extra):
 
 @pytest.mark.parametrize("mode", sorted(ATTACKS))
 def test_every_attack_steals_something(victim_path, tmp_path, mode):
-    result = run_extraction(settings(victim_path, tmp_path, "--mode", mode), progress=False)
+    result = run_extraction(settings(victim_path, tmp_path, "--mode", mode, "--budget", "256",
+                                     "--batches_per_round", "2"), progress=False)
     frame = pd.read_csv(result["log"])
     assert list(frame.columns) == LOG_COLUMNS
-    assert frame["queries"].tolist() == [64, 128]
+    assert frame["queries"].iloc[-1] == 256
     rounds = [torch.load(p, weights_only=True) for p in sorted((tmp_path / "queries").glob("round-*.pt"))]
     x = torch.cat([to_float(v) for r in rounds for v in r["xs"]])
     answers = torch.cat([a for r in rounds for a in r["answers"]])
