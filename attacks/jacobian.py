@@ -13,7 +13,6 @@ and the answered points come back from the run's saved queries on resume (restor
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from attacks.base import PoolAttack, register
 from common.errors import UserError
@@ -68,7 +67,7 @@ class JacobianAttack(PoolAttack):
         start, end = self.bounds[self.generation - 1], self.bounds[self.generation]
         idx = torch.arange(start, end)
         if self.cap and len(idx) > self.cap:
-            g = torch.Generator().manual_seed(self.ctx.seed * 1000 + self.generation)
+            g = torch.Generator().manual_seed((self.ctx.seed * 1000 + self.generation) % 2 ** 63)
             idx = idx[torch.randperm(len(idx), generator=g)[:self.cap]].sort().values
         return idx
 

@@ -61,7 +61,8 @@ def privacy_cost(s) -> tuple:
 def cost_separation(s, *, progress: bool = True) -> tuple:
     """Mean cost per query of each measure for in-distribution and OOD clients, and their ratio."""
     out = Path(s.out or "results/cost_separation.csv")
-    check_outputs({"--out": out, "the settings record": params_beside(out)}, {})
+    victims = {f"the victim of {d}": Path(s.victim_dir) / f"{d}-victim.pt" for d in str(s.datasets).split(",") if d}
+    check_outputs({"--out": out, "the settings record": params_beside(out)}, victims)
     if int(s.queries) < 1:
         raise UserError(f"--queries must be at least 1, got {s.queries}")
     device = resolve_device(s.device)

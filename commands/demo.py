@@ -7,6 +7,7 @@ import pandas as pd
 
 from common.io import atomic_savefig, atomic_write_csv, ensure_writable_dir, write_params_json
 from commands.victim import train_victim
+from common.errors import UserError
 from data.registry import create as create_spec
 from extraction.loop import run_extraction
 from models.checkpoint import load_victim
@@ -51,6 +52,12 @@ def plot(logs: dict, path) -> None:
 
 def demo(s, *, progress: bool = True) -> tuple:
     out = ensure_writable_dir(Path(s.out_dir), "--out_dir")
+    try:
+        Path(s.victim_path).resolve().relative_to(out.resolve())
+        raise UserError(f"--victim_path {s.victim_path} lies inside --out_dir {out}, every file of which the demo "
+                        f"writes; keep the victim elsewhere (default: checkpoints/)")
+    except ValueError:
+        pass
     lines = []
     if _usable_victim(s):
         lines.append(f"reusing victim {s.victim_path}")

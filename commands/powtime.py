@@ -40,7 +40,7 @@ def priced_path(log) -> Path:
 def pow_time(s) -> tuple:
     inputs = {"--log": s.log, "--calibration": s.calibration}
     if s.bases or s.budgets:
-        check_outputs({"--out": s.out}, inputs)
+        check_outputs({"--out": s.out, "the settings record": params_beside(s.out) if s.out else None}, inputs)
         return sweep(s)
     target = Path(s.out) if s.out else priced_path(s.log)
     record = params_beside(target)
@@ -71,4 +71,5 @@ def sweep(s) -> tuple:
     table = pd.DataFrame(rows)
     if s.out:
         atomic_write_csv(s.out, table)
+        write_params_beside(s.out, s.as_dict(), "pow-time")
     return table, f"ratio of {s.log} ({s.calibration_mode} calibration)\n" + table.to_string(index=False)

@@ -17,6 +17,8 @@ def resolve_device(name: str | None) -> torch.device:
         device = torch.device(name)
     except RuntimeError as exc:
         raise UserError(f"--device '{name}' is not a device name; use auto, cpu, cuda or cuda:N") from exc
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device '{name}' is not supported; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name} asked for CUDA, but no CUDA device is present; use --device cpu")
     return device

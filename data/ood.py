@@ -15,6 +15,7 @@ from data.registry import DatasetSpec, load_splits
 
 MIN_CROP = 24  # smallest square crop side, in photo pixels
 MAX_CROP = 320  # largest square crop side, in photo pixels
+SAME_SOURCE = {"mnist", "mnist-5k"}  # mnist-5k's digits come from MNIST
 SIZE_BUCKETS = 4  # photo crops are grouped by photo and by quartile of crop size
 _GRAY = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)  # ITU-R 601 luma weights
 
@@ -97,4 +98,7 @@ def ood_pool_grouped(name: str, n: int, spec: DatasetSpec, *, seed: int, data_di
     """(images, groups): the pool and a class-like group per image (labels, or photo and crop size)."""
     if name not in OOD_POOLS:
         raise unknown_name("out-of-distribution pool", name, OOD_POOLS)
+    if name == spec.name or {name, spec.name} <= SAME_SOURCE:
+        raise UserError(f"--ood_pool {name} is the victim's own data ('{spec.name}'): it holds the victim's training "
+                        f"and evaluation images, which an attacker never queries; choose another pool")
     return OOD_POOLS[name](n, spec, seed, data_dir)

@@ -205,12 +205,12 @@ def _rounds(s, folder, state, *, splits, victim, device, oracle, attack, stolen,
             bar.set_postfix(acc=f"{rows[-1]['accuracy']:.1f}", cost=f"{totals[cost_col]:.1f}")
             state = {
                 "settings": s.as_dict(), "resolved": resolved, "inputs": inputs, "rows": rows,
-                "saved_queries": oracle.queries,
+                "saved_queries": oracle.queries, "round_hashes": state["round_hashes"] if state else [],
                 "pow_time_s": pow_time, "pow_work": pow_work, "stolen": stolen.state_dict(),
                 "optimizer": optimizer.state_dict(), "oracle": oracle.state_dict(), "attack": attack.state_dict(),
                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "params": params,
             }
-            folder.commit(state, LOG_COLUMNS, xs=xs[round_start:], answers=answers[round_start:])
+            state = folder.commit(state, LOG_COLUMNS, xs=xs[round_start:], answers=answers[round_start:])
             round_start = len(xs)
     finally:
         bar.close()

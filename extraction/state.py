@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -32,11 +33,15 @@ STATE, LOG, PARAMS, STOLEN, QUERIES = "state.pt", "log.csv", "params.json", "sto
 STATE_VERSION = 3
 #: settings that may differ between a run and its resumption
 RESUMABLE_CHANGES = {"fresh", "device", "budget", "command", "out_dir"}
+EMBEDDED = {"mnist-5k"}  # datasets that read nothing from --data_dir
+FOLDER_POOLS = {"mnist", "fashion-mnist"}  # out-of-distribution pools that may read --data_dir
 #: settings that name a file or folder: compared as resolved paths
 PATH_SETTINGS = ("data_dir", "victim_path", "calibration", "timing_csv")
 STATE_KEYS = {"version": int, "settings": dict, "resolved": dict, "inputs": dict, "rows": list, "saved_queries": int,
+              "round_hashes": list,
               "pow_time_s": float, "pow_work": float, "stolen": dict, "optimizer": dict, "oracle": dict,
               "attack": dict, "generator": torch.Tensor, "torch_rng": torch.Tensor, "params": dict}
+ROUND_NAME = re.compile(r"round-([0-9]{6})\.pt")
 FRESH = "pass --fresh to start over there (the old results are replaced), or choose another --out_dir"
 
 
@@ -45,6 +50,8 @@ def comparable(settings: dict) -> dict:
     out = {k: v for k, v in settings.items() if k not in RESUMABLE_CHANGES}
     if not (out.get("calibration") and out.get("timing_table") == "measured"):
         out.pop("timing_csv", None)  # not read by this run: its spelling does not matter
+    if out.get("dataset") in EMBEDDED and out.get("ood_pool") not in FOLDER_POOLS:
+        out.pop("data_dir", None)  # nothing is read from it
     for key in PATH_SETTINGS:
         if out.get(key):
             out[key] = str(Path(out[key]).expanduser().resolve())
@@ -125,16 +132,22 @@ class RunFolder:
         return self.dir / QUERIES / f"round-{index:06d}.pt"
 
     def _chunks(self) -> list:
-        return sorted((self.dir / QUERIES).glob("round-*.pt"))
+        """The round files, by name round-NNNNNN.pt; other files in queries/ are not ours and are left alone."""
+        return sorted(p for p in (self.dir / QUERIES).glob("round-*.pt") if ROUND_NAME.fullmatch(p.name))
 
     def _load_queries(self, state: dict) -> tuple:
         """(xs, answers) of every committed round, checked; round files past the last one are deleted."""
         rounds = len(state["rows"])
         xs, answers = [], []
+        hashes = state["round_hashes"]
+        if len(hashes) != rounds:
+            raise UserError(f"{self.dir / STATE} lists {len(hashes)} round files for {rounds} rounds; {FRESH}")
         for index in range(1, rounds + 1):
             path = self._chunk(index)
             if not path.is_file():
                 raise UserError(f"{path} is missing, so the queries of round {index} are lost; {FRESH}")
+            if file_sha256(path) != hashes[index - 1]:
+                raise UserError(f"{path} is not the file this run saved (its content hash differs); {FRESH}")
             chunk = safe_torch_load(path, "saved queries", f"it is damaged; {FRESH}")
             ok = (isinstance(chunk, dict) and isinstance(chunk.get("xs"), list) and isinstance(chunk.get("answers"), list)
                   and len(chunk["xs"]) == len(chunk["answers"])
@@ -178,16 +191,19 @@ class RunFolder:
         state["xs"], state["answers"] = self._load_queries(state)
         return state
 
-    def commit(self, state: dict, columns: list, *, xs: list, answers: list) -> None:
+    def commit(self, state: dict, columns: list, *, xs: list, answers: list) -> dict:
         """Save this round's queries and answers (a new file), then the state atomically, then rebuild
         log.csv and params.json from it. `state` holds no queries: only their count, saved_queries."""
         state = {**state, "rows": [{k: _plain(v) for k, v in row.items()} for row in state["rows"]],
                  "pow_time_s": float(state["pow_time_s"]), "pow_work": float(state["pow_work"]),
                  "version": STATE_VERSION}
+        chunk = self._chunk(len(state["rows"]))
+        atomic_torch_save({"xs": xs, "answers": answers}, chunk)
+        state["round_hashes"] = [*state["round_hashes"], file_sha256(chunk)]
         check_state(state, self.dir / STATE)
-        atomic_torch_save({"xs": xs, "answers": answers}, self._chunk(len(state["rows"])))
         atomic_torch_save(state, self.dir / STATE)
         self.write_outputs(state, columns)
+        return state
 
     def write_outputs(self, state: dict, columns: list) -> None:
         atomic_write_csv(self.dir / LOG, pd.DataFrame(state["rows"], columns=columns))

@@ -171,3 +171,15 @@ def test_jacobian_generations_and_sign_flip(victim_path, tmp_path):
     assert per_gen[0] == 150 and all(per_gen[g] == 40 for g in range(1, TAU + 2))  # the cap
     signs = dict(steps)
     assert signs[1] > 0 and signs[TAU] < 0
+
+
+def test_jacobian_cap_with_a_huge_seed():
+    spec = create_spec("mnist-5k")
+    pool = torch.randint(0, 255, (200, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    from attacks.jacobian import JacobianAttack
+    attack = JacobianAttack(AttackContext(spec, pool, budget=400, seed=2 ** 63 - 1, jacobian_cap=10))
+    stolen = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    while attack.generation < 2:
+        x = attack.select(64, stolen)
+        attack.observe(x, torch.randint(0, 10, (len(x),)))
+    assert attack.bounds[2] - attack.bounds[1] == 10

@@ -129,6 +129,11 @@ CASES = {
                                  "{in}/attacks_zero_time.csv", "--out", "{in}/paper_cal.csv"],
     "calibrate-out-is-the-plot": ["pow-calibrate", "--puzzles", "sha256", "--trials", "1", "--max_seconds", "0.01",
                                   "--out", "{out}/t.png"],
+    "demo-victim-inside-out": ["demo", "--victim_path", "{in}/runlike/stolen.pt", "--out_dir", "{in}/runlike"],
+    "separation-out-is-victim": ["cost-separation", "--datasets", "mnist-5k", "--victim_dir", "{in}/runlike",
+                                 "--out", "{in}/runlike/mnist-5k-victim.pt"],
+    "extract-device-meta": EXTRACT + ["--device", "meta"],
+    "extract-ood-pool-is-victim-data": EXTRACT + ["--mode", "copycat", "--ood_pool", "mnist-5k"],
     "mint-key-undecodable": ["pow-mint", "--puzzle", "sha256", "--work", "10", "--key", "\udcff\udcfe" + "a" * 20],
     # pow-mint
     "mint-work-0": ["pow-mint", "--puzzle", "sha256", "--work", "0"] + KEYED,
@@ -276,6 +281,10 @@ NEEDLES = {
     "table-out-is-calibration": "is the file given as --calibration 1",
     "calibrate-out-is-the-plot": "also where --out goes",
     "mint-key-undecodable": "not valid text",
+    "demo-victim-inside-out": "lies inside --out_dir",
+    "separation-out-is-victim": "is the file given as the victim of mnist-5k",
+    "extract-device-meta": "is not supported",
+    "extract-ood-pool-is-victim-data": "is the victim's own data",
 }
 
 
@@ -296,6 +305,7 @@ def workspace(victim_path, tmp_path_factory):
         (inputs / name).write_text(text)
     shutil.copy(victim_path, inputs / "victim.pt")
     shutil.copy(victim_path, inputs / "runlike" / "stolen.pt")
+    shutil.copy(victim_path, inputs / "runlike" / "mnist-5k-victim.pt")
     (inputs / "dangling").symlink_to(root / "nowhere")
     (root / "out").mkdir()
     return root

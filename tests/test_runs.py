@@ -322,8 +322,10 @@ def test_resume_from_another_folder(victim_path, tmp_path, monkeypatch):
     monkeypatch.chdir(elsewhere)
     assert run(work / "v.pt", work / "runs/r1", "--data_dir", str(work / "data"),
                "--budget", "192")["final"]["queries"] == 192
-    with pytest.raises(UserError, match="data_dir"):
-        run(work / "v.pt", work / "runs/r1", "--data_dir", "data", "--budget", "256")
+    assert run(work / "v.pt", work / "runs/r1", "--budget", "224")["final"]["queries"] == 224  # mnist-5k reads no data_dir
+    shutil.copy(victim_path, elsewhere / "v.pt")  # same content, another file
+    with pytest.raises(UserError, match="victim_path"):
+        run("v.pt", work / "runs/r1", "--budget", "256")
 
 
 def test_files_follow_the_umask(victim_path, tmp_path):
@@ -341,3 +343,14 @@ def test_ctrl_c_while_starting_is_clean(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err and "interrupted" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_round_files_are_tied_to_the_state(victim_path, tmp_path):
+    """A swapped or hand-made round file is refused; a file in queries/ that is not a round is left alone."""
+    run(victim_path, tmp_path / "a", "--budget", "128")
+    run(victim_path, tmp_path / "b", "--budget", "128", "--mode", "copycat")
+    (tmp_path / "a" / "queries" / "round-abc.pt").write_text("not ours")
+    shutil.copy(tmp_path / "b" / "queries" / "round-000002.pt", tmp_path / "a" / "queries" / "round-000002.pt")
+    with pytest.raises(UserError, match="round-000002.pt is not the file this run saved"):
+        run(victim_path, tmp_path / "a", "--budget", "192")
+    assert (tmp_path / "a" / "queries" / "round-abc.pt").exists()
