@@ -78,6 +78,7 @@ class KnockoffAttack(PoolAttack):
         # images; so do the arms' lists, so that a resumed run with a larger budget picks what it would have.
         arms = int(self.groups.max()) + 1
         self.members = [(self.groups == a).nonzero().flatten() for a in range(arms)]
+        self.sizes = torch.tensor([len(m) for m in self.members])
         self.taken = torch.zeros(arms, dtype=torch.long)
         self.preferences = torch.zeros(arms, dtype=torch.float64)
         self.reward_mean, self.reward_sq, self.reward_count = 0.0, 0.0, 0
@@ -97,7 +98,7 @@ class KnockoffAttack(PoolAttack):
             return x
         arms, picks = [], []
         for _ in range(n):
-            available = self.taken < torch.tensor([len(m) for m in self.members])
+            available = self.taken < self.sizes
             arm = int(torch.multinomial(policy(self.preferences, available), 1, generator=self.generator))
             picks.append(int(self.members[arm][self.taken[arm]]))
             self.taken[arm] += 1
@@ -126,7 +127,7 @@ class KnockoffAttack(PoolAttack):
         self.reward_sq += delta * (reward - self.reward_mean)
         spread = math.sqrt(self.reward_sq / self.reward_count) if self.reward_count > 1 else 0.0
         advantage = (reward - self.reward_mean) / spread if spread > 1e-12 else 0.0
-        available = self.taken < torch.tensor([len(m) for m in self.members])
+        available = self.taken < self.sizes
         pi = policy(self.preferences, available | (torch.arange(len(self.preferences)) == arm))
         step = LEARNING_RATE * advantage
         self.preferences -= step * pi

@@ -52,12 +52,9 @@ def plot(logs: dict, path) -> None:
 
 def demo(s, *, progress: bool = True) -> tuple:
     out = ensure_writable_dir(Path(s.out_dir), "--out_dir")
-    try:
-        Path(s.victim_path).resolve().relative_to(out.resolve())
+    if Path(s.victim_path).resolve().is_relative_to(out.resolve()):
         raise UserError(f"--victim_path {s.victim_path} lies inside --out_dir {out}, every file of which the demo "
                         f"writes; keep the victim elsewhere (default: checkpoints/)")
-    except ValueError:
-        pass
     lines = []
     if _usable_victim(s):
         lines.append(f"reusing victim {s.victim_path}")
@@ -88,5 +85,6 @@ def demo(s, *, progress: bool = True) -> tuple:
     write_params_json(out, {**s.as_dict(), "calibrator": cal.describe()}, "demo")
     lines.append(f"calibration: {s.calibration_mode}, cost measure {s.cost_measure}, baseline {baseline}")
     lines.append(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    lines.append(f"results: {out}/summary.csv, {out}/accuracy_vs_time.png, {out}/MODE/{PRICED_LOG}")
+    lines.append(f"results: {out}/summary.csv, {out}/accuracy_vs_time.png, and per mode "
+                 f"{out}/{{{','.join(DEMO_MODES)}}}/log.csv (the run) and {PRICED_LOG} (priced)")
     return table, "\n".join(lines)

@@ -26,7 +26,7 @@ from data.registry import load_splits, to_float
 from models import architectures
 from models.checkpoint import default_stolen_arch, load_victim
 from models.oracle import VictimOracle
-from models.training import MAX_LR, make_optimizer, predict_logits, train_epochs
+from models.training import make_optimizer, predict_logits, train_epochs
 from pow import calibration
 from pow.pricing import PowPayer
 from pow.timing import read_timing_csv
@@ -72,7 +72,6 @@ def validate(s) -> None:
     checks.whole("--seed", s.seed, lo=0)
     checks.finite("--sigma", s.sigma, lo=MIN_SIGMA, hi=1e6)
     checks.finite("--delta", s.delta, lo=0, hi=1, lo_open=True, hi_open=True)
-    checks.finite("--lr", s.lr, lo=0, hi=MAX_LR, lo_open=True)
     cost_column(s.cost_measure)
     files = input_files(s)
     for name, path in files.items():

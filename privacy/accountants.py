@@ -126,13 +126,23 @@ class _SumAccountant(Accountant):
         self.total = float(state["total"])
 
 
+def shannon_entropy(logprobs: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (nats) of each row's distribution; 0 * log 0 counts as 0."""
+    return -(logprobs.exp() * logprobs).nan_to_num(0.0).sum(1)
+
+
+def top2_gap(logprobs: torch.Tensor) -> torch.Tensor:
+    """The largest probability minus the second largest, per row."""
+    top2 = logprobs.exp().topk(2, dim=1).values
+    return top2[:, 0] - top2[:, 1]
+
+
 class EntropyAccountant(_SumAccountant):
     """Normalised Shannon entropy H(p) / log C of the victim's softmax, per query."""
     column = "entropy_cost"
 
     def score(self, logprobs):
-        h = -(logprobs.exp() * logprobs).nan_to_num(0.0).sum(1)
-        return (h / math.log(logprobs.shape[1])).clamp_(0.0, 1.0)
+        return (shannon_entropy(logprobs) / math.log(logprobs.shape[1])).clamp_(0.0, 1.0)
 
 
 class GapAccountant(_SumAccountant):
@@ -140,8 +150,7 @@ class GapAccountant(_SumAccountant):
     column = "gap_cost"
 
     def score(self, logprobs):
-        top2 = logprobs.exp().topk(2, dim=1).values
-        return 1.0 - (top2[:, 0] - top2[:, 1])
+        return 1.0 - top2_gap(logprobs)
 
 
 class Ledger:
