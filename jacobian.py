@@ -5,8 +5,7 @@ the attack lives in attacks/jacobian.py.
 """
 import sys
 
-from main import main
+from main import attack_script
 
 if __name__ == "__main__":
-    argv = sys.argv[1:]
-    sys.exit(main(["extract", *([] if "--mode" in argv else ["--mode", "jacobian"]), *argv]))
+    sys.exit(attack_script("jacobian"))

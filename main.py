@@ -27,6 +27,14 @@ def _commands():
             "pow-check": pow_check, "pow-calibrate": pow_calibrate, "pow-table": pow_table}
 
 
+def attack_script(mode: str, argv=None) -> int:
+    """The paper's per-attack scripts (jacobian.py, MixMatch-pytorch/train.py, dfme/train.py): extract with
+    --mode `mode` unless the flags name another."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    named = any(a == "--mode" or a.startswith("--mode=") for a in argv)
+    return main(["extract", *([] if named else ["--mode", mode]), *argv])
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -6,6 +6,7 @@ nothing writes to the settings: they are read-only (Settings raises on assignmen
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from attacks import ATTACKS
@@ -55,6 +56,10 @@ DEFAULTS = dict(
     max_seconds=1.0, trials=20, attacks=None, plot=None, one_sided=False, victim_dir="checkpoints",
     insecure_dev_key=False, overwrite=False, sampling="random", jacobian_cap=None,
 )
+#: every attack's own options (Options dataclasses): their defaults join DEFAULTS, their flags join extract
+MODE_OPTIONS = {f.name: (name, f) for name, cls in sorted(ATTACKS.items()) if cls.Options is not None
+                for f in dataclasses.fields(cls.Options)}
+DEFAULTS.update({key: f.default for key, (_, f) in MODE_OPTIONS.items()})
 
 
 def _num(cast, lo=None, hi=None, *, lo_open=False, hi_open=False):
@@ -240,6 +245,9 @@ def _extraction(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampling", default=None, choices=SAMPLINGS,
                    help="knockoff: random order, or adaptive (a gradient bandit over the pool's groups) "
                         "(default: random)")
+    for key, (mode, f) in MODE_OPTIONS.items():  # ranges are checked by the Options dataclass
+        cast = {"int": int, "float": float}[f.type if isinstance(f.type, str) else f.type.__name__]
+        p.add_argument(f"--{key}", type=_num(cast), default=None, help=f"{mode}: {f.metadata['help']} (default: {f.default})")
 
 
 def build_parser() -> argparse.ArgumentParser:

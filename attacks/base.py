@@ -1,13 +1,18 @@
 """The attack contract, and the registry. Attacks never see the victim: the extraction loop owns the one
 metered oracle, answers every query through it, and hands the attack the answers.
 
-PoolAttack    chooses the next n queries, given the current stolen model (select(n, stolen)); sees
-              every answered batch (observe); the shared loop trains the stolen model on all answers.
+PoolAttack      chooses the next n queries, given the current stolen model (select(n, stolen)); sees
+                every answered batch (observe); the shared loop trains the stolen model on all answers.
+TrainingAttack  owns its training (mixmatch, dfme): each round the loop hands it a
+                query function bound to the metered oracle and an exact number of queries to spend;
+                the attack makes its queries, trains the stolen model its own way, and the loop logs
+                the round, prices it and commits it like any other.
 Subclasses register themselves with @register; this module imports none of them (attacks/__init__.py
 imports each one), so `from attacks import Attack` works inside an attack module.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -37,12 +42,23 @@ class AttackContext:
     cost_params: tuple = (("k", 300), ("sigma", 28.0), ("delta", 1e-5))  # ... and its parameters
     sampling: str = "random"  # knockoff: random or adaptive
     jacobian_cap: int | None = None  # jacobian: most points augmented per generation (None: all)
+    query_batch: int = 64  # queries per batch (--query_batch)
+    batch_size: int = 64  # training attacks: their training batch (--batch_size)
+    epochs: int = 1  # training attacks: epochs per round (--stolen_epochs)
+    round_size: int = 256  # queries per round (--batches_per_round * --query_batch)
+    options: Any = None  # the mode's own typed settings (its Options dataclass), when it has any
 
 
 class Attack:
     """Base class of every attack; state_dict() must hold only tensors, numbers, strings and containers."""
     name = ""
     soft_targets = False  # True: trains on the victim's probabilities (needs --victim_output probs)
+    Options = None  # a dataclass of the mode's own settings; its field names are the flags' names
+
+    @staticmethod
+    def default_arch(spec) -> str | None:
+        """The stolen model's architecture when --stolen_arch is not given (None: the dataset's default)."""
+        return None
 
     def __init__(self, ctx: AttackContext):
         self.ctx = ctx
@@ -82,6 +98,26 @@ class PoolAttack(Attack):
             raise UserError(f"attack '{self.name}' can send at most {len(images)} distinct queries on "
                             f"'{self.ctx.spec.name}', but --budget is {self.ctx.budget}; lower --budget")
         return images
+
+
+class TrainingAttack(Attack):
+    """Makes its own queries and trains the stolen model itself, round by round.
+
+    keeps_queries: the loop saves every answered batch in the run's round files and hands them back
+    on resume (restore_history); an attack that needs none of them (dfme) sets it False, so its saved
+    state stays the size of its models, however many queries it sends."""
+    keeps_queries = True
+
+    def round_queries(self, planned: int) -> int:
+        """Queries in one round, given batches_per_round * query_batch (an attack may round it to its steps)."""
+        return planned
+
+    def run_round(self, query, stolen: torch.nn.Module, queries: int) -> None:
+        """Spend exactly `queries` queries through query(x) -> answers, and train `stolen` on them."""
+        raise NotImplementedError
+
+    def restore_history(self, xs: list, answers: list) -> None:
+        """On resume, after load_state_dict: every batch answered so far (only if keeps_queries)."""
 
 
 class SequentialPoolAttack(PoolAttack):
@@ -151,6 +187,14 @@ def register(cls):
     """Class decorator: add an attack to the registry under cls.name."""
     ATTACKS[cls.name] = cls
     return cls
+
+
+def options_for(name: str, values) -> Any:
+    """The mode's Options built from a mapping of settings (only its own fields are read), or None."""
+    cls = ATTACKS.get(name)
+    if cls is None or cls.Options is None:
+        return None
+    return cls.Options(**{f.name: values[f.name] for f in dataclasses.fields(cls.Options)})
 
 
 def create(name: str, ctx: AttackContext) -> Attack:

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 import attacks
-from attacks.base import AttackContext
+from attacks.base import AttackContext, TrainingAttack
 from common import checks
 from common.errors import UserError
 from common.io import ensure_writable_dir, input_file, run_metadata
@@ -73,6 +73,7 @@ def validate(s) -> None:
     checks.finite("--sigma", s.sigma, lo=MIN_SIGMA, hi=1e6)
     checks.finite("--delta", s.delta, lo=0, hi=1, lo_open=True, hi_open=True)
     cost_column(s.cost_measure)
+    attacks.options_for(s.mode, s.as_dict())  # the mode's own flags, range-checked
     files = input_files(s)
     for name, path in files.items():
         reserved = run_file_of(Path(s.out_dir), path)
@@ -110,12 +111,14 @@ def run_extraction(s, *, progress: bool = True) -> dict:
     attack = attacks.create(s.mode, AttackContext(
         spec, splits.pool_x, s.budget, s.seed, s.data_dir, s.ood_pool, device=device, cost_measure=s.cost_measure,
         cost_params=(("k", s.k), ("sigma", s.sigma), ("delta", s.delta)), sampling=s.sampling,
-        jacobian_cap=s.jacobian_cap))
+        jacobian_cap=s.jacobian_cap, query_batch=s.query_batch, batch_size=s.batch_size, epochs=s.stolen_epochs,
+        round_size=s.batches_per_round * s.query_batch, options=attacks.options_for(s.mode, s.as_dict())))
     if attack.soft_targets and s.victim_output != "probs":
         raise UserError(f"mode '{s.mode}' trains on the victim's probabilities; pass --victim_output probs")
     ledger = build_ledger(victim, splits.victim_x, splits.victim_y, s, device, spec.num_classes)
     oracle = VictimOracle(victim, device=device, output=s.victim_output, ledger=ledger)
-    stolen = architectures.create(s.stolen_arch or default_stolen_arch(spec), spec).to(device)
+    arch = s.stolen_arch or type(attack).default_arch(spec) or default_stolen_arch(spec)
+    stolen = architectures.create(arch, spec).to(device)
     optimizer = make_optimizer(stolen, optimizer=s.optimizer, lr=s.lr, momentum=s.momentum,
                                weight_decay=s.weight_decay)
     generator = torch.Generator().manual_seed(s.seed)
@@ -128,6 +131,9 @@ def run_extraction(s, *, progress: bool = True) -> dict:
                 state = None
             else:
                 state = folder.load(s.as_dict(), inputs, budget=s.budget)
+            if state is not None and _keeps_queries(attack) and state["saved_queries"] != state["oracle"]["queries"]:
+                raise UserError(f"{out_dir} saved {state['saved_queries']} of its {state['oracle']['queries']} "
+                                f"queries, but mode '{s.mode}' needs all of them to resume; pass --fresh to start over")
             if state is not None:
                 stolen.load_state_dict(state["stolen"])
                 optimizer.load_state_dict(state["optimizer"])
@@ -149,6 +155,25 @@ def run_extraction(s, *, progress: bool = True) -> dict:
             "calibrator": calibrator.describe() if calibrator else None}
 
 
+def _keeps_queries(attack) -> bool:
+    return not isinstance(attack, TrainingAttack) or attack.keeps_queries
+
+
+def _training_round(s, attack, oracle, stolen, query) -> None:
+    """One round of an attack that trains itself: it must spend exactly the round's queries, no more."""
+    n = min(attack.round_queries(s.batches_per_round * s.query_batch), s.budget - oracle.queries)
+    target = oracle.queries + n
+
+    def metered(x):
+        if oracle.queries + len(x) > target:
+            raise RuntimeError(f"mode '{s.mode}' asked for {len(x)} more queries, past its round's {n}")
+        return query(x)
+
+    attack.run_round(metered, stolen, n)
+    if oracle.queries != target:
+        raise RuntimeError(f"mode '{s.mode}' spent {oracle.queries - target + n} of its round's {n} queries")
+
+
 def _rounds(s, folder, state, *, splits, victim, device, oracle, attack, stolen, optimizer, generator,
             calibrator, payer, inputs, progress) -> dict:
     """Run rounds until the budget is spent, committing each; returns the last committed state."""
@@ -163,17 +188,25 @@ def _rounds(s, folder, state, *, splits, victim, device, oracle, attack, stolen,
                desc=f"{s.mode} on {s.dataset}")
     try:
         while oracle.queries < s.budget:
-            q_prev, t_prev = oracle.queries, oracle.query_time_s
-            for _ in range(s.batches_per_round):
-                n = min(s.query_batch, s.budget - oracle.queries)
-                if n <= 0:
-                    break
-                x = attack.select(n, stolen)
+            q_prev, t_prev, started = oracle.queries, oracle.query_time_s, time.perf_counter()
+
+            def query(x):
                 y = oracle.query(x)
-                attack.observe(x, y)
-                xs.append(x)
-                answers.append(y)
+                if _keeps_queries(attack):
+                    xs.append(x)
+                    answers.append(y)
                 bar.update(len(x))
+                return y
+
+            if isinstance(attack, TrainingAttack):
+                _training_round(s, attack, oracle, stolen, query)
+            else:
+                for _ in range(s.batches_per_round):
+                    n = min(s.query_batch, s.budget - oracle.queries)
+                    if n <= 0:
+                        break
+                    x = attack.select(n, stolen)
+                    attack.observe(x, query(x))
             totals = oracle.totals()
             difficulty = np.nan
             if calibrator is not None:
@@ -183,12 +216,15 @@ def _rounds(s, folder, state, *, splits, victim, device, oracle, attack, stolen,
                 pow_time += paid["seconds"]
                 pow_work += paid["work"]
                 difficulty = paid["difficulty"]
-            start = time.perf_counter()
-            all_x, all_y = torch.cat([to_float(x) for x in xs]), torch.cat(answers)
-            if s.stolen_epochs:
-                train_epochs(stolen, all_x, all_y, optimizer=optimizer, epochs=s.stolen_epochs,
-                             batch_size=s.batch_size, device=device, generator=generator)
-            train_time = time.perf_counter() - start
+            if isinstance(attack, TrainingAttack):  # it trained while it queried
+                train_time = time.perf_counter() - started - (oracle.query_time_s - t_prev)
+            else:
+                start = time.perf_counter()
+                if s.stolen_epochs:
+                    train_epochs(stolen, torch.cat([to_float(x) for x in xs]), torch.cat(answers),
+                                 optimizer=optimizer, epochs=s.stolen_epochs, batch_size=s.batch_size,
+                                 device=device, generator=generator)
+                train_time = time.perf_counter() - start
             pred = predict_logits(stolen, splits.eval_x, device).argmax(1)
             rows.append({
                 "round": len(rows) + 1, "queries": totals["queries"],
@@ -204,7 +240,7 @@ def _rounds(s, folder, state, *, splits, victim, device, oracle, attack, stolen,
             bar.set_postfix(acc=f"{rows[-1]['accuracy']:.1f}", cost=f"{totals[cost_col]:.1f}")
             state = {
                 "settings": s.as_dict(), "resolved": resolved, "inputs": inputs, "rows": rows,
-                "saved_queries": oracle.queries, "round_hashes": state["round_hashes"] if state else [],
+                "saved_queries": sum(len(x) for x in xs), "round_hashes": state["round_hashes"] if state else [],
                 "pow_time_s": pow_time, "pow_work": pow_work, "stolen": stolen.state_dict(),
                 "optimizer": optimizer.state_dict(), "oracle": oracle.state_dict(), "attack": attack.state_dict(),
                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "params": params,

@@ -242,7 +242,7 @@ def check_state(state, path) -> None:
     if [r.get("round") for r in rows] != list(range(1, len(rows) + 1)):
         raise UserError(bad.format("its rounds are not numbered 1, 2, ..."))
     queries = oracle.get("queries")
-    if not isinstance(queries, int) or rows[-1].get("queries") != queries or state["saved_queries"] != queries:
+    if not isinstance(queries, int) or rows[-1].get("queries") != queries or not 0 <= state["saved_queries"] <= queries:
         raise UserError(bad.format(f"its log ends at {rows[-1].get('queries')} queries, its oracle counted "
                                    f"{queries} and it saved {state['saved_queries']}"))
     if not all(math.isfinite(v) for v in (state["pow_time_s"], state["pow_work"])):

@@ -1,4 +1,5 @@
-"""Architectures: the paper's small MNIST CNN, CIFAR-style ResNet18 and ResNet34-8x.
+"""Architectures: the paper's small MNIST CNN, CIFAR-style ResNet18 and ResNet34-8x, and the
+WideResNet-28-2 that MixMatch trains on 32x32 images.
 
 Each model starts with a fixed normalisation layer, so inputs are images in [0, 1].
 The ResNet attribute names (conv1, bn1, layer1..4, shortcut, linear) follow the common CIFAR ResNet
@@ -92,10 +93,58 @@ class ResNet(nn.Module):
         return self.linear(out)
 
 
+class WideBlock(nn.Module):
+    """Pre-activation residual block of a WideResNet: BN-ReLU-conv3x3, BN-ReLU-conv3x3, plus the shortcut."""
+
+    def __init__(self, in_planes, planes, stride):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.shortcut = None
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
+
+    def forward(self, x):
+        pre = F.leaky_relu(self.bn1(x), 0.1)
+        out = self.conv1(pre)
+        out = self.conv2(F.leaky_relu(self.bn2(out), 0.1))
+        return out + (x if self.shortcut is None else self.shortcut(pre))
+
+
+class WideResNet(nn.Module):
+    """WideResNet-depth-width (Zagoruyko and Komodakis 2016): three groups of (depth - 4) / 6 blocks, of
+    16 * width, 32 * width and 64 * width channels; WRN-28-2 has 1.5M parameters."""
+
+    def __init__(self, depth=28, width=2, num_classes=10, channels=3, mean=(0.0,) * 3, std=(1.0,) * 3):
+        super().__init__()
+        if (depth - 4) % 6:
+            raise ValueError(f"WideResNet depth must be 6n + 4, not {depth}")
+        n = (depth - 4) // 6
+        widths = [16, 16 * width, 32 * width, 64 * width]
+        self.normalize = Normalize(mean, std)
+        self.conv1 = nn.Conv2d(channels, widths[0], 3, padding=1, bias=False)
+        blocks, in_planes = [], widths[0]
+        for group, planes in enumerate(widths[1:]):
+            for i in range(n):
+                blocks.append(WideBlock(in_planes, planes, 2 if group > 0 and i == 0 else 1))
+                in_planes = planes
+        self.blocks = nn.Sequential(*blocks)
+        self.bn = nn.BatchNorm2d(in_planes)
+        self.linear = nn.Linear(in_planes, num_classes)
+
+    def forward(self, x):
+        out = self.blocks(self.conv1(self.normalize(x)))
+        out = F.leaky_relu(self.bn(out), 0.1)
+        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
 ARCHITECTURES = {
     "mnistnet": lambda spec: MnistNet(spec.num_classes, spec.channels, spec.mean, spec.std),
     "resnet18": lambda spec: ResNet([2, 2, 2, 2], spec.num_classes, spec.channels, spec.mean, spec.std),
     "resnet34_8x": lambda spec: ResNet([3, 4, 6, 3], spec.num_classes, spec.channels, spec.mean, spec.std),
+    "wrn28_2": lambda spec: WideResNet(28, 2, spec.num_classes, spec.channels, spec.mean, spec.std),
 }
 
 

@@ -20,10 +20,15 @@ DETERMINISTIC = ["round", "queries", "accuracy", "fidelity", "privacy_cost", "pr
                  "gap_cost"]
 
 
+#: modes whose smallest step is larger than a 64-query batch: dfme's iteration is 7 batches, so it runs at 16
+SMALL_STEPS = {"dfme": ["--query_batch", "16", "--dfme_nz", "16"]}
+ROWS_AT_150 = {"dfme": [112, 150]}  # one whole iteration per round; the last round shrinks its batch to fit
+
+
 def settings(victim_path, out_dir, mode, *extra):
     return parameters.parse(["extract", "--mode", mode, "--victim_path", str(victim_path), "--out_dir", str(out_dir),
                              "--device", "cpu", "--budget", "150", "--batches_per_round", "1",
-                             "--stolen_epochs", "1", *extra])
+                             "--stolen_epochs", "1", *SMALL_STEPS.get(mode, []), *extra])
 
 
 @pytest.mark.parametrize("mode", sorted(ATTACKS))
@@ -41,7 +46,7 @@ def test_every_mode_spends_its_budget_through_the_one_oracle(victim_path, tmp_pa
     monkeypatch.setattr(loop, "load_victim", counting_victim)
     result = run_extraction(settings(victim_path, tmp_path, mode), progress=False)
     frame = pd.read_csv(result["log"])
-    assert frame["queries"].tolist() == [64, 128, 150]  # exactly the budget, the last batch cut to fit
+    assert frame["queries"].tolist() == ROWS_AT_150.get(mode, [64, 128, 150])  # exactly the budget
     assert list(frame.columns) == LOG_COLUMNS
     assert frame[DETERMINISTIC].notna().all().all()
     splits_sizes = {"eval": 500, "victim": 3000}  # mnist-5k's fixed split
@@ -50,10 +55,11 @@ def test_every_mode_spends_its_budget_through_the_one_oracle(victim_path, tmp_pa
 
 @pytest.mark.parametrize("mode", sorted(ATTACKS))
 def test_every_mode_resumes_to_the_same_log(victim_path, tmp_path, mode):
-    """Stopped after its third round (a budget the whole run also passes), then resumed to the end."""
+    """Stopped after its second round (a budget the whole run also passes), then resumed to the end."""
     whole = pd.read_csv(run_extraction(settings(victim_path, tmp_path / "w", mode, "--budget", "278"),
                                        progress=False)["log"])
-    first = str(int(whole["queries"].iloc[2]))
+    assert len(whole) >= 3
+    first = str(int(whole["queries"].iloc[1]))
     run_extraction(settings(victim_path, tmp_path / "r", mode, "--budget", first), progress=False)
     resumed = pd.read_csv(run_extraction(settings(victim_path, tmp_path / "r", mode, "--budget", "278"),
                                          progress=False)["log"])
@@ -183,3 +189,116 @@ def test_jacobian_cap_with_a_huge_seed():
         x = attack.select(64, stolen)
         attack.observe(x, torch.randint(0, 10, (len(x),)))
     assert attack.bounds[2] - attack.bounds[1] == 10
+
+
+# --- mixmatch and dfme ------------------------------------------------------------------------------
+
+def test_mixmatch_sharpening():
+    from attacks.mixmatch import sharpen
+    p = torch.tensor([[0.6, 0.4], [1.0, 0.0], [0.5, 0.5]])
+    out = sharpen(p, 0.5)
+    assert torch.allclose(out[0], torch.tensor([0.36, 0.16]) / 0.52)  # p^2, renormalised
+    assert torch.allclose(out[1], torch.tensor([1.0, 0.0])) and torch.allclose(out[2], torch.tensor([0.5, 0.5]))
+    assert torch.allclose(sharpen(p, 1.0), p)  # T = 1 changes nothing
+    assert torch.isfinite(sharpen(torch.tensor([[1e-40, 1.0]]), 0.1)).all()
+
+
+def test_mixmatch_mixup_keeps_each_mix_nearer_its_own_image():
+    from attacks.mixmatch import mixup
+    x, y = torch.arange(4.0).view(4, 1), torch.eye(4)
+    perm = torch.tensor([1, 0, 3, 2])
+    for lam in (0.3, 0.7):  # 0.3 becomes 0.7: lambda' = max(lambda, 1 - lambda)
+        mx, my = mixup(x, y, lam, perm)
+        assert torch.allclose(mx.flatten(), 0.7 * x.flatten() + 0.3 * x[perm].flatten())
+        assert torch.allclose(my.sum(1), torch.ones(4)) and (my.argmax(1) == torch.arange(4)).all()
+
+
+def test_mixmatch_loss_guesses_from_k_views_and_weights_the_unlabelled_part():
+    from attacks.mixmatch import guess_labels, mixmatch_loss
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    views = [torch.rand(5, 1, 2, 2) for _ in range(2)]
+    q = guess_labels(model, views, 0.5)
+    assert q.shape == (5, 3) and torch.allclose(q.sum(1), torch.ones(5))
+    x_l, y_l = torch.rand(5, 1, 2, 2), torch.eye(3)[[0, 1, 2, 0, 1]]
+    g = torch.Generator().manual_seed(1)
+    torch.manual_seed(2)
+    total, loss_l, loss_u = mixmatch_loss(model, x_l, y_l, views, t=0.5, alpha=0.75, lambda_u=75.0, generator=g)
+    assert torch.isclose(total, loss_l + 75.0 * loss_u)
+    total.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_wide_resnet_28_2():
+    from models.architectures import WideResNet
+    model = WideResNet(28, 2)
+    assert 1.4e6 < sum(p.numel() for p in model.parameters()) < 1.6e6
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_forward_differences_estimate_the_gradient_with_one_call():
+    """On L(x) = w . x the estimate averages to w; loss_fn is called once on (m + 1) * B points."""
+    from attacks.dfme import forward_differences
+    torch.manual_seed(0)
+    w = torch.randn(1, 1, 4, 4)
+    calls = []
+
+    def loss_fn(points):
+        calls.append(len(points))
+        return (points * w).flatten(1).sum(1)
+
+    x = torch.rand(3, 1, 4, 4)
+    base, grad = forward_differences(loss_fn, x, directions=4000, epsilon=1e-3)
+    assert calls == [3 * 4001]
+    assert torch.allclose(base, (x * w).flatten(1).sum(1))
+    cos = torch.nn.functional.cosine_similarity(grad.flatten(1), w.flatten(1).expand(3, -1), dim=1)
+    assert (cos > 0.95).all()
+
+
+def dfme_attack(budget, batch, **options):
+    from attacks.dfme import DfmeAttack, DfmeOptions
+    spec = create_spec("mnist-5k")
+    ctx = AttackContext(spec, torch.zeros((0, 1, 28, 28), dtype=torch.uint8), budget=budget, seed=0,
+                        query_batch=batch, options=DfmeOptions(**options))
+    return DfmeAttack(ctx)
+
+
+def counting_query():
+    sizes = []
+
+    def query(x):
+        assert x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1  # every moved copy is a valid image
+        sizes.append(len(x))
+        return torch.softmax(torch.randn(len(x), 10), 1)
+    return query, sizes
+
+
+def test_dfme_query_count_per_iteration():
+    """One iteration of batch B costs B * ((m + 1) * n_G + n_S): every forward difference is a query."""
+    options = dict(dfme_directions=3, dfme_generator_steps=2, dfme_student_steps=4, dfme_nz=8)
+    attack = dfme_attack(10_000, 16, **options)
+    stolen = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    query, sizes = counting_query()
+    attack.run_round(query, stolen, 16 * 12)
+    assert sum(sizes) == 16 * ((3 + 1) * 2 + 4) and sizes == [16 * 4, 16 * 4] + [16] * 4
+    assert attack.iterations == 1
+    for n in (1, 11, 12, 13, 200, 1001):  # any round size is spent exactly
+        sizes.clear()
+        attack.run_round(query, stolen, n)
+        assert sum(sizes) == n
+    assert attack.round_queries(100) == 192 and attack.round_queries(1000) == 960
+
+
+def test_dfme_refuses_a_budget_below_one_iteration():
+    from common.errors import UserError
+    with pytest.raises(UserError, match="costs 448 queries.*raise --budget to at least 448"):
+        dfme_attack(447, 64)
+    dfme_attack(448, 64)
+
+
+def test_dfme_logit_approximation_is_finite_at_zero_probability():
+    from attacks.dfme import victim_logits
+    z = victim_logits(torch.tensor([[1.0, 0.0, 0.0], [0.2, 0.3, 0.5]]))
+    assert torch.isfinite(z).all() and torch.allclose(z.mean(1), torch.zeros(2), atol=1e-6)
+    logits = torch.tensor([[2.0, -1.0, 0.5]])
+    assert torch.allclose(victim_logits(torch.softmax(logits, 1)), logits - logits.mean(), atol=1e-5)

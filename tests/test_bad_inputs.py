@@ -134,6 +134,12 @@ CASES = {
                                  "--out", "{in}/runlike/mnist-5k-victim.pt"],
     "extract-device-meta": EXTRACT + ["--device", "meta"],
     "extract-ood-pool-is-victim-data": EXTRACT + ["--mode", "copycat", "--ood_pool", "mnist-5k"],
+    "extract-jacobian-budget-below-seed": EXTRACT + ["--mode", "jacobian", "--budget", "100"],
+    "extract-dfme-budget-below-iteration": EXTRACT + ["--mode", "dfme", "--budget", "300"],
+    "extract-dfme-directions-0": EXTRACT + ["--mode", "dfme", "--dfme_directions", "0"],
+    "extract-dfme-epsilon-nan": EXTRACT + ["--mode", "dfme", "--dfme_epsilon", "nan"],
+    "extract-mixmatch-labels-whole-pool": EXTRACT + ["--mode", "mixmatch", "--budget", "1500"],
+    "extract-mixmatch-t-0": EXTRACT + ["--mode", "mixmatch", "--mixmatch_t", "0"],
     "mint-key-undecodable": ["pow-mint", "--puzzle", "sha256", "--work", "10", "--key", "\udcff\udcfe" + "a" * 20],
     # pow-mint
     "mint-work-0": ["pow-mint", "--puzzle", "sha256", "--work", "0"] + KEYED,
@@ -220,7 +226,7 @@ NEEDLES = {
     'extract-sigma-nan': '--sigma: the value must be a finite number >= 0.001 and <= 1e+06, got nan',
     'extract-timing-table-nan': 'recreate it with pow-calibrate',
     'extract-tolerance-nan': '--tolerance: the value must be a finite number',
-    'extract-unknown-mode': "unknown mode 'steal'",
+    'extract-unknown-mode': "unknown mode 'steal'; valid modes: copycat, dfme, entropy",
     'extract-victim-text': 'cannot be read',
     'extract-workers-negative': '--workers: the value must be a whole number >= 1',
     'mint-bad-challenge': '--challenge is not a challenge',
@@ -285,6 +291,12 @@ NEEDLES = {
     "separation-out-is-victim": "is the file given as the victim of mnist-5k",
     "extract-device-meta": "is not supported",
     "extract-ood-pool-is-victim-data": "is the victim's own data",
+    "extract-jacobian-budget-below-seed": "raise --budget to at least 150",
+    "extract-dfme-budget-below-iteration": "one dfme iteration at --query_batch 64 costs 448 queries",
+    "extract-dfme-directions-0": "--dfme_directions must be a whole number >= 1",
+    "extract-dfme-epsilon-nan": "--dfme_epsilon: the value must be a finite number",
+    "extract-mixmatch-labels-whole-pool": "would label all 1500 pool images",
+    "extract-mixmatch-t-0": "--mixmatch_t must be a finite number >= 0.01",
 }
 
 

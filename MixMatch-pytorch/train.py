@@ -1,0 +1,13 @@
+"""MixMatch as a model-extraction attack, as a script: python MixMatch-pytorch/train.py [extract flags].
+
+Same as 'python main.py extract --mode mixmatch ...'; the attack lives in attacks/mixmatch.py.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
+
+from main import attack_script  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(attack_script("mixmatch"))
