@@ -29,9 +29,11 @@ SOFT_TARGET_MODES = sorted(name for name, cls in ATTACKS.items() if cls.soft_tar
 DEFAULT_DATASET = "mnist-5k"  # the embedded default: needs no download
 
 _MNIST_LIKE = dict(optimizer="sgd", lr=0.1, momentum=0.5, weight_decay=1e-4, batch_size=64,
-                   k=300, sigma=28.0, delta=1e-5, stolen_epochs=10, victim_shift=2)
+                   k=300, sigma=28.0, delta=1e-5, stolen_epochs=10, victim_shift=2,
+                   teacher_epochs=40)
 _RGB = dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, batch_size=128,
-            k=300, sigma=28.0, delta=1e-5, stolen_epochs=10, victim_shift=4)
+            k=300, sigma=28.0, delta=1e-5, stolen_epochs=10, victim_shift=4,
+            teacher_epochs=60)
 
 #: per-dataset presets: training hyper-parameters and the private-kNN accountant (the paper's values)
 PRESETS = {
@@ -54,7 +56,8 @@ DEFAULTS = dict(
     timing_table="live", timing_csv="results/pow_timing.csv", stamp=None, solution=None, challenge=None,
     resource="client", bits=None, work=None, key=None, min_work=1.0, puzzles="hashcash,sha256,scrypt",
     max_seconds=1.0, trials=20, attacks=None, plot=None, one_sided=False, victim_dir="checkpoints",
-    insecure_dev_key=False, overwrite=False, sampling="random", jacobian_cap=None,
+    insecure_dev_key=False, overwrite=False, sampling="random", jacobian_cap=None, teachers_path=None,
+    pate_sigma=None, num_models=None,
 )
 #: every attack's own options (Options dataclasses): their defaults join DEFAULTS, their flags join extract
 MODE_OPTIONS = {f.name: (name, f) for name, cls in sorted(ATTACKS.items()) if cls.Options is not None
@@ -171,6 +174,14 @@ def _accountant(p: argparse.ArgumentParser, with_knn: bool = True) -> None:
                         "(default: classic)")
 
 
+def _pate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teachers_path", default=None,
+                   help="PATE teacher ensemble from train-teachers (default: checkpoints/DATASET-teachers.pt)")
+    p.add_argument("--pate_sigma", type=_num(float, MIN_SIGMA, 1e6), default=None,
+                   help="GNMax noise over the teachers' votes (default: 0.04 per teacher, the paper's ratio: "
+                        "10 for 250 MNIST teachers, 2 for 50 CIFAR10 teachers)")
+
+
 def _calibration(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cost_measure", default=None, choices=sorted(COST_MEASURES),
                    help="cumulative cost the calibrator reads: knn=privacy_cost, knn_eps=privacy_eps, "
@@ -274,6 +285,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", default=None,
                    help="replace an existing victim checkpoint at --victim_path (default: refuse)")
 
+    p = sub.add_parser("train-teachers", help="train a PATE teacher ensemble on disjoint parts of the victim's data")
+    _common(p)
+    _training(p)
+    _pate(p)
+    p.add_argument("--num_models", type=_num(int, 1, 100_000), default=None,
+                   help="teachers (default: one per 240 training images, as 250 on MNIST's 60,000; 10 to 250)")
+    p.add_argument("--teacher_epochs", type=_POS_INT, default=None, help=_preset_help("teacher_epochs"))
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace an existing ensemble at --teachers_path (default: refuse)")
+
     p = sub.add_parser("extract", help="run one extraction attack against a victim and log every round")
     _common(p)
     _victim(p)
@@ -281,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     _extraction(p)
     _training(p)
     _accountant(p)
+    _pate(p)
     _calibration(p)
     _pow(p)
     p.add_argument("--calibration", default=None,
@@ -349,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", type=_POS_INT, default=None, help="queries per client (default: 1000)")
     p.add_argument("--sigmas", default=None, type=_list(_num(float, MIN_SIGMA, 1e6), "sigma"), help="comma-separated private-kNN sigmas (default: 28,10)")
     p.add_argument("--ood_pool", default=None, choices=sorted(OOD_POOLS), help="(default: photos)")
+    p.add_argument("--pate_sigma", type=_num(float, MIN_SIGMA, 1e6), default=None,
+                   help="GNMax noise over the votes of DATASET-teachers.pt in --victim_dir (default: 0.04 per teacher)")
     p.add_argument("--out", default=None, help="CSV of the table (default: results/cost_separation.csv)")
     return parser
 
@@ -366,6 +390,8 @@ def resolve(args: argparse.Namespace) -> Settings:
         values["victim_output"] = "probs"
     if values.get("victim_path") is None:
         values["victim_path"] = str(Path("checkpoints") / f"{dataset}-victim.pt")
+    if values.get("teachers_path") is None:
+        values["teachers_path"] = str(Path("checkpoints") / f"{dataset}-teachers.pt")
     if command == "pow-table" and "calibration_mode" not in given:
         values["calibration_mode"] = "paper"
     if values.get("base") is None:

@@ -39,7 +39,8 @@ class AttackContext:
     ood_pool: str = "photos"
     device: torch.device = torch.device("cpu")
     cost_measure: str = "entropy"  # the defence the worst-case attacker knows
-    cost_params: tuple = (("k", 300), ("sigma", 28.0), ("delta", 1e-5))  # ... and its parameters
+    cost_params: tuple = (("k", 300), ("sigma", 28.0), ("delta", 1e-5))  # ... and its parameters (+ teachers,
+    #                                                                     pate_sigma under a PATE measure)
     sampling: str = "random"  # knockoff: random or adaptive
     jacobian_cap: int | None = None  # jacobian: most points augmented per generation (None: all)
     query_batch: int = 64  # queries per batch (--query_batch)

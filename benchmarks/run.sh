@@ -4,3 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 benchmarks/bench_privacy.py
 python3 benchmarks/bench_pow.py
+python3 benchmarks/bench_teachers.py

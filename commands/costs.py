@@ -13,6 +13,7 @@ from data.ood import ood_pool
 from data.registry import load_splits
 from models.checkpoint import load_victim
 from models.oracle import VictimOracle
+from models.teachers import load_teachers, teachers_command
 from privacy import accountants
 from privacy.accountants import cumulative_costs
 from privacy.knn import KnnVoter
@@ -61,24 +62,26 @@ def privacy_cost(s) -> tuple:
 def cost_separation(s, *, progress: bool = True) -> tuple:
     """Mean cost per query of each measure for in-distribution and OOD clients, and their ratio."""
     out = Path(s.out or "results/cost_separation.csv")
-    victims = {f"the victim of {d}": Path(s.victim_dir) / f"{d}-victim.pt" for d in str(s.datasets).split(",") if d}
-    check_outputs({"--out": out, "the settings record": params_beside(out)}, victims)
+    names = [d for d in str(s.datasets).split(",") if d]
+    victims = {f"the victim of {d}": Path(s.victim_dir) / f"{d}-victim.pt" for d in names}
+    teacher_files = {f"the teachers of {d}": Path(s.victim_dir) / f"{d}-teachers.pt" for d in names}
+    check_outputs({"--out": out, "the settings record": params_beside(out)}, {**victims, **teacher_files})
     if int(s.queries) < 1:
         raise UserError(f"--queries must be at least 1, got {s.queries}")
     device = resolve_device(s.device)
     set_seed(s.seed)
-    rows = []
+    rows, notes = [], []
     sigmas = [float(v) for v in str(s.sigmas).split(",") if v]
-    for name in [d for d in str(s.datasets).split(",") if d]:
+    for name in names:
         splits = load_splits(name, s.data_dir)
         spec = splits.spec
         victim, _ = load_victim(Path(s.victim_dir) / f"{name}-victim.pt", spec, device=device)
         oracle = VictimOracle(victim, device=device)
         n = min(s.queries, len(splits.pool_x))
         idx = np.random.default_rng(s.seed).permutation(len(splits.pool_x))[:n]
-        clients = {"in-distribution": oracle.log_probs(splits.pool_x[idx]),
-                   f"ood ({s.ood_pool})": oracle.log_probs(ood_pool(s.ood_pool, n, spec, seed=s.seed,
-                                                                    data_dir=s.data_dir))}
+        images = {"in-distribution": splits.pool_x[idx],
+                  f"ood ({s.ood_pool})": ood_pool(s.ood_pool, n, spec, seed=s.seed, data_dir=s.data_dir)}
+        clients = {c: oracle.log_probs(x) for c, x in images.items()}
         reps = oracle.representations(splits.victim_x)
         voter = KnnVoter(reps, splits.victim_y, k=min(s.k, len(reps)), num_classes=spec.num_classes)
         votes = {c: voter.votes(lp).numpy() for c, lp in clients.items()}
@@ -86,6 +89,16 @@ def cost_separation(s, *, progress: bool = True) -> tuple:
                                           for c, v in votes.items()} for sg in sigmas}
         measures["entropy"] = {c: accountants.EntropyAccountant().score(lp).mean().item() for c, lp in clients.items()}
         measures["gap"] = {c: accountants.GapAccountant().score(lp).mean().item() for c, lp in clients.items()}
+        teachers_path = Path(s.victim_dir) / f"{name}-teachers.pt"
+        if teachers_path.exists():
+            ensemble, _ = load_teachers(teachers_path, spec, device=device)
+            sigma = accountants.pate_sigma(len(ensemble), s.pate_sigma)
+            measures[f"pate sigma={sigma:g} ({len(ensemble)} teachers)"] = {
+                c: accountants.knn_costs(ensemble.votes(x).numpy(), sigma=sigma, delta=s.delta)[0].mean()
+                for c, x in images.items()}
+        else:
+            notes.append(f"no PATE rows for {name}: {teachers_path} does not exist; create it with: "
+                         f"{teachers_command(name, teachers_path)}")
         for measure, vals in measures.items():
             ind, ood = list(vals.values())
             rows.append({"dataset": name, "measure": measure, "in_distribution": ind, "ood": ood,
@@ -94,4 +107,5 @@ def cost_separation(s, *, progress: bool = True) -> tuple:
     atomic_write_csv(out, frame)
     write_params_beside(out, s.as_dict(), "cost-separation")
     text = frame.to_string(index=False, float_format=lambda v: f"{v:.4f}")
-    return frame, f"mean cost per query (k={s.k}, delta={s.delta})\n{text}\nwritten to {out}"
+    note = "".join(f"note: {line}\n" for line in notes)
+    return frame, f"mean cost per query (k={s.k}, delta={s.delta})\n{text}\n{note}written to {out}"

@@ -17,15 +17,15 @@ from models.checkpoint import default_victim_arch, save_victim
 from models.training import accuracy, make_optimizer, random_shift, train_epochs
 
 
-def check_target(path, *, overwrite: bool) -> Path:
+def check_target(path, *, overwrite: bool, flag: str = "--victim_path", command: str = "train-victim") -> Path:
     """The checkpoint path P (and P.json) must be writable, and new unless overwrite is set."""
     path = Path(path)
     sidecar = Path(str(path) + ".json")
     for p in (path, sidecar):
-        ensure_writable(p, "--victim_path" if p == path else "the checkpoint's metadata")
+        ensure_writable(p, flag if p == path else "the checkpoint's metadata")
         if (p.exists() or p.is_symlink()) and not overwrite:  # a dangling or looping link is the user's too
-            raise UserError(f"{p} already exists; train-victim never replaces a file unasked. Pass --overwrite "
-                            f"to replace it, or choose another --victim_path")
+            raise UserError(f"{p} already exists; {command} never replaces a file unasked. Pass --overwrite "
+                            f"to replace it, or choose another {flag}")
     return path
 
 

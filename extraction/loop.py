@@ -26,6 +26,7 @@ from data.registry import load_splits, to_float
 from models import architectures
 from models.checkpoint import default_stolen_arch, load_victim
 from models.oracle import VictimOracle
+from models.teachers import load_teachers
 from models.training import make_optimizer, predict_logits, train_epochs
 from pow import calibration
 from pow.pricing import PowPayer
@@ -39,21 +40,22 @@ from extraction.state import RunFolder, comparable, fingerprint, input_files, ru
 log = logging.getLogger(__name__)
 
 LOG_COLUMNS = ["round", "queries", "accuracy", "fidelity", "privacy_cost", "privacy_eps", "entropy_cost",
-               "gap_cost", "query_time_s", "pow_time_s", "total_time_s", "pow_work", "pow_difficulty",
+               "gap_cost", "pate_cost", "pate_eps", "query_time_s", "pow_time_s", "total_time_s", "pow_work", "pow_difficulty",
                "train_time_s"]
 
 
-def build_ledger(victim, victim_x, victim_y, settings, device, num_classes) -> Ledger:
-    """Private kNN over the victim's log-softmax of its own training set, plus entropy and gap."""
+def build_ledger(victim, victim_x, victim_y, *, device, num_classes, k, sigma, delta, cap=False,
+                 conversion="classic", seed=0, teachers=None, pate_sigma=None) -> Ledger:
+    """Private kNN over the victim's log-softmax of its own training set, entropy and gap; and, given a
+    teacher ensemble, PATE's GNMax over the teachers' votes on each query image (at pate_sigma)."""
     reps = VictimOracle(victim, device=device).representations(victim_x)
-    k = min(settings.k, len(reps))
-    voter = KnnVoter(reps, victim_y, k=k, num_classes=num_classes, seed=settings.seed)
-    return Ledger([
-        accountants.create("knn", voter=voter, sigma=settings.sigma, delta=settings.delta,
-                           cap=bool(settings.cap_rdp), conversion=settings.rdp_conversion),
-        accountants.create("entropy"),
-        accountants.create("gap"),
-    ])
+    voter = KnnVoter(reps, victim_y, k=min(k, len(reps)), num_classes=num_classes, seed=seed)
+    gnmax = dict(delta=delta, cap=cap, conversion=conversion)
+    parts = [accountants.create("knn", voter=voter, sigma=sigma, **gnmax),
+             accountants.create("entropy"), accountants.create("gap")]
+    if teachers is not None:
+        parts.append(accountants.create("pate", ensemble_votes=teachers.votes, sigma=pate_sigma, **gnmax))
+    return Ledger(parts)
 
 
 def validate(s) -> None:
@@ -71,6 +73,8 @@ def validate(s) -> None:
     checks.whole("--k", s.k, lo=1)
     checks.whole("--seed", s.seed, lo=0)
     checks.finite("--sigma", s.sigma, lo=MIN_SIGMA, hi=1e6)
+    if s.pate_sigma is not None:
+        checks.finite("--pate_sigma", s.pate_sigma, lo=MIN_SIGMA, hi=1e6)
     checks.finite("--delta", s.delta, lo=0, hi=1, lo_open=True, hi_open=True)
     cost_column(s.cost_measure)
     attacks.options_for(s.mode, s.as_dict())  # the mode's own flags, range-checked
@@ -86,9 +90,9 @@ def validate(s) -> None:
         read_timing_csv(files["timing_csv"])  # says how to make a missing table
 
 
-def _metadata(s, calibrator, payer) -> dict:
+def _metadata(s, calibrator, payer, pate) -> dict:
     return run_metadata({**s.as_dict(), "calibrator": calibrator.describe() if calibrator else None,
-                         "pow_pricer": payer.describe() if payer else None}, "extract")
+                         "pow_pricer": payer.describe() if payer else None, "pate": pate}, "extract")
 
 
 def run_extraction(s, *, progress: bool = True) -> dict:
@@ -108,14 +112,23 @@ def run_extraction(s, *, progress: bool = True) -> dict:
     if s.calibration:
         baseline = calibration.load_baseline(s.calibration, cost_measure=s.cost_measure)
         calibrator = calibration.create(s.calibration_mode, baseline, s)
+    teachers, pate_sigma = None, None
+    if s.cost_measure in accountants.PATE_MEASURES:
+        teachers, _ = load_teachers(s.teachers_path, spec, device=device)
+        pate_sigma = accountants.pate_sigma(len(teachers), s.pate_sigma)
+    cost_params = (("k", s.k), ("sigma", s.sigma), ("delta", s.delta))
+    if teachers is not None:
+        cost_params += (("teachers", len(teachers)), ("pate_sigma", pate_sigma))
     attack = attacks.create(s.mode, AttackContext(
         spec, splits.pool_x, s.budget, s.seed, s.data_dir, s.ood_pool, device=device, cost_measure=s.cost_measure,
-        cost_params=(("k", s.k), ("sigma", s.sigma), ("delta", s.delta)), sampling=s.sampling,
+        cost_params=cost_params, sampling=s.sampling,
         jacobian_cap=s.jacobian_cap, query_batch=s.query_batch, batch_size=s.batch_size, epochs=s.stolen_epochs,
         round_size=s.batches_per_round * s.query_batch, options=attacks.options_for(s.mode, s.as_dict())))
     if attack.soft_targets and s.victim_output != "probs":
         raise UserError(f"mode '{s.mode}' trains on the victim's probabilities; pass --victim_output probs")
-    ledger = build_ledger(victim, splits.victim_x, splits.victim_y, s, device, spec.num_classes)
+    ledger = build_ledger(victim, splits.victim_x, splits.victim_y, device=device, num_classes=spec.num_classes,
+                          k=s.k, sigma=s.sigma, delta=s.delta, cap=bool(s.cap_rdp), conversion=s.rdp_conversion,
+                          seed=s.seed, teachers=teachers, pate_sigma=pate_sigma)
     oracle = VictimOracle(victim, device=device, output=s.victim_output, ledger=ledger)
     arch = s.stolen_arch or type(attack).default_arch(spec) or default_stolen_arch(spec)
     stolen = architectures.create(arch, spec).to(device)
@@ -146,7 +159,8 @@ def run_extraction(s, *, progress: bool = True) -> dict:
                 log.info("resuming %s after %d queries", out_dir, oracle.queries)
             state = _rounds(s, folder, state, splits=splits, victim=victim, device=device, oracle=oracle,
                             attack=attack, stolen=stolen, optimizer=optimizer, generator=generator,
-                            calibrator=calibrator, payer=payer, inputs=inputs, progress=progress)
+                            calibrator=calibrator, payer=payer, inputs=inputs, progress=progress,
+                            pate={"teachers": len(teachers), "sigma": pate_sigma} if teachers is not None else None)
             folder.save_stolen(stolen.state_dict(), s.dataset)
     finally:
         if payer is not None:
@@ -175,7 +189,7 @@ def _training_round(s, attack, oracle, stolen, query) -> None:
 
 
 def _rounds(s, folder, state, *, splits, victim, device, oracle, attack, stolen, optimizer, generator,
-            calibrator, payer, inputs, progress) -> dict:
+            calibrator, payer, inputs, progress, pate) -> dict:
     """Run rounds until the budget is spent, committing each; returns the last committed state."""
     rows, xs, answers = (list(state[k]) for k in ("rows", "xs", "answers")) if state else ([], [], [])
     round_start = len(xs)
@@ -183,7 +197,7 @@ def _rounds(s, folder, state, *, splits, victim, device, oracle, attack, stolen,
     cost_col = cost_column(s.cost_measure)
     resolved = state["resolved"] if state else comparable(s.as_dict())  # paths as resolved when the run began
     victim_eval = predict_logits(victim, splits.eval_x, device).argmax(1)
-    params = _metadata(s, calibrator, payer)
+    params = _metadata(s, calibrator, payer, pate)
     bar = tqdm(total=s.budget, initial=min(oracle.queries, s.budget), unit="query", disable=not progress,
                desc=f"{s.mode} on {s.dataset}")
     try:
@@ -230,7 +244,7 @@ def _rounds(s, folder, state, *, splits, victim, device, oracle, attack, stolen,
                 "round": len(rows) + 1, "queries": totals["queries"],
                 "accuracy": 100.0 * float((pred == splits.eval_y).float().mean()),
                 "fidelity": 100.0 * float((pred == victim_eval).float().mean()),
-                **{c: totals[c] for c in accountants.COST_COLUMNS},
+                **{c: totals.get(c, np.nan) for c in accountants.COST_COLUMNS},  # pate: only with teachers
                 "query_time_s": totals["query_time_s"],
                 "pow_time_s": pow_time if calibrator is not None else np.nan,
                 "total_time_s": totals["query_time_s"] + pow_time if calibrator is not None else np.nan,

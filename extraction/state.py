@@ -28,6 +28,7 @@ import torch
 from common.errors import UserError
 from common.io import (FolderLock, atomic_torch_save, atomic_write_csv, atomic_write_text, file_sha256,
                        remove_stale_tmp, safe_torch_load)
+from privacy.accountants import PATE_MEASURES  # the cost measures that read --teachers_path
 
 STATE, LOG, PARAMS, STOLEN, QUERIES = "state.pt", "log.csv", "params.json", "stolen.pt", "queries"
 STATE_VERSION = 3
@@ -36,7 +37,7 @@ RESUMABLE_CHANGES = {"fresh", "device", "budget", "command", "out_dir"}
 EMBEDDED = {"mnist-5k"}  # datasets that read nothing from --data_dir
 FOLDER_POOLS = {"mnist", "fashion-mnist"}  # out-of-distribution pools that may read --data_dir
 #: settings that name a file or folder: compared as resolved paths
-PATH_SETTINGS = ("data_dir", "victim_path", "calibration", "timing_csv")
+PATH_SETTINGS = ("data_dir", "victim_path", "calibration", "timing_csv", "teachers_path")
 STATE_KEYS = {"version": int, "settings": dict, "resolved": dict, "inputs": dict, "rows": list, "saved_queries": int,
               "round_hashes": list,
               "pow_time_s": float, "pow_work": float, "stolen": dict, "optimizer": dict, "oracle": dict,
@@ -50,6 +51,8 @@ def comparable(settings: dict) -> dict:
     out = {k: v for k, v in settings.items() if k not in RESUMABLE_CHANGES}
     if not (out.get("calibration") and out.get("timing_table") == "measured"):
         out.pop("timing_csv", None)  # not read by this run: its spelling does not matter
+    if out.get("cost_measure") not in PATE_MEASURES:
+        out.pop("teachers_path", None)
     if out.get("dataset") in EMBEDDED and out.get("ood_pool") not in FOLDER_POOLS:
         out.pop("data_dir", None)  # nothing is read from it
     for key in PATH_SETTINGS:
@@ -61,6 +64,8 @@ def comparable(settings: dict) -> dict:
 def input_files(settings) -> dict:
     """The input files a run reads, by setting name: victim checkpoint, baseline, timing table."""
     files = {"victim_path": settings.victim_path}
+    if settings.cost_measure in PATE_MEASURES:
+        files["teachers_path"] = settings.teachers_path
     if settings.calibration:
         files["calibration"] = settings.calibration
         if settings.timing_table == "measured":

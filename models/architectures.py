@@ -27,14 +27,16 @@ class Normalize(nn.Module):
 
 
 class MnistNet(nn.Module):
-    """The small CNN of the paper's MNIST victim: two 5x5 conv + max-pool stages, then 500 hidden units."""
+    """The small CNN of the paper's MNIST victim: two 5x5 conv + max-pool stages, then 500 hidden units
+    (also the PATE teachers' CNN, on 28x28 or 32x32 images)."""
 
-    def __init__(self, num_classes=10, channels=1, mean=(0.0,), std=(1.0,)):
+    def __init__(self, num_classes=10, channels=1, mean=(0.0,), std=(1.0,), size=28):
         super().__init__()
         self.normalize = Normalize(mean, std)
         self.conv1 = nn.Conv2d(channels, 20, 5)
         self.conv2 = nn.Conv2d(20, 50, 5)
-        self.fc1 = nn.Linear(4 * 4 * 50, 500)
+        side = ((size - 4) // 2 - 4) // 2  # 4 for 28x28 images, 5 for 32x32
+        self.fc1 = nn.Linear(side * side * 50, 500)
         self.fc2 = nn.Linear(500, num_classes)
 
     def forward(self, x):
@@ -141,7 +143,7 @@ class WideResNet(nn.Module):
 
 
 ARCHITECTURES = {
-    "mnistnet": lambda spec: MnistNet(spec.num_classes, spec.channels, spec.mean, spec.std),
+    "mnistnet": lambda spec: MnistNet(spec.num_classes, spec.channels, spec.mean, spec.std, spec.input_shape[-1]),
     "resnet18": lambda spec: ResNet([2, 2, 2, 2], spec.num_classes, spec.channels, spec.mean, spec.std),
     "resnet34_8x": lambda spec: ResNet([3, 4, 6, 3], spec.num_classes, spec.channels, spec.mean, spec.std),
     "wrn28_2": lambda spec: WideResNet(28, 2, spec.num_classes, spec.channels, spec.mean, spec.std),

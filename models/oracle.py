@@ -42,7 +42,7 @@ class VictimOracle:
         start = time.perf_counter()
         logp = self.log_probs(x)
         if self.ledger is not None:
-            self.last_costs = self.ledger.add(logp)
+            self.last_costs = self.ledger.add(logp, images=x)
         answer = logp.argmax(1) if self.output == "labels" else logp.exp()
         self.query_time_s += time.perf_counter() - start
         self.queries += len(x)

@@ -3,6 +3,9 @@
 Columns they log (all cumulative over the queries answered so far):
   privacy_cost  the paper's measure: the sum of each query's own private-kNN epsilon;
   privacy_eps   the (epsilon, delta) of all queries together, from the summed RDP (true composition);
+  pate_cost     the sum of each query's own epsilon under GNMax over a PATE teacher ensemble's votes
+                (the authors' PATE path logged this sum);
+  pate_eps      the composed (epsilon, delta) of all queries under the same teachers;
   entropy_cost  the sum of the normalised Shannon entropy of the victim's softmax (0 = certain, 1 = uniform);
   gap_cost      the sum of 1 - (top-1 probability - top-2 probability).
 """
@@ -18,7 +21,16 @@ from privacy import rdp as rdpmath
 from privacy.knn import KnnVoter
 
 #: --cost_measure name -> the cumulative column the calibrator reads
-COST_MEASURES = {"knn": "privacy_cost", "knn_eps": "privacy_eps", "entropy": "entropy_cost", "gap": "gap_cost"}
+COST_MEASURES = {"knn": "privacy_cost", "knn_eps": "privacy_eps", "entropy": "entropy_cost", "gap": "gap_cost",
+                 "pate": "pate_cost", "pate_eps": "pate_eps"}
+PATE_MEASURES = ("pate", "pate_eps")  # need a teacher ensemble
+#: GNMax sigma per PATE teacher: the paper's 10 for 250 MNIST/SVHN teachers and 2 for 50 CIFAR10 teachers
+PATE_SIGMA_PER_TEACHER = 0.04
+
+
+def pate_sigma(teachers: int, given: float | None = None) -> float:
+    """--pate_sigma when given, else the paper's noise-to-votes ratio for this many teachers."""
+    return float(given) if given is not None else PATE_SIGMA_PER_TEACHER * teachers
 COST_COLUMNS = tuple(COST_MEASURES.values())
 
 
@@ -48,10 +60,12 @@ def cumulative_costs(votes, *, sigma: float, delta: float, orders=rdpmath.DEFAUL
 
 
 class Accountant:
-    """Base class: add() a batch of victim log-probabilities, read totals()."""
+    """Base class: add() a batch of victim log-probabilities (and, if needs_images, the query images),
+    read totals()."""
     columns: tuple = ()
+    needs_images = False
 
-    def add(self, logprobs: torch.Tensor) -> dict:
+    def add(self, logprobs: torch.Tensor, images: torch.Tensor | None = None) -> dict:
         """Account one answered batch; returns the per-query cost array of each column."""
         raise NotImplementedError
 
@@ -65,30 +79,33 @@ class Accountant:
         self.__dict__.update(state)
 
 
-class KnnAccountant(Accountant):
-    """Private kNN: the k nearest training points (victim log-softmax space) vote; GNMax RDP per query."""
-    columns = ("privacy_cost", "privacy_eps")
+class GnmaxAccountant(Accountant):
+    """GNMax RDP of each query's vote histogram: the running sum of per-query epsilons, and the epsilon of
+    the summed RDP (composition). Subclasses say where the votes come from."""
+    columns = ("", "")  # (sum of per-query epsilons, composed epsilon)
 
-    def __init__(self, voter: KnnVoter, *, sigma: float, delta: float, cap: bool = False,
-                 conversion: str = "classic", orders=rdpmath.DEFAULT_ORDERS):
-        self.voter = voter
+    def __init__(self, *, sigma: float, delta: float, cap: bool = False, conversion: str = "classic",
+                 orders=rdpmath.DEFAULT_ORDERS):
         self.sigma, self.delta, self.cap, self.conversion = sigma, delta, cap, conversion
         self.orders = np.asarray(orders, dtype=np.float64)
         self.cost = 0.0
         self.rdp_sum = np.zeros(len(self.orders))
 
-    def add(self, logprobs):
-        eps, rdp = knn_costs(self.voter.votes(logprobs).numpy(), sigma=self.sigma, delta=self.delta,
+    def votes(self, logprobs: torch.Tensor, images: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def add(self, logprobs, images=None):
+        eps, rdp = knn_costs(self.votes(logprobs, images).numpy(), sigma=self.sigma, delta=self.delta,
                              orders=self.orders, cap=self.cap, conversion=self.conversion)
         self.cost += float(eps.sum())
         self.rdp_sum += rdp.sum(0)
-        return {"privacy_cost": eps}
+        return {self.columns[0]: eps}
 
     def totals(self):
         if not self.rdp_sum.any():
-            return {"privacy_cost": 0.0, "privacy_eps": 0.0}
+            return {self.columns[0]: 0.0, self.columns[1]: 0.0}
         eps, _ = rdpmath.rdp_to_eps(self.rdp_sum, orders=self.orders, delta=self.delta, conversion=self.conversion)
-        return {"privacy_cost": self.cost, "privacy_eps": float(eps)}
+        return {self.columns[0]: self.cost, self.columns[1]: float(eps)}
 
     def state_dict(self):
         return {"cost": self.cost, "rdp_sum": self.rdp_sum.tolist()}  # plain floats: loadable weights_only
@@ -98,6 +115,36 @@ class KnnAccountant(Accountant):
         if rdp_sum.shape != self.orders.shape or not np.isfinite(rdp_sum).all():
             raise ConfigError(f"saved RDP sums have shape {rdp_sum.shape}, expected {self.orders.shape}, all finite")
         self.cost, self.rdp_sum = float(state["cost"]), rdp_sum
+
+
+class KnnAccountant(GnmaxAccountant):
+    """Private kNN: the k nearest training points (victim log-softmax space) vote; GNMax RDP per query."""
+    columns = ("privacy_cost", "privacy_eps")
+
+    def __init__(self, voter: KnnVoter, **gnmax):
+        super().__init__(**gnmax)
+        self.voter = voter
+
+    def votes(self, logprobs, images):
+        return self.voter.votes(logprobs)
+
+
+class PateAccountant(GnmaxAccountant):
+    """PATE: a teacher ensemble votes on the query image itself; GNMax RDP per query.
+
+    `ensemble_votes(images) -> (B, C)` histograms (models.teachers.TeacherEnsemble.votes), injected so
+    that this module needs no model code."""
+    columns = ("pate_cost", "pate_eps")
+    needs_images = True
+
+    def __init__(self, ensemble_votes, **gnmax):
+        super().__init__(**gnmax)
+        self.ensemble_votes = ensemble_votes
+
+    def votes(self, logprobs, images):
+        if images is None:
+            raise ValueError("the PATE accountant prices the query images, but none were passed")
+        return self.ensemble_votes(images)
 
 
 class _SumAccountant(Accountant):
@@ -111,7 +158,7 @@ class _SumAccountant(Accountant):
     def score(self, logprobs: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def add(self, logprobs):
+    def add(self, logprobs, images=None):
         s = self.score(logprobs.float()).double().numpy()
         self.total += float(s.sum())
         return {self.column: s}
@@ -159,11 +206,15 @@ class Ledger:
     def __init__(self, accountants):
         self.accountants = list(accountants)
 
-    def add(self, logprobs: torch.Tensor) -> dict:
+    def add(self, logprobs: torch.Tensor, images: torch.Tensor | None = None) -> dict:
         per_query = {}
         for acc in self.accountants:
-            per_query.update(acc.add(logprobs))
+            per_query.update(acc.add(logprobs, images))
         return per_query
+
+    @property
+    def columns(self) -> tuple:
+        return tuple(c for acc in self.accountants for c in acc.columns)
 
     def totals(self) -> dict:
         out = {}
@@ -180,8 +231,8 @@ class Ledger:
 
 
 ACCOUNTANTS = {
-    "knn": lambda *, voter, sigma, delta, cap=False, conversion="classic": KnnAccountant(
-        voter, sigma=sigma, delta=delta, cap=cap, conversion=conversion),
+    "knn": lambda *, voter, **gnmax: KnnAccountant(voter, **gnmax),
+    "pate": lambda *, ensemble_votes, **gnmax: PateAccountant(ensemble_votes, **gnmax),
     "entropy": lambda **_: EntropyAccountant(),
     "gap": lambda **_: GapAccountant(),
 }

@@ -55,11 +55,11 @@ def test_every_mode_spends_its_budget_through_the_one_oracle(victim_path, tmp_pa
 
 @pytest.mark.parametrize("mode", sorted(ATTACKS))
 def test_every_mode_resumes_to_the_same_log(victim_path, tmp_path, mode):
-    """Stopped after its second round (a budget the whole run also passes), then resumed to the end."""
+    """Stopped after its third round (its second, where the run has only three), then resumed to the end."""
     whole = pd.read_csv(run_extraction(settings(victim_path, tmp_path / "w", mode, "--budget", "278"),
                                        progress=False)["log"])
     assert len(whole) >= 3
-    first = str(int(whole["queries"].iloc[1]))
+    first = str(int(whole["queries"].iloc[min(2, len(whole) - 2)]))
     run_extraction(settings(victim_path, tmp_path / "r", mode, "--budget", first), progress=False)
     resumed = pd.read_csv(run_extraction(settings(victim_path, tmp_path / "r", mode, "--budget", "278"),
                                          progress=False)["log"])

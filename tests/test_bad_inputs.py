@@ -140,6 +140,13 @@ CASES = {
     "extract-dfme-epsilon-nan": EXTRACT + ["--mode", "dfme", "--dfme_epsilon", "nan"],
     "extract-mixmatch-labels-whole-pool": EXTRACT + ["--mode", "mixmatch", "--budget", "1500"],
     "extract-mixmatch-t-0": EXTRACT + ["--mode", "mixmatch", "--mixmatch_t", "0"],
+    "extract-pate-no-teachers": EXTRACT + ["--cost_measure", "pate", "--teachers_path", "{in}/none.pt"],
+    "extract-pate-teachers-text": EXTRACT + ["--cost_measure", "pate", "--teachers_path", "{in}/notes.txt"],
+    "extract-pate-sigma-nan": EXTRACT + ["--cost_measure", "pate", "--pate_sigma", "nan"],
+    "teachers-exists": ["train-teachers", "--teachers_path", "{in}/victim.pt", "--num_models", "2"],
+    "teachers-num-models-0": ["train-teachers", "--teachers_path", "{out}/t.pt", "--num_models", "0"],
+    "teachers-too-many": ["train-teachers", "--teachers_path", "{out}/t.pt", "--num_models", "5000",
+                          "--teacher_epochs", "1"],
     "mint-key-undecodable": ["pow-mint", "--puzzle", "sha256", "--work", "10", "--key", "\udcff\udcfe" + "a" * 20],
     # pow-mint
     "mint-work-0": ["pow-mint", "--puzzle", "sha256", "--work", "0"] + KEYED,
@@ -297,6 +304,12 @@ NEEDLES = {
     "extract-dfme-epsilon-nan": "--dfme_epsilon: the value must be a finite number",
     "extract-mixmatch-labels-whole-pool": "would label all 1500 pool images",
     "extract-mixmatch-t-0": "--mixmatch_t must be a finite number >= 0.01",
+    "extract-pate-no-teachers": "python main.py train-teachers --dataset mnist-5k",
+    "extract-pate-teachers-text": "it is corrupt or not a teacher file",
+    "extract-pate-sigma-nan": "--pate_sigma: the value must be a finite number",
+    "teachers-exists": "train-teachers never replaces a file unasked",
+    "teachers-num-models-0": "--num_models: the value must be a whole number >= 1",
+    "teachers-too-many": "--num_models must lie in 1..3000",
 }
 
 
