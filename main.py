@@ -12,6 +12,7 @@ def _commands():
     from commands.pow_cmds import pow_calibrate, pow_check, pow_mint
     from commands.pow_table import pow_table
     from commands.powtime import pow_time
+    from commands.summary import summarize
     from commands.teachers import train_teachers
     from commands.victim import train_victim
     from extraction.loop import run_extraction
@@ -26,7 +27,7 @@ def _commands():
     return {"demo": demo, "train-victim": train_victim, "extract": extract, "privacy-cost": privacy_cost,
             "pow-time": pow_time, "cost-separation": cost_separation, "pow-mint": pow_mint,
             "pow-check": pow_check, "pow-calibrate": pow_calibrate, "pow-table": pow_table,
-            "train-teachers": train_teachers}
+            "train-teachers": train_teachers, "summarize": summarize}
 
 
 def attack_script(mode: str, argv=None) -> int:

@@ -51,7 +51,7 @@ DEFAULTS = dict(
     stolen_arch=None, out_dir=None, ood_pool="photos", cost_measure="entropy", cap_rdp=False,
     rdp_conversion="classic", calibration=None, calibration_mode="relative", base=None, pow_budget=1.0,
     tolerance=3.0, max_factor=1000.0, min_s=0.1, max_s=2948.467908, fresh=False, votes=None, log=None,
-    out=None, queries=1000, sigmas="28,10", datasets="mnist-5k,fashion-mnist", epochs=None, bases=None,
+    out=None, runs=None, queries=1000, sigmas="28,10", datasets="mnist-5k,fashion-mnist", epochs=None, bases=None,
     budgets=None, pow="simulated", puzzle="scrypt", pow_subs=1, solver="python", workers=None,
     timing_table="live", timing_csv="results/pow_timing.csv", stamp=None, solution=None, challenge=None,
     resource="client", bits=None, work=None, key=None, min_work=1.0, puzzles="hashcash,sha256,scrypt",
@@ -311,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out_dir", default=None, help="where log.csv and params.json go (default: results/DATASET-MODE)")
     p.add_argument("--fresh", action="store_true", default=None,
                    help="start over even if out_dir holds a run to resume (default: resume)")
+
+    p = sub.add_parser("summarize", help="one table and figure from a folder of runs (RUNS/MODE/log.csv), priced "
+                                         "against its standard run")
+    p.add_argument("--runs", required=True, help="folder with one sub-folder per mode, as experiments/attacks/*.sh write")
+    p.add_argument("--calibration", default=None, help="legitimate baseline (default: RUNS/standard/log.csv)")
+    _calibration(p)
 
     p = sub.add_parser("privacy-cost", help="per-query epsilon and cumulative costs of vote histograms (CSV)")
     p.add_argument("--votes", required=True, help="CSV with one vote histogram per row (header optional)")
