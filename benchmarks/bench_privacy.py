@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from results_io import write_result  # noqa: E402
+from results_io import best_of, write_result  # noqa: E402
 from privacy import rdp  # noqa: E402
 from privacy.accountants import KnnAccountant  # noqa: E402
 from privacy.knn import KnnVoter  # noqa: E402
@@ -44,15 +44,6 @@ def loop_costs(queries, reps, labels):
         eps, _ = rdp.eps_per_query(votes[None, :], sigma=SIGMA, delta=DELTA)
         out.append(eps[0])
     return np.array(out)
-
-
-def best_of(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times), float(np.median(times))
 
 
 def main():

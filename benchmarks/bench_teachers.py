@@ -10,31 +10,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from results_io import write_result  # noqa: E402
+from results_io import best_of, write_result  # noqa: E402
 from data.registry import create as create_spec  # noqa: E402
 from models import architectures  # noqa: E402
 from models.teachers import CPU_TEACHERS, TeacherEnsemble  # noqa: E402
 
 PAPER_GPU_S = 0.46  # seconds per batch of the authors' PATE teachers, on a GPU
-
-
-def timed(fn, repeats):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times), float(np.median(times))
 
 
 def main():
@@ -52,10 +40,10 @@ def main():
     x = torch.rand(args.batch, 1, 28, 28)
     same = torch.equal(ensemble.votes(x), ensemble.votes_loop(x))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    vec_best, vec_median = timed(lambda: (ensemble.votes(x), sync()), args.repeats)
+    vec_best, vec_median = best_of(lambda: (ensemble.votes(x), sync()), args.repeats, warmup=True)
     whole = TeacherEnsemble(ensemble.models, spec.num_classes, device, teachers_per_call=args.teachers)
-    one_best, one_median = timed(lambda: (whole.votes(x), sync()), args.repeats)
-    loop_best, loop_median = timed(lambda: (ensemble.votes_loop(x), sync()), args.repeats)
+    one_best, one_median = best_of(lambda: (whole.votes(x), sync()), args.repeats, warmup=True)
+    loop_best, loop_median = best_of(lambda: (ensemble.votes_loop(x), sync()), args.repeats, warmup=True)
     result = {
         "workload": f"{args.teachers} mnistnet teachers vote on a batch of {args.batch} 28x28 images",
         "device": str(device), "threads": torch.get_num_threads(),

@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from common.errors import UserError
-from common.io import atomic_savefig, atomic_write_csv, check_outputs, params_beside, write_params_beside
+from common.io import (atomic_savefig, atomic_write_csv, check_outputs, params_beside, read_csv_file,
+                       write_params_beside)
 from pow import calibration
 from privacy.accountants import cost_column
 
@@ -59,12 +60,14 @@ def summarize_runs(folders: dict, baseline, s) -> tuple:
     cal = calibration.create(s.calibration_mode, calibration.load_baseline(baseline, cost_measure=s.cost_measure), s)
     rows, logs = [], {}
     for mode, folder in folders.items():
-        frame = pd.read_csv(folder / "log.csv")
-        if cost not in frame or frame[cost].isna().any():
-            raise UserError(f"{folder / 'log.csv'} has no {cost} for --cost_measure {s.cost_measure}; rerun it "
-                            f"with that measure, or summarise with another --cost_measure")
+        frame = read_csv_file(folder / "log.csv", "run log")
+        missing = [c for c in ("queries", "query_time_s", "accuracy", "fidelity", cost)
+                   if c not in frame or frame[c].isna().any() or frame[c].dtype == object]
+        if missing or frame.empty:
+            raise UserError(f"{folder / 'log.csv'} is not a complete run log: no numbers in {', '.join(missing) or 'any row'}"
+                            f" (for --cost_measure {s.cost_measure} it needs {cost}); rerun that mode, or summarise "
+                            f"with another --cost_measure")
         frame = calibration.add_pow_columns(frame, cal, cost=cost)
-        atomic_write_csv(folder / PRICED_LOG, frame)
         logs[mode] = frame
         last = frame.iloc[-1]
         rows.append({"mode": mode, "queries": int(last["queries"]), "accuracy": last["accuracy"],
@@ -72,6 +75,8 @@ def summarize_runs(folders: dict, baseline, s) -> tuple:
                      **{c: last[c] for c in COST_COLUMNS if c in frame and pd.notna(last[c])},
                      "time_no_pow_s": last["query_time_s"], "time_pow_s": last["total_time_s"],
                      "ratio": calibration.ratio(frame)})
+    for mode, frame in logs.items():  # only once every log priced: a bad one leaves no file behind
+        atomic_write_csv(folders[mode] / PRICED_LOG, frame)
     return pd.DataFrame(rows), logs, cal
 
 

@@ -14,6 +14,11 @@ import parameters  # noqa: E402
 from commands.victim import train_victim  # noqa: E402
 
 
+#: extract flags for modes whose smallest step is larger than a 64-query batch: dfme's iteration is 7
+#: batches, so registry-wide tests run it at batches of 16 (an iteration of 112 queries)
+SMALL_STEPS = {"dfme": ["--query_batch", "16", "--dfme_nz", "16"]}
+
+
 @pytest.fixture(scope="session")
 def victim_path(tmp_path_factory) -> Path:
     """A real mnist-5k victim, trained for 3 epochs (about 97% test accuracy is not needed here)."""

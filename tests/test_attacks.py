@@ -15,13 +15,12 @@ from attacks.worstcase import surrogate_cost
 from data.registry import create as create_spec
 from extraction import loop
 from extraction.loop import LOG_COLUMNS, run_extraction
+from tests.conftest import SMALL_STEPS
 
 DETERMINISTIC = ["round", "queries", "accuracy", "fidelity", "privacy_cost", "privacy_eps", "entropy_cost",
                  "gap_cost"]
 
 
-#: modes whose smallest step is larger than a 64-query batch: dfme's iteration is 7 batches, so it runs at 16
-SMALL_STEPS = {"dfme": ["--query_batch", "16", "--dfme_nz", "16"]}
 ROWS_AT_150 = {"dfme": [112, 150]}  # one whole iteration per round; the last round shrinks its batch to fit
 
 
@@ -302,3 +301,16 @@ def test_dfme_logit_approximation_is_finite_at_zero_probability():
     assert torch.isfinite(z).all() and torch.allclose(z.mean(1), torch.zeros(2), atol=1e-6)
     logits = torch.tensor([[2.0, -1.0, 0.5]])
     assert torch.allclose(victim_logits(torch.softmax(logits, 1)), logits - logits.mean(), atol=1e-5)
+
+
+def test_dfme_state_stays_the_size_of_its_models(victim_path, tmp_path):
+    """No query is saved: the state after 3 rounds is the size of the state after 1 (plus 2 log rows)."""
+    sizes = {}
+    for budget in ("112", "336"):
+        out = tmp_path / budget
+        run_extraction(settings(victim_path, out, "dfme", "--budget", budget), progress=False)
+        sizes[budget] = (out / "state.pt").stat().st_size
+        rounds = sorted((out / "queries").glob("round-*.pt"))
+        assert len(rounds) == int(budget) // 112
+        assert all(torch.load(r, weights_only=True) == {"xs": [], "answers": []} for r in rounds)
+    assert abs(sizes["336"] - sizes["112"]) < 4096

@@ -143,6 +143,9 @@ CASES = {
     "extract-pate-no-teachers": EXTRACT + ["--cost_measure", "pate", "--teachers_path", "{in}/none.pt"],
     "extract-pate-teachers-text": EXTRACT + ["--cost_measure", "pate", "--teachers_path", "{in}/notes.txt"],
     "extract-pate-sigma-nan": EXTRACT + ["--cost_measure", "pate", "--pate_sigma", "nan"],
+    "summarize-no-runs": ["summarize", "--runs", "{in}/adir"],
+    "summarize-wrong-measure": ["summarize", "--runs", "{in}", "--cost_measure", "pate",
+                                "--calibration", "{in}/baseline.csv"],
     "teachers-exists": ["train-teachers", "--teachers_path", "{in}/victim.pt", "--num_models", "2"],
     "teachers-num-models-0": ["train-teachers", "--teachers_path", "{out}/t.pt", "--num_models", "0"],
     "teachers-too-many": ["train-teachers", "--teachers_path", "{out}/t.pt", "--num_models", "5000",
@@ -308,6 +311,8 @@ NEEDLES = {
     "extract-pate-teachers-text": "it is corrupt or not a teacher file",
     "extract-pate-sigma-nan": "--pate_sigma: the value must be a finite number",
     "teachers-exists": "train-teachers never replaces a file unasked",
+    "summarize-no-runs": "holds no runs",
+    "summarize-wrong-measure": "pate_cost",
     "teachers-num-models-0": "--num_models: the value must be a whole number >= 1",
     "teachers-too-many": "--num_models must lie in 1..3000",
 }
