@@ -32,8 +32,7 @@ from pow import calibration
 from pow.pricing import PowPayer
 from pow.timing import read_timing_csv
 from privacy import accountants
-from privacy.accountants import Ledger, cost_column
-from privacy.knn import KnnVoter
+from privacy.accountants import cost_column
 from privacy.rdp import MIN_SIGMA
 from extraction.state import RunFolder, comparable, fingerprint, input_files, run_file_of
 
@@ -42,20 +41,6 @@ log = logging.getLogger(__name__)
 LOG_COLUMNS = ["round", "queries", "accuracy", "fidelity", "privacy_cost", "privacy_eps", "entropy_cost",
                "gap_cost", "pate_cost", "pate_eps", "query_time_s", "pow_time_s", "total_time_s", "pow_work", "pow_difficulty",
                "train_time_s"]
-
-
-def build_ledger(victim, victim_x, victim_y, *, device, num_classes, k, sigma, delta, cap=False,
-                 conversion="classic", seed=0, teachers=None, pate_sigma=None) -> Ledger:
-    """Private kNN over the victim's log-softmax of its own training set, entropy and gap; and, given a
-    teacher ensemble, PATE's GNMax over the teachers' votes on each query image (at pate_sigma)."""
-    reps = VictimOracle(victim, device=device).representations(victim_x)
-    voter = KnnVoter(reps, victim_y, k=min(k, len(reps)), num_classes=num_classes, seed=seed)
-    gnmax = dict(delta=delta, cap=cap, conversion=conversion)
-    parts = [accountants.create("knn", voter=voter, sigma=sigma, **gnmax),
-             accountants.create("entropy"), accountants.create("gap")]
-    if teachers is not None:
-        parts.append(accountants.create("pate", ensemble_votes=teachers.votes, sigma=pate_sigma, **gnmax))
-    return Ledger(parts)
 
 
 def validate(s) -> None:
@@ -126,9 +111,11 @@ def run_extraction(s, *, progress: bool = True) -> dict:
         round_size=s.batches_per_round * s.query_batch, options=attacks.options_for(s.mode, s.as_dict())))
     if attack.soft_targets and s.victim_output != "probs":
         raise UserError(f"mode '{s.mode}' trains on the victim's probabilities; pass --victim_output probs")
-    ledger = build_ledger(victim, splits.victim_x, splits.victim_y, device=device, num_classes=spec.num_classes,
-                          k=s.k, sigma=s.sigma, delta=s.delta, cap=bool(s.cap_rdp), conversion=s.rdp_conversion,
-                          seed=s.seed, teachers=teachers, pate_sigma=pate_sigma)
+    reps = VictimOracle(victim, device=device).representations(splits.victim_x)
+    ledger = accountants.build_ledger(reps, splits.victim_y, num_classes=spec.num_classes, k=s.k, sigma=s.sigma,
+                                      delta=s.delta, cap=bool(s.cap_rdp), conversion=s.rdp_conversion, seed=s.seed,
+                                      ensemble_votes=teachers.votes if teachers is not None else None,
+                                      pate_sigma=pate_sigma)
     oracle = VictimOracle(victim, device=device, output=s.victim_output, ledger=ledger)
     arch = s.stolen_arch or type(attack).default_arch(spec) or default_stolen_arch(spec)
     stolen = architectures.create(arch, spec).to(device)

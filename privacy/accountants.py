@@ -243,3 +243,18 @@ def create(name: str, **kwargs) -> Accountant:
     if name not in ACCOUNTANTS:
         raise unknown_name("accountant", name, ACCOUNTANTS)
     return ACCOUNTANTS[name](**kwargs)
+
+
+def build_ledger(reps: torch.Tensor, labels: torch.Tensor, *, num_classes: int, k: int, sigma: float, delta: float,
+                 cap: bool = False, conversion: str = "classic", seed: int = 0, ensemble_votes=None,
+                 pate_sigma: float | None = None) -> Ledger:
+    """One client's ledger: private kNN over `reps` (the victim's log-softmax of its own training set)
+    with their true `labels`, entropy and gap; and, given `ensemble_votes(images) -> histograms` (a PATE
+    teacher ensemble), GNMax over the teachers' votes at pate_sigma. The extraction loop and a server
+    build it the same way (the victim's forward pass stays with the caller)."""
+    voter = KnnVoter(reps, labels, k=min(k, len(reps)), num_classes=num_classes, seed=seed)
+    gnmax = dict(delta=delta, cap=cap, conversion=conversion)
+    parts = [create("knn", voter=voter, sigma=sigma, **gnmax), create("entropy"), create("gap")]
+    if ensemble_votes is not None:
+        parts.append(create("pate", ensemble_votes=ensemble_votes, sigma=pate_sigma, **gnmax))
+    return Ledger(parts)

@@ -4,7 +4,8 @@ Private kNN (the paper's accountant) lets the k training points nearest to a que
 log-softmax space, vote with their true labels. The search is exact. Per chunk of queries:
   1. squared distances to a fixed random sample of m training points give, per query, a threshold
      (the r-th smallest sample distance, r chosen so that about 2k full-set points fall below it);
-  2. one GEMM gives the squared distances to every training point, into a reused buffer;
+  2. one GEMM gives the squared distances to every training point, into a reused buffer (one per
+     thread, so one voter serves concurrent requests);
   3. the points under the threshold are compacted (about 2k per query) and the exact k smallest
      among them vote. A query whose threshold caught fewer than k points falls back to a full top-k.
 So the expensive full-width selection runs only over ~2k candidates instead of all n points.
@@ -12,6 +13,7 @@ So the expensive full-width selection runs only over ~2k candidates instead of a
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 
@@ -40,12 +42,20 @@ class KnnVoter:
         self.sample_t = self.reps[torch.randperm(n, generator=gen)[:m]].t().contiguous()
         self.sample_sq = (self.sample_t * self.sample_t).sum(0)
         expected = OVERSAMPLE * k * m / n
-        self._dist = self._mask = None
+        self._scratch = threading.local()  # each thread's own distance and mask buffers: safe to share
         self.rank = m if m == n else min(m, max(1, int(math.ceil(expected + MARGIN_SD * math.sqrt(expected)))))
 
     def _full(self, q: torch.Tensor) -> torch.Tensor:
         d = torch.addmm(self.sq.unsqueeze(0), q, self.reps_t, alpha=-2.0)
         return self.labels[d.topk(self.k, dim=1, largest=False).indices]
+
+    def _buffers(self, rows: int) -> tuple:
+        """This thread's reusable (distance, mask) blocks, allocated at its first call."""
+        scratch = self._scratch
+        if getattr(scratch, "dist", None) is None:
+            scratch.dist = torch.empty((CHUNK, len(self.reps)))
+            scratch.mask = torch.empty((CHUNK, len(self.reps)), dtype=torch.bool)
+        return scratch.dist[:rows], scratch.mask[:rows]
 
     def nearest_labels(self, q: torch.Tensor) -> torch.Tensor:
         """Labels of the k nearest training points of each query: (N, k)."""
@@ -59,10 +69,7 @@ class KnnVoter:
             rows = len(qc)
             ds = torch.addmm(self.sample_sq.unsqueeze(0), qc, self.sample_t, alpha=-2.0)
             thr = ds.topk(self.rank, dim=1, largest=False, sorted=False).values.amax(1, keepdim=True)
-            if self._dist is None or self._dist.shape[0] < rows:
-                self._dist = torch.empty((CHUNK, n))
-                self._mask = torch.empty((CHUNK, n), dtype=torch.bool)
-            dist, mask = self._dist[:rows], self._mask[:rows]
+            dist, mask = self._buffers(rows)
             torch.addmm(self.sq.unsqueeze(0), qc, self.reps_t, alpha=-2.0, out=dist)
             torch.le(dist, thr, out=mask)
             r, c = mask.nonzero(as_tuple=True)

@@ -74,3 +74,17 @@ def test_ledger_totals_grow_and_round_trip():
 def test_unknown_accountant_lists_names():
     with pytest.raises(ValueError, match="entropy, gap, knn"):
         create("pate2")
+
+
+def test_one_voter_serves_concurrent_threads():
+    """Scratch buffers are per thread: 8 threads voting at once get what one thread gets alone."""
+    from concurrent.futures import ThreadPoolExecutor
+    g = torch.Generator().manual_seed(3)
+    y = torch.randint(0, 10, (6000,), generator=g)
+    x = torch.log_softmax(torch.randn(6000, 10, generator=g) * 3, 1)
+    voter = KnnVoter(x, y, k=50, num_classes=10)
+    queries = [torch.log_softmax(torch.randn(300, 10, generator=g) * 3, 1) for _ in range(16)]
+    alone = [voter.votes(q) for q in queries]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(voter.votes, queries))
+    assert all(torch.equal(a, b) for a, b in zip(alone, together))
