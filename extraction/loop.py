@@ -123,7 +123,10 @@ def run_extraction(s, *, progress: bool = True) -> dict:
                                weight_decay=s.weight_decay)
     generator = torch.Generator().manual_seed(s.seed)
 
-    payer = PowPayer(s, resource=f"{s.dataset}-{s.mode}") if calibrator is not None else None  # checks pricing
+    payer = None
+    if calibrator is not None:  # built before the run folder: it checks the pricing settings
+        payer = PowPayer(mode=s.pow, puzzle=s.puzzle, subs=s.pow_subs, solver=s.solver, workers=s.workers,
+                         timing_table=s.timing_table, timing_csv=s.timing_csv, resource=f"{s.dataset}-{s.mode}")
     try:
         with RunFolder(out_dir) as folder:
             if s.fresh:

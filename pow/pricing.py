@@ -2,7 +2,8 @@
 
 The calibrator prices a round in seconds; the payer turns each batch's share into a puzzle difficulty
 (timing.PuzzlePricer) and either adds the expected solve time (--pow simulated) or issues, solves and
-verifies one puzzle per batch and adds the measured time (--pow real).
+verifies one puzzle per batch and adds the measured time (--pow real). The two sides are apart: PowGate
+is the server's (key, issue, verify, spent set), PowClient the client's (the solver pool).
 """
 from __future__ import annotations
 
@@ -21,23 +22,72 @@ POW_MODES = ("simulated", "real")
 PROFILE_SECONDS = 1.0  # how long the live solver profile runs
 
 
-class PowPayer:
-    """Prices and pays one client's PoW, batch by batch."""
+class PowGate:
+    """The server's side: prices seconds into a difficulty, issues signed challenges under its own key,
+    and verifies solutions (or hashcash stamps) once each, against its spent set."""
 
-    def __init__(self, s, *, resource: str):
-        if s.pow not in POW_MODES:
-            raise UserError(f"unknown --pow '{s.pow}'; valid: {', '.join(POW_MODES)}")
-        self.mode, self.puzzle, self.subs = s.pow, s.puzzle, s.pow_subs
-        self.solver_name = s.solver
-        self.workers = s.workers or default_workers()
-        self.resource = resource
-        self.pricer = make_pricer(s.puzzle, table=s.timing_table, solver=s.solver, workers=self.workers,
-                                  timing_csv=s.timing_csv,
-                                  measure=lambda kind, w: profile_solver(kind, workers=w, subs=s.pow_subs,
-                                                                         seconds=PROFILE_SECONDS))
-        self.key = os.urandom(32)
+    def __init__(self, *, puzzle: str, subs: int, pricer, resource: str, key: bytes | None = None):
+        self.puzzle, self.subs, self.pricer, self.resource = puzzle, subs, pricer, resource
+        self.key = key or os.urandom(32)
         self.replay = ReplayGuard()
-        self._solver = Solver(self.workers).__enter__() if self.mode == "real" else None
+
+    def issue(self, difficulty: float) -> str:
+        return puzzles.issue(key=self.key, resource=self.resource, work=difficulty, kind=self.puzzle, subs=self.subs)
+
+    def check(self, answer: str, difficulty: float) -> None:
+        """A RuntimeError unless `answer` (a solution, or a stamp for hashcash) is valid and unspent."""
+        if self.puzzle == "hashcash":
+            verdict = hashcash.check(answer, bits=int(difficulty), resource=self.resource, replay=self.replay)
+        else:
+            verdict = puzzles.verify(answer, key=self.key, kind=self.puzzle, resource=self.resource,
+                                     min_work=difficulty, replay=self.replay)
+        if not verdict:
+            raise RuntimeError(f"the server rejected a solved puzzle: {verdict.reason}")
+
+
+class PowClient:
+    """The client's side: solves challenges (or mints stamps) with the multi-core solver. Use as a context
+    manager, or call close(): the solver's worker pool is released in every case."""
+
+    def __init__(self, *, solver: str, workers: int):
+        self.solver_name, self.workers = solver, workers
+        self._solver = Solver(workers).__enter__()
+
+    def solve(self, gate: PowGate, difficulty: float) -> str:
+        if gate.puzzle == "hashcash":
+            stamp, _ = self._solver.solve_hashcash(gate.resource, int(difficulty), solver=self.solver_name)
+            return stamp
+        solution, _ = self._solver.solve_target(gate.issue(difficulty))
+        return solution
+
+    def close(self) -> None:
+        if self._solver is not None:
+            self._solver.__exit__(None, None, None)
+            self._solver = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class PowPayer:
+    """Prices and pays one client's PoW in the simulated extraction loop, batch by batch: a PowGate for
+    the server, and (with --pow real) a PowClient that solves each batch's challenge."""
+
+    def __init__(self, *, mode: str, puzzle: str, subs: int, solver: str, workers: int | None, timing_table: str,
+                 timing_csv, resource: str):
+        if mode not in POW_MODES:
+            raise UserError(f"unknown --pow '{mode}'; valid: {', '.join(POW_MODES)}")
+        self.mode, self.subs, self.solver_name = mode, subs, solver
+        self.workers = workers or default_workers()
+        self.pricer = make_pricer(puzzle, table=timing_table, solver=solver, workers=self.workers,
+                                  timing_csv=timing_csv,
+                                  measure=lambda kind, w: profile_solver(kind, workers=w, subs=subs,
+                                                                         seconds=PROFILE_SECONDS))
+        self.gate = PowGate(puzzle=puzzle, subs=subs, pricer=self.pricer, resource=resource)
+        self.client = PowClient(solver=solver, workers=self.workers) if mode == "real" else None
 
     def pay(self, seconds: float, *, batches: int) -> dict:
         """Pay `seconds` of calibrated PoW spread over `batches` batches; returns seconds, work, difficulty."""
@@ -52,31 +102,18 @@ class PowPayer:
         spent = 0.0
         for _ in range(batches):
             start = time.perf_counter()
-            self._solve_one(difficulty)
+            self.gate.check(self.client.solve(self.gate, difficulty), difficulty)
             spent += time.perf_counter() - start
         return {"seconds": spent, "work": work, "difficulty": difficulty}
-
-    def _solve_one(self, difficulty: float) -> None:
-        if self.puzzle == "hashcash":
-            stamp, _ = self._solver.solve_hashcash(self.resource, int(difficulty), solver=self.solver_name)
-            verdict = hashcash.check(stamp, bits=int(difficulty), resource=self.resource, replay=self.replay)
-        else:
-            challenge = puzzles.issue(key=self.key, resource=self.resource, work=difficulty, kind=self.puzzle,
-                                      subs=self.subs)
-            solution, _ = self._solver.solve_target(challenge)
-            verdict = puzzles.verify(solution, key=self.key, kind=self.puzzle, resource=self.resource,
-                                     min_work=difficulty, replay=self.replay)
-        if not verdict:
-            raise RuntimeError(f"the server rejected a solved puzzle: {verdict.reason}")
 
     def describe(self) -> dict:
         return {"pow": self.mode, "solver": self.solver_name, "workers": self.workers, "subs": self.subs,
                 **self.pricer.describe()}
 
     def close(self) -> None:
-        if self._solver is not None:
-            self._solver.__exit__(None, None, None)
-            self._solver = None
+        if self.client is not None:
+            self.client.close()
+            self.client = None
 
 
 def compare_real_simulated(simulated_log, real_log, params_json) -> dict:
