@@ -29,6 +29,9 @@ from common import checks
 from common.errors import UserError
 
 
+MAX_IMAGES_PER_CALL = 16384  # images of one generator step's forward differences (with their activations)
+
+
 @dataclass(frozen=True)
 class DfmeOptions:
     dfme_directions: int = field(default=1, metadata={"help": "random directions m per image for forward differences"})
@@ -46,7 +49,7 @@ class DfmeOptions:
         checks.whole("--dfme_student_steps", self.dfme_student_steps, lo=1, hi=1000)
         checks.finite("--dfme_lr_student", self.dfme_lr_student, lo=0, hi=10, lo_open=True)
         checks.finite("--dfme_lr_generator", self.dfme_lr_generator, lo=0, hi=1, lo_open=True)
-        checks.whole("--dfme_nz", self.dfme_nz, lo=1, hi=100_000)
+        checks.whole("--dfme_nz", self.dfme_nz, lo=1, hi=4096)
 
     @property
     def per_image(self) -> int:
@@ -115,6 +118,11 @@ class DfmeAttack(TrainingAttack):
                             f"({ctx.query_batch} x ((m + 1) x {o.dfme_generator_steps} generator steps + "
                             f"{o.dfme_student_steps} student steps), m = {o.dfme_directions}), but --budget is "
                             f"{ctx.budget}; raise --budget to at least {need} or lower --query_batch")
+        per_call = ctx.query_batch * (o.dfme_directions + 1)
+        if per_call > MAX_IMAGES_PER_CALL:
+            raise UserError(f"a dfme generator step sends --query_batch x (--dfme_directions + 1) = {per_call} images "
+                            f"to the victim at once, more than the {MAX_IMAGES_PER_CALL} allowed in memory; lower "
+                            f"--dfme_directions or --query_batch")
         self.generator = Generator(o.dfme_nz, ctx.spec.input_shape, o.dfme_epsilon).to(ctx.device)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=o.dfme_lr_generator)
         self.opt_s = None  # over the stolen model: made at the first round (or on resume)

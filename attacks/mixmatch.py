@@ -146,7 +146,7 @@ class MixMatchAttack(TrainingAttack):
         stolen.train()
         for _ in range(steps):
             li = torch.randint(0, len(x_l), (min(batch, len(x_l)),), generator=self.generator)
-            ui = torch.randint(0, len(unlabelled), (batch,), generator=self.generator)
+            ui = torch.randint(0, len(unlabelled), (min(batch, len(unlabelled)),), generator=self.generator)
             xl = self._views(x_l[li]).to(device)
             u = to_float(unlabelled[ui])
             views = [self._views(u).to(device) for _ in range(K)]

@@ -12,7 +12,7 @@ from common.runtime import resolve_device, set_seed
 from data.ood import ood_pool
 from data.registry import load_splits
 from models.checkpoint import load_victim
-from models.oracle import VictimOracle
+from models.oracle import Victim
 from models.teachers import load_teachers, teachers_command
 from privacy import accountants
 from privacy.accountants import cumulative_costs
@@ -76,7 +76,7 @@ def cost_separation(s, *, progress: bool = True) -> tuple:
         splits = load_splits(name, s.data_dir)
         spec = splits.spec
         victim, _ = load_victim(Path(s.victim_dir) / f"{name}-victim.pt", spec, device=device)
-        oracle = VictimOracle(victim, device=device)
+        oracle = Victim(victim, device=device)
         n = min(s.queries, len(splits.pool_x))
         idx = np.random.default_rng(s.seed).permutation(len(splits.pool_x))[:n]
         images = {"in-distribution": splits.pool_x[idx],
@@ -91,7 +91,7 @@ def cost_separation(s, *, progress: bool = True) -> tuple:
         measures["gap"] = {c: accountants.GapAccountant().score(lp).mean().item() for c, lp in clients.items()}
         teachers_path = Path(s.victim_dir) / f"{name}-teachers.pt"
         if teachers_path.exists():
-            ensemble, _ = load_teachers(teachers_path, spec, device=device)
+            ensemble, _ = load_teachers(teachers_path, spec, device=device, flag="--victim_dir (DATASET-teachers.pt)")
             sigma = accountants.pate_sigma(len(ensemble), s.pate_sigma)
             measures[f"pate sigma={sigma:g} ({len(ensemble)} teachers)"] = {
                 c: accountants.knn_costs(ensemble.votes(x).numpy(), sigma=sigma, delta=s.delta)[0].mean()

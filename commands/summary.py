@@ -60,13 +60,13 @@ def summarize_runs(folders: dict, baseline, s) -> tuple:
     cal = calibration.create(s.calibration_mode, calibration.load_baseline(baseline, cost_measure=s.cost_measure), s)
     rows, logs = [], {}
     for mode, folder in folders.items():
-        frame = read_csv_file(folder / "log.csv", "run log")
-        missing = [c for c in ("queries", "query_time_s", "accuracy", "fidelity", cost)
-                   if c not in frame or frame[c].isna().any() or frame[c].dtype == object]
-        if missing or frame.empty:
-            raise UserError(f"{folder / 'log.csv'} is not a complete run log: no numbers in {', '.join(missing) or 'any row'}"
-                            f" (for --cost_measure {s.cost_measure} it needs {cost}); rerun that mode, or summarise "
-                            f"with another --cost_measure")
+        path = folder / "log.csv"
+        calibration.read_cost_log(path, cost_measure=s.cost_measure)  # queries, time and cost: checked
+        frame = read_csv_file(path, "run log")
+        for column in ("accuracy", "fidelity"):
+            values = pd.to_numeric(frame[column], errors="coerce") if column in frame else None
+            if values is None or values.isna().any() or not values.between(0, 100).all():
+                raise UserError(f"{path}: {column} must be a percentage in [0, 100] on every row; rerun that mode")
         frame = calibration.add_pow_columns(frame, cal, cost=cost)
         logs[mode] = frame
         last = frame.iloc[-1]
@@ -87,9 +87,10 @@ def summarize(s, *, progress: bool = True) -> tuple:
     runs = Path(s.runs)
     baseline = Path(s.calibration) if s.calibration else runs / "standard" / "log.csv"
     table_path, figure = runs / "summary.csv", runs / "accuracy_vs_time.png"
-    check_outputs({"the table": table_path, "its settings record": params_beside(table_path), "the figure": figure},
-                  {"--calibration": baseline})
     folders = mode_folders(runs, ["standard", *attacks.ATTACKS])
+    priced = {f"the priced log of {m}": f / PRICED_LOG for m, f in folders.items()}
+    check_outputs({"the table": table_path, "its settings record": params_beside(table_path), "the figure": figure,
+                   **priced}, {"--calibration": baseline, **{f"the log of {m}": f / "log.csv" for m, f in folders.items()}})
     table, logs, cal = summarize_runs(folders, baseline, s)
     atomic_write_csv(table_path, table)
     write_params_beside(table_path, s.as_dict(), "summarize", calibrator=cal.describe(), baseline=str(baseline))

@@ -25,7 +25,7 @@ from common.runtime import resolve_device, set_seed
 from data.registry import load_splits, to_float
 from models import architectures
 from models.checkpoint import default_stolen_arch, load_victim
-from models.oracle import VictimOracle
+from models.oracle import Victim, VictimOracle
 from models.teachers import load_teachers
 from models.training import make_optimizer, predict_logits, train_epochs
 from pow import calibration
@@ -62,7 +62,8 @@ def validate(s) -> None:
         checks.finite("--pate_sigma", s.pate_sigma, lo=MIN_SIGMA, hi=1e6)
     checks.finite("--delta", s.delta, lo=0, hi=1, lo_open=True, hi_open=True)
     cost_column(s.cost_measure)
-    attacks.options_for(s.mode, s.as_dict())  # the mode's own flags, range-checked
+    for mode in attacks.ATTACKS:  # every mode's own flags, range-checked, even those this mode ignores
+        attacks.options_for(mode, s.as_dict())
     files = input_files(s)
     for name, path in files.items():
         reserved = run_file_of(Path(s.out_dir), path)
@@ -111,12 +112,13 @@ def run_extraction(s, *, progress: bool = True) -> dict:
         round_size=s.batches_per_round * s.query_batch, options=attacks.options_for(s.mode, s.as_dict())))
     if attack.soft_targets and s.victim_output != "probs":
         raise UserError(f"mode '{s.mode}' trains on the victim's probabilities; pass --victim_output probs")
-    reps = VictimOracle(victim, device=device).representations(splits.victim_x)
+    answering = Victim(victim, device=device, output=s.victim_output)
+    reps = answering.representations(splits.victim_x)
     ledger = accountants.build_ledger(reps, splits.victim_y, num_classes=spec.num_classes, k=s.k, sigma=s.sigma,
                                       delta=s.delta, cap=bool(s.cap_rdp), conversion=s.rdp_conversion, seed=s.seed,
                                       ensemble_votes=teachers.votes if teachers is not None else None,
                                       pate_sigma=pate_sigma)
-    oracle = VictimOracle(victim, device=device, output=s.victim_output, ledger=ledger)
+    oracle = VictimOracle(victim, device=device, ledger=ledger, victim=answering)
     arch = s.stolen_arch or type(attack).default_arch(spec) or default_stolen_arch(spec)
     stolen = architectures.create(arch, spec).to(device)
     optimizer = make_optimizer(stolen, optimizer=s.optimizer, lr=s.lr, momentum=s.momentum,

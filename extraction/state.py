@@ -16,6 +16,7 @@ and whenever a run starts again, so they always agree with it. The rules:
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -25,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from attacks import ATTACKS
 from common.errors import UserError
 from common.io import (FolderLock, atomic_torch_save, atomic_write_csv, atomic_write_text, file_sha256,
                        remove_stale_tmp, safe_torch_load)
@@ -53,6 +55,11 @@ def comparable(settings: dict) -> dict:
         out.pop("timing_csv", None)  # not read by this run: its spelling does not matter
     if out.get("cost_measure") not in PATE_MEASURES:
         out.pop("teachers_path", None)
+        out.pop("pate_sigma", None)
+    for name, cls in ATTACKS.items():  # another mode's own flags are not read by this run
+        if name != out.get("mode") and cls.Options is not None:
+            for f in dataclasses.fields(cls.Options):
+                out.pop(f.name, None)
     if out.get("dataset") in EMBEDDED and out.get("ood_pool") not in FOLDER_POOLS:
         out.pop("data_dir", None)  # nothing is read from it
     for key in PATH_SETTINGS:

@@ -1,4 +1,9 @@
-"""The victim behind an API: the one place where query counting, accounting and proof-of-work attach."""
+"""The victim behind an API: the one place where query counting, accounting and proof-of-work attach.
+
+Victim is the shared, stateless model; Account is one client's counters and ledger; VictimOracle is a
+client's metered view (both together), what the extraction loop queries. A server holds one Victim
+and an Account per user.
+"""
 from __future__ import annotations
 
 import time
@@ -6,27 +11,21 @@ import time
 import torch
 import torch.nn.functional as F
 
-from common.errors import ConfigError
+from common.errors import ConfigError, UserError
 from data.registry import to_float
 from models.training import predict_logits
 
 OUTPUTS = ("labels", "probs")  # what the API returns
 
 
-class VictimOracle:
-    """Answers batches of images with labels or probabilities, counting queries and answer time.
+class Victim:
+    """The shared, stateless side of the API: the model answering a batch. Holds no per-client state, so
+    one Victim serves every client (and thread: inference only, under no_grad)."""
 
-    Each answered batch goes to the ledger (privacy cost). query_time_s is the time the API spends
-    answering: the forward pass plus the accounting, as a defended server would do both.
-    """
-
-    def __init__(self, model: torch.nn.Module, *, device: torch.device, output: str = "labels", ledger=None):
+    def __init__(self, model: torch.nn.Module, *, device: torch.device, output: str = "labels"):
         if output not in OUTPUTS:
             raise ConfigError(f"unknown victim output '{output}'; valid outputs: {', '.join(OUTPUTS)}")
-        self.model, self.device, self.output, self.ledger = model.eval(), device, output, ledger
-        self.queries = 0
-        self.query_time_s = 0.0
-        self.last_costs: dict = {}
+        self.model, self.device, self.output = model.eval(), device, output
 
     @torch.no_grad()
     def log_probs(self, x: torch.Tensor) -> torch.Tensor:
@@ -37,16 +36,29 @@ class VictimOracle:
         """Log-softmax of many images (e.g. the victim's training set), in chunks, without accounting."""
         return F.log_softmax(predict_logits(self.model, x, self.device), dim=1)
 
-    def query(self, x: torch.Tensor) -> torch.Tensor:
-        """Answer one batch: labels (int64) or probabilities (float), per the oracle's output setting."""
+    def answer(self, logp: torch.Tensor) -> torch.Tensor:
+        """What the API returns for log-probabilities: labels (int64) or probabilities (float)."""
+        return logp.argmax(1) if self.output == "labels" else logp.exp()
+
+
+class Account:
+    """One client's side: its query count, the time the API spent answering it, and its ledger (the
+    accountants' running costs). Everything a resumed run or a server must keep per client."""
+
+    def __init__(self, ledger=None):
+        self.ledger = ledger
+        self.queries = 0
+        self.query_time_s = 0.0
+        self.last_costs: dict = {}
+
+    def charge(self, logp: torch.Tensor, images: torch.Tensor, seconds: float) -> dict:
+        """Account one answered batch; `seconds` is the answering time so far (the ledger's time is added)."""
         start = time.perf_counter()
-        logp = self.log_probs(x)
         if self.ledger is not None:
-            self.last_costs = self.ledger.add(logp, images=x)
-        answer = logp.argmax(1) if self.output == "labels" else logp.exp()
-        self.query_time_s += time.perf_counter() - start
-        self.queries += len(x)
-        return answer
+            self.last_costs = self.ledger.add(logp, images=images)
+        self.query_time_s += seconds + time.perf_counter() - start
+        self.queries += len(images)
+        return self.last_costs
 
     def totals(self) -> dict:
         costs = self.ledger.totals() if self.ledger is not None else {}
@@ -60,3 +72,51 @@ class VictimOracle:
         self.queries, self.query_time_s = int(state["queries"]), float(state["query_time_s"])
         if self.ledger is not None and state.get("ledger") is not None:
             self.ledger.load_state_dict(state["ledger"])
+
+
+class VictimOracle:
+    """One client's metered view of the victim: a shared Victim answers, the client's Account is charged.
+
+    query_time_s is the time the API spends answering: the forward pass plus the accounting, as a
+    defended server would do both.
+    """
+
+    def __init__(self, model: torch.nn.Module, *, device: torch.device, output: str = "labels", ledger=None,
+                 victim: Victim | None = None):
+        self.victim = victim or Victim(model, device=device, output=output)
+        self.account = Account(ledger)
+
+    @property
+    def queries(self) -> int:
+        return self.account.queries
+
+    @property
+    def query_time_s(self) -> float:
+        return self.account.query_time_s
+
+    def log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        return self.victim.log_probs(x)
+
+    def representations(self, x: torch.Tensor) -> torch.Tensor:
+        return self.victim.representations(x)
+
+    def query(self, x: torch.Tensor) -> torch.Tensor:
+        """Answer one batch: labels (int64) or probabilities (float), per the victim's output setting.
+        A batch with a non-finite pixel is refused: NaN images would be charged nothing by entropy."""
+        if x.is_floating_point() and not torch.isfinite(x).all():
+            raise UserError(f"a query batch of {len(x)} images holds NaN or infinite pixels, which the API refuses; "
+                            f"an attack that makes its images (dfme) has diverged: lower its learning rates")
+        start = time.perf_counter()
+        logp = self.victim.log_probs(x)
+        answer = self.victim.answer(logp)
+        self.account.charge(logp, x, time.perf_counter() - start)
+        return answer
+
+    def totals(self) -> dict:
+        return self.account.totals()
+
+    def state_dict(self) -> dict:
+        return self.account.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.account.load_state_dict(state)

@@ -106,12 +106,15 @@ def save_teachers(models: list, path, meta: dict) -> None:
     atomic_write_text(Path(str(path) + ".json"), json.dumps(meta, indent=2) + "\n")
 
 
-def load_teachers(path, spec, *, device=torch.device("cpu")) -> tuple:
-    """(TeacherEnsemble, metadata) for dataset `spec`; anything else is a UserError naming the fix."""
+def load_teachers(path, spec, *, device=torch.device("cpu"), flag: str = "--teachers_path") -> tuple:
+    """(TeacherEnsemble, metadata) for dataset `spec`; anything else is a UserError naming the fix.
+    `flag` names the setting that chose the path, for the message."""
     path = Path(path)
-    make = teachers_command(spec.name, path)
+    make = teachers_command(spec.name, path) + (" --overwrite" if path.is_file() else "")
+    if path.is_dir():
+        raise UserError(f"teacher ensemble {path} is a folder, not a file; pass the file's path as {flag}")
     if not path.is_file():
-        raise UserError(f"teacher ensemble {path} does not exist or is not a file. Create it with: {make}")
+        raise UserError(f"teacher ensemble {path} does not exist. Create it with: {make}")
     blob = safe_torch_load(path, "teacher ensemble", f"it is corrupt or not a teacher file. Recreate it with: {make}")
     ok = (isinstance(blob, dict) and blob.get("format") == FORMAT and isinstance(blob.get("states"), list)
           and blob["states"] and isinstance(blob.get("meta"), dict))
@@ -120,7 +123,10 @@ def load_teachers(path, spec, *, device=torch.device("cpu")) -> tuple:
     meta = blob["meta"]
     if meta.get("dataset") != spec.name:
         raise UserError(f"teacher ensemble {path} was trained on '{meta.get('dataset')}', not '{spec.name}'. "
-                        f"Pass the right --teachers_path, or create one with: {make}")
+                        f"Pass the right {flag}, or create one with: {make}")
+    if meta.get("architecture") not in architectures.ARCHITECTURES:
+        raise UserError(f"teacher ensemble {path} names an unknown architecture {meta.get('architecture')!r}; "
+                        f"recreate it with: {make}")
     models = []
     for i, state in enumerate(blob["states"]):
         model = architectures.create(meta.get("architecture"), spec)

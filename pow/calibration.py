@@ -79,8 +79,12 @@ def read_cost_log(path, *, cost_measure: str) -> pd.DataFrame:
     out = out.apply(pd.to_numeric, errors="coerce")
     if out.empty:
         raise UserError(f"{path} has a header but no rows; it needs at least one row of queries, time and cost")
-    if out.isna().any().any() or not np.isfinite(out.to_numpy(dtype=float)).all():
-        raise UserError(f"{path} has empty, non-numeric or infinite values in queries, time or cost")
+    bad = [{"cost": column, "query_time_s": "query_time_s" if column != "privacy" else "time"}.get(c, c)
+           for c in out.columns if out[c].isna().any() or not np.isfinite(out[c].to_numpy(dtype=float)).all()]
+    if bad:
+        raise UserError(f"{path} has empty, non-numeric or infinite values in {', '.join(bad)}; a run logs "
+                        f"{column} only under its cost measure: rerun it with --cost_measure {cost_measure}, "
+                        f"or choose the measure its log has")
     q = out["queries"].to_numpy(float)
     if (q != np.floor(q)).any() or (q > MAX_QUERIES).any():
         raise UserError(f"{path}: queries must be whole numbers of at most {MAX_QUERIES:.0e}")

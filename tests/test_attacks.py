@@ -314,3 +314,20 @@ def test_dfme_state_stays_the_size_of_its_models(victim_path, tmp_path):
         assert len(rounds) == int(budget) // 112
         assert all(torch.load(r, weights_only=True) == {"xs": [], "answers": []} for r in rounds)
     assert abs(sizes["336"] - sizes["112"]) < 4096
+
+
+def test_the_oracle_refuses_non_finite_images(victim_path):
+    """NaN images would cost nothing under entropy: the metered path refuses them before answering."""
+    from common.errors import UserError
+    from models.checkpoint import load_victim
+    from models.oracle import VictimOracle
+    from privacy.accountants import Ledger, create as create_accountant
+    model, _ = load_victim(victim_path, create_spec("mnist-5k"))
+    oracle = VictimOracle(model, device=torch.device("cpu"), ledger=Ledger([create_accountant("entropy")]))
+    x = torch.rand(4, 1, 28, 28)
+    x[2, 0, 5, 5] = float("nan")
+    with pytest.raises(UserError, match="NaN or infinite pixels"):
+        oracle.query(x)
+    assert oracle.queries == 0 and oracle.totals()["entropy_cost"] == 0.0
+    oracle.query(torch.rand(4, 1, 28, 28))
+    assert oracle.queries == 4

@@ -41,6 +41,8 @@ FILES = {
     "fractional.csv": HEADER + "64.5,0.01,1,1,1,1\n",
     "huge_queries.csv": HEADER + "64,0.01,1,1,1,1\n1e308,0.02,2,2,2,2\n",
     "dup_columns.csv": "queries,query_time_s,entropy_cost,queries\n64,0.01,1,7\n",
+    "runlike/log_pow.csv": GOOD_LOG,
+    "badruns/copycat/log.csv": HEADER + "64,-5,1,1,1,1\n128,0.02,2,2,2,2\n",
 }
 
 EXTRACT = ["extract", "--victim_path", "{in}/victim.pt", "--out_dir", "{out}/run", "--device", "cpu"]
@@ -144,6 +146,12 @@ CASES = {
     "extract-pate-teachers-text": EXTRACT + ["--cost_measure", "pate", "--teachers_path", "{in}/notes.txt"],
     "extract-pate-sigma-nan": EXTRACT + ["--cost_measure", "pate", "--pate_sigma", "nan"],
     "summarize-no-runs": ["summarize", "--runs", "{in}/adir"],
+    "summarize-priced-is-calibration": ["summarize", "--runs", "{in}", "--calibration", "{in}/runlike/log_pow.csv"],
+    "summarize-negative-time": ["summarize", "--runs", "{in}/badruns", "--calibration", "{in}/baseline.csv"],
+    "summarize-no-accuracy": ["summarize", "--runs", "{in}", "--calibration", "{in}/baseline.csv"],
+    "extract-other-mode-flag-out-of-range": EXTRACT + ["--mode", "standard", "--dfme_epsilon", "5"],
+    "extract-dfme-too-many-directions": EXTRACT + ["--mode", "dfme", "--dfme_directions", "10000",
+                                                   "--budget", "700000"],
     "summarize-wrong-measure": ["summarize", "--runs", "{in}", "--cost_measure", "pate",
                                 "--calibration", "{in}/baseline.csv"],
     "teachers-exists": ["train-teachers", "--teachers_path", "{in}/victim.pt", "--num_models", "2"],
@@ -312,6 +320,11 @@ NEEDLES = {
     "extract-pate-sigma-nan": "--pate_sigma: the value must be a finite number",
     "teachers-exists": "train-teachers never replaces a file unasked",
     "summarize-no-runs": "holds no runs",
+    "summarize-priced-is-calibration": "is the file given as --calibration",
+    "summarize-negative-time": "cost and time must be non-negative",
+    "summarize-no-accuracy": "accuracy must be a percentage",
+    "extract-other-mode-flag-out-of-range": "--dfme_epsilon must be a finite number",
+    "extract-dfme-too-many-directions": "lower --dfme_directions or --query_batch",
     "summarize-wrong-measure": "pate_cost",
     "teachers-num-models-0": "--num_models: the value must be a whole number >= 1",
     "teachers-too-many": "--num_models must lie in 1..3000",
