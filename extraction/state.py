@@ -188,7 +188,9 @@ class RunFolder:
             raise UserError(f"{path} is not a file; {FRESH}")
         state = safe_torch_load(path, "saved state", f"it is damaged or not a run's state; {FRESH}")
         check_state(state, path)
-        old, new = state["resolved"], comparable(settings)  # old: resolved where and when the run began
+        # old: resolved where and when the run began; filtered by today's rules too, so a setting that
+        # stopped counting (another mode's flag) does not block a resume
+        old, new = comparable(state["resolved"]), comparable(settings)
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if changed:
             raise UserError(f"{self.dir} holds a run with other settings ({', '.join(changed)}); {FRESH}")
