@@ -109,6 +109,31 @@ class TrainingAttack(Attack):
     state stays the size of its models, however many queries it sends."""
     keeps_queries = True
 
+    def __init__(self, ctx: AttackContext):
+        super().__init__(ctx)
+        self._optimizer = None  # over the stolen copy, which exists only from the first round on
+        self._saved_optimizer = None  # its state from a resumed run, loaded when the optimizer is made
+
+    def make_optimizer(self, stolen: torch.nn.Module) -> torch.optim.Optimizer:
+        """The attack's own optimizer over the stolen copy."""
+        raise NotImplementedError
+
+    def optimizer(self, stolen: torch.nn.Module) -> torch.optim.Optimizer:
+        """make_optimizer(stolen), made once, with the resumed run's state loaded into it."""
+        if self._optimizer is None:
+            self._optimizer = self.make_optimizer(stolen)
+            if self._saved_optimizer is not None:
+                self._optimizer.load_state_dict(self._saved_optimizer)
+        return self._optimizer
+
+    def optimizer_state(self):
+        """For state_dict(): the optimizer's state (or the resumed one, before the first round)."""
+        return self._optimizer.state_dict() if self._optimizer is not None else self._saved_optimizer
+
+    def restore_optimizer(self, state) -> None:
+        """For load_state_dict(): kept until the optimizer is made."""
+        self._saved_optimizer = state
+
     def round_queries(self, planned: int) -> int:
         """Queries in one round, given batches_per_round * query_batch (an attack may round it to its steps)."""
         return planned

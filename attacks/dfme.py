@@ -125,8 +125,6 @@ class DfmeAttack(TrainingAttack):
                             f"--dfme_directions or --query_batch")
         self.generator = Generator(o.dfme_nz, ctx.spec.input_shape, o.dfme_epsilon).to(ctx.device)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=o.dfme_lr_generator)
-        self.opt_s = None  # over the stolen model: made at the first round (or on resume)
-        self._opt_s_state = None
         self.iterations = 0
 
     def round_queries(self, planned: int) -> int:
@@ -167,16 +165,16 @@ class DfmeAttack(TrainingAttack):
         answers = query(x.cpu())
         stolen.train()
         loss = self._student_loss(stolen, x, answers).mean()
-        self.opt_s.zero_grad(set_to_none=True)
+        opt_s = self.optimizer(stolen)
+        opt_s.zero_grad(set_to_none=True)
         loss.backward()
-        self.opt_s.step()
+        opt_s.step()
+
+    def make_optimizer(self, stolen):
+        """The student's SGD (momentum 0.9, weight decay 5e-4, as DFME)."""
+        return torch.optim.SGD(stolen.parameters(), lr=self.opts.dfme_lr_student, momentum=0.9, weight_decay=5e-4)
 
     def run_round(self, query, stolen, queries: int) -> None:
-        if self.opt_s is None:
-            self.opt_s = torch.optim.SGD(stolen.parameters(), lr=self.opts.dfme_lr_student, momentum=0.9,
-                                         weight_decay=5e-4)
-            if self._opt_s_state is not None:
-                self.opt_s.load_state_dict(self._opt_s_state)
         per_image, left = self.opts.per_image, queries
         while left > 0:
             batch = min(self.ctx.query_batch, left // per_image)
@@ -189,7 +187,7 @@ class DfmeAttack(TrainingAttack):
     def state_dict(self) -> dict:
         return {"iterations": self.iterations, "generator": self.generator.state_dict(),
                 "opt_g": self.opt_g.state_dict(),
-                "opt_s": self.opt_s.state_dict() if self.opt_s is not None else self._opt_s_state}
+                "opt_s": self.optimizer_state()}
 
     def load_state_dict(self, state: dict) -> None:
         try:
@@ -199,4 +197,4 @@ class DfmeAttack(TrainingAttack):
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise UserError(f"saved {self.name} state does not fit this generator ({exc.__class__.__name__}); "
                             f"pass --fresh to start over") from exc
-        self._opt_s_state = state.get("opt_s")
+        self.restore_optimizer(state.get("opt_s"))

@@ -104,8 +104,6 @@ class MixMatchAttack(TrainingAttack):
         self.steps = 0
         self.x_l: list = []
         self.y_l: list = []
-        self.optimizer = None  # Adam over the stolen model, made at the first round (or on resume)
-        self._optimizer_state = None
         self.augment = random_shift(SHIFT.get(ctx.spec.channels, 2))
         self.generator = torch.Generator().manual_seed(ctx.seed + 1)
 
@@ -115,6 +113,9 @@ class MixMatchAttack(TrainingAttack):
             flip = torch.rand(len(out), generator=self.generator) < 0.5
             out[flip] = out[flip].flip(3)
         return out
+
+    def make_optimizer(self, stolen):
+        return torch.optim.Adam(stolen.parameters(), lr=self.opts.mixmatch_lr)
 
     def run_round(self, query, stolen, queries: int) -> None:
         x = self.pool[self.sent:self.sent + queries]
@@ -134,10 +135,7 @@ class MixMatchAttack(TrainingAttack):
 
     def _train(self, stolen) -> None:
         device, o = self.ctx.device, self.opts
-        if self.optimizer is None:
-            self.optimizer = torch.optim.Adam(stolen.parameters(), lr=o.mixmatch_lr)
-            if self._optimizer_state is not None:
-                self.optimizer.load_state_dict(self._optimizer_state)
+        optimizer = self.optimizer(stolen)
         x_l, y_l = torch.cat(self.x_l), torch.cat(self.y_l)
         unlabelled = self.pool[self.sent:]
         batch = self.ctx.batch_size
@@ -154,14 +152,14 @@ class MixMatchAttack(TrainingAttack):
             loss, _, _ = mixmatch_loss(stolen, xl, y_l[li].to(device), views, t=o.mixmatch_t,
                                        alpha=o.mixmatch_alpha, lambda_u=o.mixmatch_lambda_u * ramp,
                                        generator=self.generator)
-            self.optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            self.optimizer.step()
+            optimizer.step()
             self.steps += 1
 
     def state_dict(self) -> dict:
         return {"sent": self.sent, "steps": self.steps, "generator": self.generator.get_state(),
-                "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None}
+                "optimizer": self.optimizer_state()}
 
     def load_state_dict(self, state: dict) -> None:
         try:
@@ -172,4 +170,4 @@ class MixMatchAttack(TrainingAttack):
         if not 0 <= sent <= self.ctx.budget or steps < 0:
             raise UserError(f"saved {self.name} state is inconsistent")
         self.sent, self.steps = sent, steps
-        self._optimizer_state = state.get("optimizer")
+        self.restore_optimizer(state.get("optimizer"))

@@ -15,10 +15,9 @@ from common.errors import UserError
 from common.io import (atomic_savefig, atomic_write_csv, check_outputs, params_beside, read_csv_file,
                        write_params_beside)
 from pow import calibration
-from privacy.accountants import cost_column
+from privacy.accountants import COST_COLUMNS, cost_column
 
 PRICED_LOG = "log_pow.csv"  # each run's log with PoW columns, beside the run's log.csv
-COST_COLUMNS = ("privacy_cost", "privacy_eps", "entropy_cost", "gap_cost", "pate_cost", "pate_eps")
 
 
 def plot(logs: dict, path, title: str = "Model extraction with calibrated proof-of-work") -> None:

@@ -39,8 +39,8 @@ from extraction.state import RunFolder, comparable, fingerprint, input_files, ru
 log = logging.getLogger(__name__)
 
 LOG_COLUMNS = ["round", "queries", "accuracy", "fidelity", "privacy_cost", "privacy_eps", "entropy_cost",
-               "gap_cost", "pate_cost", "pate_eps", "query_time_s", "pow_time_s", "total_time_s", "pow_work", "pow_difficulty",
-               "train_time_s"]
+               "gap_cost", "pate_cost", "pate_eps", "query_time_s", "pow_time_s", "total_time_s", "pow_work",
+               "pow_difficulty", "train_time_s"]
 
 
 def validate(s) -> None:
