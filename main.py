@@ -11,6 +11,7 @@ def _commands():
     from commands.demo import demo
     from commands.pow_cmds import pow_calibrate, pow_check, pow_mint
     from commands.pow_table import pow_table
+    from commands.serve import query, remote_oracle, serve, serve_admin
     from commands.powtime import pow_time
     from commands.summary import summarize
     from commands.teachers import train_teachers
@@ -18,7 +19,14 @@ def _commands():
     from extraction.loop import run_extraction
 
     def extract(s):
-        result = run_extraction(s)
+        if s.server:
+            oracle, s = remote_oracle(s)
+            try:
+                result = run_extraction(s, remote=oracle)
+            finally:
+                oracle.client.close()
+        else:
+            result = run_extraction(s)
         final = result["final"]
         text = (f"{s.mode} on {s.dataset}: {final['queries']} queries, accuracy {final['accuracy']:.2f}%, "
                 f"fidelity {final['fidelity']:.2f}%\nlog: {result['log']}\nparams: {result['params']}")
@@ -27,7 +35,8 @@ def _commands():
     return {"demo": demo, "train-victim": train_victim, "extract": extract, "privacy-cost": privacy_cost,
             "pow-time": pow_time, "cost-separation": cost_separation, "pow-mint": pow_mint,
             "pow-check": pow_check, "pow-calibrate": pow_calibrate, "pow-table": pow_table,
-            "train-teachers": train_teachers, "summarize": summarize}
+            "train-teachers": train_teachers, "summarize": summarize, "serve": serve, "serve-admin": serve_admin,
+            "query": query}
 
 
 def attack_script(mode: str, argv=None) -> int:

@@ -58,6 +58,8 @@ DEFAULTS = dict(
     max_seconds=1.0, trials=20, attacks=None, plot=None, one_sided=False, victim_dir="checkpoints",
     insecure_dev_key=False, overwrite=False, sampling="random", jacobian_cap=None, teachers_path=None,
     pate_sigma=None, num_models=None,
+    host="127.0.0.1", port=8000, state="sqlite:///server-state.db", key_file=None, max_batch=256, ttl_s=600.0,
+    rate=50.0, burst=100, threads=None, server=None, api_key=None, input=None, action=None, name=None, group=None,
 )
 #: every attack's own options (Options dataclasses): their defaults join DEFAULTS, their flags join extract
 MODE_OPTIONS = {f.name: (name, f) for name, cls in sorted(ATTACKS.items()) if cls.Options is not None
@@ -261,6 +263,14 @@ def _extraction(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{key}", type=_num(cast), default=None, help=f"{mode}: {f.metadata['help']} (default: {f.default})")
 
 
+def _server_state(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state", default=None,
+                   help="accounts, keys and spent challenges: sqlite:///PATH.db or postgresql://USER@HOST:PORT/DB "
+                        "(default: sqlite:///server-state.db)")
+    p.add_argument("--key_file", default=None,
+                   help="the HMAC key file from serve-admin init (mode 0600) (default: $POW_SECRET)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="main.py", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -311,6 +321,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out_dir", default=None, help="where log.csv and params.json go (default: results/DATASET-MODE)")
     p.add_argument("--fresh", action="store_true", default=None,
                    help="start over even if out_dir holds a run to resume (default: resume)")
+
+    p.add_argument("--server", default=None,
+                   help="attack a live server (python main.py serve) at this URL instead of the local victim; "
+                        "PoW is then solved for real and timed (default: none)")
+    p.add_argument("--api_key", default=None, help="the API key for --server (default: $POW_API_KEY)")
+
+    p = sub.add_parser("serve", help="serve the victim over HTTP; every batch costs a calibrated proof-of-work")
+    _common(p)
+    _victim(p)
+    p.add_argument("--victim_output", default=None, choices=OUTPUTS,
+                   help="what the API answers: labels, or probs (default: labels)")
+    _accountant(p)
+    _pate(p)
+    _calibration(p)
+    _puzzle(p)
+    p.add_argument("--timing_table", default=None, choices=TABLES,
+                   help="a client's solve speed: live (measured here at start, --workers processes) or "
+                        "measured (--timing_csv) (default: live)")
+    p.add_argument("--timing_csv", default=None, help="pow-calibrate's CSV (default: results/pow_timing.csv)")
+    p.add_argument("--calibration", default=None, required=True,
+                   help="a legitimate user's log.csv (a standard run's): the baseline prices are set against")
+    _server_state(p)
+    p.add_argument("--host", default=None, help="address to listen on (default: 127.0.0.1, loopback only)")
+    p.add_argument("--port", type=_num(int, 1, 65535), default=None, help="(default: 8000)")
+    p.add_argument("--max_batch", type=_num(int, 1, 100_000), default=None,
+                   help="most inputs one challenge pays for (default: 256)")
+    p.add_argument("--ttl_s", type=_num(float, 1, 86400), default=None, help="challenge lifetime, s (default: 600)")
+    p.add_argument("--rate", type=_num(float, 0, 1e6, lo_open=True), default=None,
+                   help="requests per second per API key, sustained (default: 50)")
+    p.add_argument("--burst", type=_num(int, 1, 10 ** 6), default=None, help="requests per API key at once (default: 100)")
+    p.add_argument("--threads", type=_num(int, 1, 1024), default=None,
+                   help="request threads; torch gets cores / threads each (default: all cores)")
+
+    p = sub.add_parser("serve-admin", help="the server's key and users: init | add-user NAME | list-users | revoke NAME")
+    p.add_argument("action", choices=["init", "add-user", "list-users", "revoke"], help="what to do")
+    p.add_argument("name", nargs="?", default=None, help="the user (add-user, revoke)")
+    p.add_argument("--group", default=None,
+                   help="add-user: the account the user is charged to; keys of one organisation share it "
+                        "(default: the user's own)")
+    _server_state(p)
+
+    p = sub.add_parser("query", help="send one .npy batch to a server and print the answers")
+    p.add_argument("--server", required=True, help="the server's URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--api_key", default=None, help="(default: $POW_API_KEY)")
+    p.add_argument("--input", required=True, help=".npy array of images (N, C, H, W), uint8 or floats in [0, 1]")
+    p.add_argument("--workers", type=_num(int, 1, 1024), default=None, help="solver processes (default: all cores)")
+    p.add_argument("--out", default=None, help="also save the answers here as .npy (default: print only)")
 
     p = sub.add_parser("summarize", help="one table and figure from a folder of runs (RUNS/MODE/log.csv), priced "
                                          "against its standard run")

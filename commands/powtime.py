@@ -21,7 +21,7 @@ def priced(s, calibration_path, log_path, **overrides) -> tuple:
     """(log with PoW columns, calibrator) for the settings, with optional overrides (base, pow_budget)."""
     s = s.replace(**overrides) if overrides else s
     baseline = calibration.load_baseline(calibration_path, cost_measure=s.cost_measure)
-    cal = calibration.create(s.calibration_mode, baseline, s)
+    cal = calibration.create(calibration.CalibrationConfig.of(s.as_dict()), baseline)
     frame = calibration.read_cost_log(log_path, cost_measure=s.cost_measure)
     raw = pd.read_csv(log_path)
     out = calibration.add_pow_columns(frame, cal, cost="cost")

@@ -56,7 +56,8 @@ def summarize_runs(folders: dict, baseline, s) -> tuple:
     """(table, {mode: priced log}) with PoW priced by the calibrator built on `baseline`; writes each
     MODE/log_pow.csv. `s` supplies the calibration settings (mode, base, pow_budget, cost_measure...)."""
     cost = cost_column(s.cost_measure)
-    cal = calibration.create(s.calibration_mode, calibration.load_baseline(baseline, cost_measure=s.cost_measure), s)
+    cal = calibration.create(calibration.CalibrationConfig.of(s.as_dict()),
+                             calibration.load_baseline(baseline, cost_measure=s.cost_measure))
     rows, logs = [], {}
     for mode, folder in folders.items():
         path = folder / "log.csv"

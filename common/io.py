@@ -78,6 +78,18 @@ def atomic_write_text(path, text: str) -> None:
     _atomic(Path(path), write)
 
 
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write bytes so that readers see either the old file or the whole new one."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    _atomic(Path(path), write)
+
+
 def atomic_write_csv(path, frame) -> None:
     """Write a pandas DataFrame as CSV atomically."""
     atomic_write_text(path, frame.to_csv(index=False))

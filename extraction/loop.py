@@ -81,11 +81,13 @@ def _metadata(s, calibrator, payer, pate) -> dict:
                          "pow_pricer": payer.describe() if payer else None, "pate": pate}, "extract")
 
 
-def run_extraction(s, *, progress: bool = True) -> dict:
+def run_extraction(s, *, progress: bool = True, remote=None) -> dict:
     """Run (or resume) one extraction; returns a summary with the final row and the paths written.
 
     Everything that can be checked is checked before the run folder is touched: settings, input files,
-    the dataset, the victim and the baseline. A failure leaves no new file behind."""
+    the dataset, the victim and the baseline. A failure leaves no new file behind. With `remote` (a
+    server.client.RemoteOracle), a live server answers, accounts and prices; the PoW is solved for real
+    and its measured time logged, and the local victim serves only to measure fidelity."""
     validate(s)
     out_dir = ensure_writable_dir(Path(s.out_dir), "--out_dir")
     device = resolve_device(s.device)
@@ -95,11 +97,11 @@ def run_extraction(s, *, progress: bool = True) -> dict:
     spec = splits.spec
     victim, _ = load_victim(s.victim_path, spec, architecture=s.victim_arch, device=device)
     calibrator = None
-    if s.calibration:
+    if s.calibration and remote is None:
         baseline = calibration.load_baseline(s.calibration, cost_measure=s.cost_measure)
-        calibrator = calibration.create(s.calibration_mode, baseline, s)
+        calibrator = calibration.create(calibration.CalibrationConfig.of(s.as_dict()), baseline)
     teachers, pate_sigma = None, None
-    if s.cost_measure in accountants.PATE_MEASURES:
+    if s.cost_measure in accountants.PATE_MEASURES and remote is None:
         teachers, _ = load_teachers(s.teachers_path, spec, device=device)
         pate_sigma = accountants.pate_sigma(len(teachers), s.pate_sigma)
     cost_params = (("k", s.k), ("sigma", s.sigma), ("delta", s.delta))
@@ -112,13 +114,16 @@ def run_extraction(s, *, progress: bool = True) -> dict:
         round_size=s.batches_per_round * s.query_batch, options=attacks.options_for(s.mode, s.as_dict())))
     if attack.soft_targets and s.victim_output != "probs":
         raise UserError(f"mode '{s.mode}' trains on the victim's probabilities; pass --victim_output probs")
-    answering = Victim(victim, device=device, output=s.victim_output)
-    reps = answering.representations(splits.victim_x)
-    ledger = accountants.build_ledger(reps, splits.victim_y, num_classes=spec.num_classes, k=s.k, sigma=s.sigma,
-                                      delta=s.delta, cap=bool(s.cap_rdp), conversion=s.rdp_conversion, seed=s.seed,
-                                      ensemble_votes=teachers.votes if teachers is not None else None,
-                                      pate_sigma=pate_sigma)
-    oracle = VictimOracle(victim, device=device, ledger=ledger, victim=answering)
+    if remote is None:
+        answering = Victim(victim, device=device, output=s.victim_output)
+        reps = answering.representations(splits.victim_x)
+        ledger = accountants.build_ledger(reps, splits.victim_y, num_classes=spec.num_classes, k=s.k, sigma=s.sigma,
+                                          delta=s.delta, cap=bool(s.cap_rdp), conversion=s.rdp_conversion,
+                                          seed=s.seed, pate_sigma=pate_sigma,
+                                          ensemble_votes=teachers.votes if teachers is not None else None)
+        oracle = VictimOracle(victim, device=device, ledger=ledger, victim=answering)
+    else:
+        oracle = remote
     arch = s.stolen_arch or type(attack).default_arch(spec) or default_stolen_arch(spec)
     stolen = architectures.create(arch, spec).to(device)
     optimizer = make_optimizer(stolen, optimizer=s.optimizer, lr=s.lr, momentum=s.momentum,
@@ -187,6 +192,8 @@ def _rounds(s, folder, state, *, splits, victim, device, oracle, attack, stolen,
     round_start = len(xs)
     pow_time, pow_work = (state["pow_time_s"], state["pow_work"]) if state else (0.0, 0.0)
     cost_col = cost_column(s.cost_measure)
+    remote = oracle if getattr(oracle, "remote", False) else None
+    priced = calibrator is not None or remote is not None
     resolved = state["resolved"] if state else comparable(s.as_dict())  # paths as resolved when the run began
     victim_eval = predict_logits(victim, splits.eval_x, device).argmax(1)
     params = _metadata(s, calibrator, payer, pate)
@@ -215,7 +222,9 @@ def _rounds(s, folder, state, *, splits, victim, device, oracle, attack, stolen,
                     attack.observe(x, query(x))
             totals = oracle.totals()
             difficulty = np.nan
-            if calibrator is not None:
+            if remote is not None:  # solved for real, against the server's own prices
+                pow_time, pow_work, difficulty = remote.pow_time_s, remote.pow_work, remote.client.last_work
+            elif calibrator is not None:
                 seconds = float(calibrator.extra_seconds(q_prev, totals["queries"], totals[cost_col], time_prev=t_prev,
                                                          time_s=totals["query_time_s"]))
                 paid = payer.pay(seconds, batches=-(-(totals["queries"] - q_prev) // s.query_batch))
@@ -238,12 +247,12 @@ def _rounds(s, folder, state, *, splits, victim, device, oracle, attack, stolen,
                 "fidelity": 100.0 * float((pred == victim_eval).float().mean()),
                 **{c: totals.get(c, np.nan) for c in accountants.COST_COLUMNS},  # pate: only with teachers
                 "query_time_s": totals["query_time_s"],
-                "pow_time_s": pow_time if calibrator is not None else np.nan,
-                "total_time_s": totals["query_time_s"] + pow_time if calibrator is not None else np.nan,
-                "pow_work": pow_work if calibrator is not None else np.nan, "pow_difficulty": difficulty,
+                "pow_time_s": pow_time if priced else np.nan,
+                "total_time_s": totals["query_time_s"] + pow_time if priced else np.nan,
+                "pow_work": pow_work if priced else np.nan, "pow_difficulty": difficulty,
                 "train_time_s": (rows[-1]["train_time_s"] if rows else 0.0) + train_time,
             })
-            bar.set_postfix(acc=f"{rows[-1]['accuracy']:.1f}", cost=f"{totals[cost_col]:.1f}")
+            bar.set_postfix(acc=f"{rows[-1]['accuracy']:.1f}", cost=f"{totals.get(cost_col, np.nan):.1f}")
             state = {
                 "settings": s.as_dict(), "resolved": resolved, "inputs": inputs, "rows": rows,
                 "saved_queries": sum(len(x) for x in xs), "round_hashes": state["round_hashes"] if state else [],

@@ -151,6 +151,10 @@ class PaperCalibrator:
         """Seconds for the queries q_prev..queries (the paper's absolute seconds: times are not used)."""
         return self.step_seconds(queries, cost) * (np.asarray(queries, float) - q_prev) / STEP_QUERIES
 
+    def next_seconds(self, queries, cost, *, batch: int, answer_s=None) -> float:
+        """Seconds for a client's next `batch` queries, priced at its cumulative (queries, cost) so far."""
+        return float(self.step_seconds(queries, cost)) * batch / STEP_QUERIES
+
     def describe(self) -> dict:
         return {"calibration_mode": self.name, "base": self.base, "min_s": self.min_s, "max_s": self.max_s,
                 "one_sided": self.one_sided, "slope": float(self.slope), "intercept": float(self.intercept)}
@@ -217,22 +221,51 @@ class RelativeCalibrator:
             answered = np.maximum(dt, floor)
         return self.multiplier(q, cost) * answered
 
+    def next_seconds(self, queries, cost, *, batch: int, answer_s=None) -> float:
+        """Seconds for a client's next `batch` queries, priced at its cumulative (queries, cost) so far:
+        the multiplier there times the server's own answering time for `batch` queries (answer_s, the
+        client's mean so far; the baseline's when None), never below MIN_TIME_SHARE of the baseline's."""
+        scale = batch / self.batch_size
+        answered = self.batch_time_s * scale if answer_s is None else max(
+            checks.finite("answering time", answer_s, lo=0), MIN_TIME_SHARE * self.batch_time_s * scale)
+        return float(self.multiplier(queries, cost)) * answered
+
     def describe(self) -> dict:
         return {"calibration_mode": self.name, "base": self.base, "budget": self.budget,
                 "tolerance": self.tolerance, "max_factor": self.max_factor, "slope": self.slope,
                 "unit": self.unit, "batch_sd": self.batch_sd, "batch_time_s": self.batch_time_s}
 
 
-def create(mode: str, baseline: Baseline, settings) -> PaperCalibrator | RelativeCalibrator:
-    """Build the calibrator named by --calibration_mode from the settings."""
-    if mode == "paper":
-        return PaperCalibrator(baseline, base=settings.base, min_s=settings.min_s, max_s=settings.max_s,
-                               one_sided=bool(getattr(settings, "one_sided", False)))
-    if mode == "relative":
-        return RelativeCalibrator(baseline, base=settings.base, budget=settings.pow_budget,
-                                  tolerance=settings.tolerance, max_factor=settings.max_factor,
-                                  batch_size=settings.query_batch)
-    raise unknown_name("calibration mode", mode, CALIBRATIONS)
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """The calibration's own settings (the flags of the same names)."""
+    calibration_mode: str = "relative"
+    base: float = 1.05
+    pow_budget: float = 1.0
+    tolerance: float = 3.0
+    max_factor: float = 1000.0
+    query_batch: int = 64
+    min_s: float = 0.1
+    max_s: float = 2948.467908
+    one_sided: bool = False
+
+    @classmethod
+    def of(cls, values: dict) -> "CalibrationConfig":
+        """The fields of this config taken from a larger mapping (the command's settings)."""
+        names = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in values.items() if k in names and v is not None})
+
+
+def create(config: CalibrationConfig, baseline: Baseline) -> PaperCalibrator | RelativeCalibrator:
+    """Build the calibrator named by config.calibration_mode."""
+    if config.calibration_mode == "paper":
+        return PaperCalibrator(baseline, base=config.base, min_s=config.min_s, max_s=config.max_s,
+                               one_sided=bool(config.one_sided))
+    if config.calibration_mode == "relative":
+        return RelativeCalibrator(baseline, base=config.base, budget=config.pow_budget,
+                                  tolerance=config.tolerance, max_factor=config.max_factor,
+                                  batch_size=config.query_batch)
+    raise unknown_name("calibration mode", config.calibration_mode, CALIBRATIONS)
 
 
 def add_pow_columns(frame: pd.DataFrame, calibrator, *, cost: str) -> pd.DataFrame:

@@ -9,6 +9,13 @@ time. A solution appends '|' and SUBS comma-separated hex nonces. Sub-solution i
 when H(challenge '|' i '|' x), read as a 256-bit integer, is below 2^256 * SUBS / WORK.
 scrypt uses N=2^9, r=4, p=1 (256 KiB of memory per evaluation, under 1 ms here): a Python client
 runs it at native speed, since each evaluation costs far more than Python's call overhead.
+
+pow2 is the prediction server's challenge: bound to a user and a batch size, with its issue time:
+    pow2|KIND|WORK|SUBS|BATCH|ISSUED|EXPIRES|USER|RAND|MAC
+Its MAC is over the fields length-prefixed ("6:scrypt,4:1000,..."), so no text spliced across the
+delimiters can carry another challenge's signature, whatever the fields hold; every field also has one
+canonical spelling. For pow2, Challenge.resource is the user, so verify() binds the user as it binds
+a pow1 resource.
 """
 from __future__ import annotations
 
@@ -32,16 +39,22 @@ SCRYPT_SALT = b"calibrated-pow"  # fixed salt: the challenge itself makes each i
 SCRYPT_MEMORY_BYTES = 128 * SCRYPT_R * SCRYPT_N
 SCRYPT_MAXMEM = 4 * SCRYPT_MEMORY_BYTES  # OpenSSL's memory ceiling for one evaluation
 DEFAULT_TTL_S = 600  # a challenge is valid for ten minutes
-FIELDS = 8  # fields of a challenge
+FIELDS = 8  # fields of a pow1 challenge
+VERSION2 = "pow2"  # the server's challenge: bound to a user and a batch size
+FIELDS2 = 10
+MAX_BATCH = 100_000  # inputs per pow2 challenge, at most
 MAX_SUBS = 4096  # sub-solutions per challenge, at most
 MAX_WORK = 1e18  # expected evaluations, at most (about 30 years of a fast GPU on sha256)
-MAX_SOLUTION_CHARS = FIELDS * 64 + MAX_SUBS * 33 + 512  # longer texts are rejected before any parsing
+MAX_SOLUTION_CHARS = FIELDS2 * 64 + MAX_SUBS * 33 + 512  # longer texts are rejected before any parsing
 NONCE_HEX = 32  # a nonce has at most this many hex digits
 # Every field has one canonical spelling, so no other text can carry the same signed challenge.
 _RESOURCE = re.compile(r"[A-Za-z0-9._@:+/=-]{1,256}", re.ASCII)
 _SUBS = re.compile(r"[1-9][0-9]{0,3}", re.ASCII)
 _EXPIRES = re.compile(r"[1-9][0-9]{0,11}", re.ASCII)
 _RAND = re.compile(r"[0-9a-f]{24}", re.ASCII)
+_RAND2 = re.compile(r"[0-9a-f]{32}", re.ASCII)
+_USER = re.compile(r"[A-Za-z0-9._-]{1,64}", re.ASCII)  # a user name, as the server's accounts spell it
+_BATCH = re.compile(r"[1-9][0-9]{0,5}", re.ASCII)
 _MAC = re.compile(r"[0-9a-f]{64}", re.ASCII)
 _NONCES = re.compile(r"(0|[1-9a-f][0-9a-f]{0,%d})(,(0|[1-9a-f][0-9a-f]{0,%d}))*" % (NONCE_HEX - 1, NONCE_HEX - 1),
                      re.ASCII)
@@ -67,6 +80,19 @@ def _mac(key: bytes, body: str) -> str:
     return hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
 
 
+def encode_fields(fields) -> bytes:
+    """Length-prefixed fields ('4:pow2,6:scrypt,...'): one byte string for exactly one field tuple."""
+    return b"".join(b"%d:%s," % (len(f), f) for f in (str(x).encode() for x in fields))
+
+
+def _mac2(key: bytes, fields) -> str:
+    return hmac.new(key, encode_fields(fields), hashlib.sha256).hexdigest()
+
+
+def valid_user(name) -> bool:
+    return isinstance(name, str) and _USER.fullmatch(name) is not None
+
+
 def check_work(work: float, subs: int) -> tuple:
     """(work, subs) validated: work finite in [1, MAX_WORK], subs a whole number in [1, MAX_SUBS]."""
     return (checks.finite("work", work, lo=1, hi=MAX_WORK),
@@ -88,15 +114,58 @@ def issue(*, key: bytes, resource: str, work: float, kind: str = "sha256", subs:
     return f"{body}|{_mac(key, body)}"
 
 
+def issue_bound(*, key: bytes, user: str, work: float, kind: str, subs: int, batch: int,
+                ttl_s: float = DEFAULT_TTL_S, now: float | None = None) -> str:
+    """A signed pow2 challenge for `user`'s next batch of at most `batch` inputs."""
+    if kind not in KINDS:
+        raise ConfigError(f"unknown puzzle kind '{kind}'; valid kinds: {', '.join(KINDS)}")
+    work, subs = check_work(work, subs)
+    batch = checks.whole("batch size", batch, lo=1, hi=MAX_BATCH)
+    if not valid_user(user):
+        raise ConfigError(f"a user name is 1 to 64 characters of A-Z a-z 0-9 . _ -, got {user!r}")
+    if not isinstance(key, bytes) or not key:
+        raise ConfigError("the key must be non-empty bytes")
+    issued = int(now if now is not None else time.time())
+    expires = issued + int(checks.finite("ttl_s", ttl_s, lo=1, hi=10 ** 7))
+    fields = [VERSION2, kind, repr(work), str(subs), str(batch), str(issued), str(expires), user,
+              os.urandom(16).hex()]
+    return "|".join([*fields, _mac2(key, fields)])
+
+
 @dataclass(frozen=True)
 class Challenge:
     kind: str
     work: float
     subs: int
     expires: int
-    resource: str
+    resource: str  # pow2: the user
     rand: str
     text: str
+    version: str = VERSION
+    batch: int | None = None  # pow2 only
+    issued: int | None = None  # pow2 only
+
+    def signed_by(self, key: bytes) -> bool:
+        """True when the MAC is this key's over the challenge's fields (constant-time compare)."""
+        if not isinstance(key, bytes) or not key:
+            return False
+        parts = self.text.split("|")
+        expected = _mac2(key, parts[:-1]) if self.version == VERSION2 else _mac(key, self.text.rsplit("|", 1)[0])
+        return hmac.compare_digest(expected.encode(), parts[-1].encode())
+
+    def unsolved(self, nonces_text: str) -> str | None:
+        """None when the nonces solve every sub-puzzle, else the reason."""
+        if not isinstance(nonces_text, str) or not _NONCES.fullmatch(nonces_text):
+            return ("malformed: nonces must be comma-separated lowercase hexadecimal numbers "
+                    f"without leading zeros, at most {NONCE_HEX} digits each")
+        nonces = [int(x, 16) for x in nonces_text.split(",")]
+        if len(nonces) != self.subs:
+            return f"expected {self.subs} nonces, got {len(nonces)}"
+        limit = threshold(self.work, self.subs)
+        for i, nonce in enumerate(nonces):
+            if int.from_bytes(digest(self.kind, sub_input(self.text, i, nonce)), "big") >= limit:
+                return f"invalid: sub-solution {i} does not meet the target"
+        return None
 
 
 def _canonical_work(text: str) -> float | None:
@@ -112,8 +181,11 @@ def parse(text: str) -> Challenge | str:
     if not isinstance(text, str) or len(text) > MAX_SOLUTION_CHARS:
         return "malformed: a challenge is a text of at most a few kilobytes"
     parts = text.split("|")
+    if parts[0] == VERSION2:
+        return _parse2(parts, text)
     if len(parts) != FIELDS or parts[0] != VERSION:
-        return f"malformed: a challenge has {FIELDS} '|'-separated fields starting with {VERSION}"
+        return (f"malformed: a challenge has {FIELDS} '|'-separated fields starting with {VERSION} "
+                f"(or {FIELDS2} starting with {VERSION2})")
     _, kind, work, subs, expires, resource, rand, mac = parts
     if kind not in KINDS:
         return "malformed: unknown puzzle kind"
@@ -123,6 +195,31 @@ def parse(text: str) -> Challenge | str:
     if not _RESOURCE.fullmatch(resource) or not _RAND.fullmatch(rand) or not _MAC.fullmatch(mac):
         return "malformed: bad resource, random or signature field"
     return Challenge(kind, w, int(subs), int(expires), resource, rand, text)
+
+
+def _parse2(parts: list, text: str) -> Challenge | str:
+    if len(parts) != FIELDS2:
+        return f"malformed: a {VERSION2} challenge has {FIELDS2} '|'-separated fields"
+    _, kind, work, subs, batch, issued, expires, user, rand, mac = parts
+    if kind not in KINDS:
+        return "malformed: unknown puzzle kind"
+    w = _canonical_work(work)
+    if w is None or not _SUBS.fullmatch(subs) or int(subs) > MAX_SUBS or not _BATCH.fullmatch(batch) \
+            or int(batch) > MAX_BATCH or not _EXPIRES.fullmatch(issued) or not _EXPIRES.fullmatch(expires):
+        return (f"malformed: work must be a number in 1..{MAX_WORK:g}, subs 1..{MAX_SUBS}, batch 1..{MAX_BATCH} "
+                f"and times unix seconds")
+    if not _USER.fullmatch(user) or not _RAND2.fullmatch(rand) or not _MAC.fullmatch(mac):
+        return "malformed: bad user, random or signature field"
+    if int(issued) > int(expires):
+        return "malformed: issued after it expires"
+    return Challenge(kind, w, int(subs), int(expires), user, rand, text, VERSION2, int(batch), int(issued))
+
+
+def split_solution(solution) -> tuple | str:
+    """(challenge text, nonces text) of a solution, or the reason it is not one. Never raises."""
+    if not isinstance(solution, str) or len(solution) > MAX_SOLUTION_CHARS or "|" not in solution:
+        return "malformed: a solution is a challenge's fields plus '|nonces', at most a few kilobytes"
+    return tuple(solution.rsplit("|", 1))
 
 
 def sub_input(challenge_text: str, index: int, nonce: int) -> bytes:
@@ -135,8 +232,9 @@ def verify(solution: str, *, key: bytes, kind: str, resource: str, min_work: flo
     least work. Never raises, whatever the text. Reasons: malformed, bad signature, expired, wrong kind,
     wrong resource, too easy, wrong number of nonces, an invalid sub-solution, or a replay. The same
     nonce may solve two sub-puzzles: each hashes its own index, so the inputs differ."""
-    if not isinstance(solution, str) or len(solution) > MAX_SOLUTION_CHARS or solution.count("|") != FIELDS:
-        return Verdict(False, f"malformed: a solution is the challenge's {FIELDS} fields plus '|nonces'")
+    split = split_solution(solution)
+    if isinstance(split, str):
+        return Verdict(False, split)
     if isinstance(min_work, bool) or not (isinstance(min_work, (int, float)) and math.isfinite(min_work)
                                           and min_work >= 1):
         return Verdict(False, "server misconfigured: the least work required must be a finite number >= 1")
@@ -144,12 +242,11 @@ def verify(solution: str, *, key: bytes, kind: str, resource: str, min_work: flo
         return Verdict(False, "server misconfigured: the time must be a finite number of seconds")
     if not isinstance(kind, str) or not isinstance(resource, str):
         return Verdict(False, "server misconfigured: the kind and resource required must be text")
-    text, nonces_text = solution.rsplit("|", 1)
+    text, nonces_text = split
     ch = parse(text)
     if isinstance(ch, str):
         return Verdict(False, ch)
-    body, mac = text.rsplit("|", 1)
-    if not isinstance(key, bytes) or not hmac.compare_digest(_mac(key, body).encode(), mac.encode()):
+    if not ch.signed_by(key):
         return Verdict(False, "bad signature: the challenge was not issued by this server or was altered")
     if (now if now is not None else time.time()) > ch.expires:
         return Verdict(False, "expired: the challenge's time to live has passed")
@@ -159,16 +256,9 @@ def verify(solution: str, *, key: bytes, kind: str, resource: str, min_work: flo
         return Verdict(False, f"wrong resource '{ch.resource}' (expected '{resource}')")
     if ch.work < min_work:
         return Verdict(False, f"too easy: work {ch.work:.6g} is below the required {min_work:.6g}")
-    if not _NONCES.fullmatch(nonces_text):
-        return Verdict(False, "malformed: nonces must be comma-separated lowercase hexadecimal numbers "
-                              f"without leading zeros, at most {NONCE_HEX} digits each")
-    nonces = [int(x, 16) for x in nonces_text.split(",")]
-    if len(nonces) != ch.subs:
-        return Verdict(False, f"expected {ch.subs} nonces, got {len(nonces)}")
-    limit = threshold(ch.work, ch.subs)
-    for i, nonce in enumerate(nonces):
-        if int.from_bytes(digest(ch.kind, sub_input(text, i, nonce)), "big") >= limit:
-            return Verdict(False, f"invalid: sub-solution {i} does not meet the target")
+    reason = ch.unsolved(nonces_text)
+    if reason is not None:
+        return Verdict(False, reason)
     if replay is not None and not replay.claim(text, ch.expires, now=now):
         return Verdict(False, "replayed: this challenge was already redeemed")
     return Verdict(True, "ok")

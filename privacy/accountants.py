@@ -16,6 +16,7 @@ import math
 import numpy as np
 import torch
 
+from common import checks
 from common.errors import ConfigError, unknown_name
 from privacy import rdp as rdpmath
 from privacy.knn import KnnVoter
@@ -78,6 +79,11 @@ class Accountant:
     def load_state_dict(self, state: dict) -> None:
         self.__dict__.update(state)
 
+    def absorb(self, state: dict) -> None:
+        """Add another accountant's state (of the same kind and settings): costs are sums, so the totals
+        of two batches accounted apart equal those of both accounted together."""
+        raise NotImplementedError
+
 
 class GnmaxAccountant(Accountant):
     """GNMax RDP of each query's vote histogram: the running sum of per-query epsilons, and the epsilon of
@@ -115,6 +121,13 @@ class GnmaxAccountant(Accountant):
         if rdp_sum.shape != self.orders.shape or not np.isfinite(rdp_sum).all():
             raise ConfigError(f"saved RDP sums have shape {rdp_sum.shape}, expected {self.orders.shape}, all finite")
         self.cost, self.rdp_sum = float(state["cost"]), rdp_sum
+
+    def absorb(self, state):
+        other = type(self).__new__(type(self))
+        other.orders = self.orders
+        GnmaxAccountant.load_state_dict(other, state)  # checked: shape and finiteness
+        self.cost += other.cost
+        self.rdp_sum = self.rdp_sum + other.rdp_sum
 
 
 class KnnAccountant(GnmaxAccountant):
@@ -170,7 +183,10 @@ class _SumAccountant(Accountant):
         return {"total": self.total}
 
     def load_state_dict(self, state):
-        self.total = float(state["total"])
+        self.total = checks.finite(f"saved {self.column}", state["total"], lo=0)
+
+    def absorb(self, state):
+        self.total += checks.finite(f"saved {self.column}", state["total"], lo=0)
 
 
 def shannon_entropy(logprobs: torch.Tensor) -> torch.Tensor:
@@ -226,8 +242,20 @@ class Ledger:
         return [acc.state_dict() for acc in self.accountants]
 
     def load_state_dict(self, states: list) -> None:
+        self._check(states)
         for acc, state in zip(self.accountants, states):
             acc.load_state_dict(state)
+
+    def absorb(self, states: list) -> None:
+        """Add another ledger's state_dict (same accountants) to this one: one batch into an account."""
+        self._check(states)
+        for acc, state in zip(self.accountants, states):
+            acc.absorb(state)
+
+    def _check(self, states) -> None:
+        if not isinstance(states, list) or len(states) != len(self.accountants) \
+                or not all(isinstance(s, dict) for s in states):
+            raise ConfigError(f"a saved ledger must be a list of {len(self.accountants)} accountant states")
 
 
 ACCOUNTANTS = {
@@ -245,16 +273,25 @@ def create(name: str, **kwargs) -> Accountant:
     return ACCOUNTANTS[name](**kwargs)
 
 
-def build_ledger(reps: torch.Tensor, labels: torch.Tensor, *, num_classes: int, k: int, sigma: float, delta: float,
-                 cap: bool = False, conversion: str = "classic", seed: int = 0, ensemble_votes=None,
-                 pate_sigma: float | None = None) -> Ledger:
-    """One client's ledger: private kNN over `reps` (the victim's log-softmax of its own training set)
-    with their true `labels`, entropy and gap; and, given `ensemble_votes(images) -> histograms` (a PATE
-    teacher ensemble), GNMax over the teachers' votes at pate_sigma. The extraction loop and a server
-    build it the same way (the victim's forward pass stays with the caller)."""
+def ledger_factory(reps: torch.Tensor, labels: torch.Tensor, *, num_classes: int, k: int, sigma: float,
+                   delta: float, cap: bool = False, conversion: str = "classic", seed: int = 0, ensemble_votes=None,
+                   pate_sigma: float | None = None):
+    """A function that makes fresh (zero) ledgers sharing one kNN voter: private kNN over `reps` (the
+    victim's log-softmax of its own training set) with their true `labels`, entropy and gap; and, given
+    `ensemble_votes(images) -> histograms` (a PATE teacher ensemble), GNMax over the teachers' votes at
+    pate_sigma. The voter is safe to share between threads, so a server makes one ledger per batch."""
     voter = KnnVoter(reps, labels, k=min(k, len(reps)), num_classes=num_classes, seed=seed)
     gnmax = dict(delta=delta, cap=cap, conversion=conversion)
-    parts = [create("knn", voter=voter, sigma=sigma, **gnmax), create("entropy"), create("gap")]
-    if ensemble_votes is not None:
-        parts.append(create("pate", ensemble_votes=ensemble_votes, sigma=pate_sigma, **gnmax))
-    return Ledger(parts)
+
+    def make() -> Ledger:
+        parts = [create("knn", voter=voter, sigma=sigma, **gnmax), create("entropy"), create("gap")]
+        if ensemble_votes is not None:
+            parts.append(create("pate", ensemble_votes=ensemble_votes, sigma=pate_sigma, **gnmax))
+        return Ledger(parts)
+    return make
+
+
+def build_ledger(reps: torch.Tensor, labels: torch.Tensor, **settings) -> Ledger:
+    """One client's ledger (see ledger_factory); the extraction loop and a server build it the same way
+    (the victim's forward pass stays with the caller)."""
+    return ledger_factory(reps, labels, **settings)()

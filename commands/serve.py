@@ -1,0 +1,200 @@
+"""serve, serve-admin and query: the guarded prediction API from the command line."""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from common.errors import UserError
+
+log = logging.getLogger(__name__)
+API_KEY_ENV = "POW_API_KEY"
+
+
+def build_service(s, store, key: bytes):
+    """The PredictionService for the settings: victim, ledger factory, calibrator and pricer."""
+    import torch
+
+    from common.runtime import resolve_device
+    from data.registry import load_splits
+    from models.checkpoint import load_victim
+    from models.oracle import Victim
+    from models.teachers import load_teachers
+    from pow import calibration
+    from pow.solver import default_workers, profile_solver
+    from pow.timing import make_pricer
+    from privacy import accountants
+    from server.service import PredictionService, ServiceConfig
+
+    if s.puzzle == "hashcash":
+        raise UserError("the server issues signed sha256 or scrypt challenges; pass --puzzle scrypt or sha256")
+    if not s.calibration:
+        raise UserError("serve needs --calibration: a legitimate user's log.csv (a standard run's) to price against")
+    column = accountants.cost_column(s.cost_measure)
+    config = calibration.CalibrationConfig.of(s.as_dict())
+    calibrator = calibration.create(config, calibration.load_baseline(s.calibration, cost_measure=s.cost_measure))
+    device = resolve_device(s.device)
+    splits = load_splits(s.dataset, s.data_dir)
+    model, _ = load_victim(s.victim_path, splits.spec, architecture=s.victim_arch, device=device)
+    victim = Victim(model, device=device, output=s.victim_output)
+    teachers, pate_sigma = None, None
+    if s.cost_measure in accountants.PATE_MEASURES:
+        teachers, _ = load_teachers(s.teachers_path, splits.spec, device=device)
+        pate_sigma = accountants.pate_sigma(len(teachers), s.pate_sigma)
+    make_ledger = accountants.ledger_factory(
+        victim.representations(splits.victim_x), splits.victim_y, num_classes=splits.spec.num_classes, k=s.k,
+        sigma=s.sigma, delta=s.delta, cap=bool(s.cap_rdp), conversion=s.rdp_conversion, seed=s.seed,
+        ensemble_votes=teachers.votes if teachers is not None else None, pate_sigma=pate_sigma)
+    workers = s.workers or default_workers()
+    pricer = make_pricer(s.puzzle, table=s.timing_table, solver="python", workers=workers, timing_csv=s.timing_csv,
+                         measure=lambda kind, w: profile_solver(kind, workers=w, subs=s.pow_subs, seconds=1.0))
+    spec = splits.spec
+    service = PredictionService(
+        victim=victim, item_shape=(spec.channels, spec.size, spec.size), make_ledger=make_ledger,
+        calibrator=calibrator, pricer=pricer, store=store, key=key,
+        config=ServiceConfig(puzzle=s.puzzle, subs=s.pow_subs, max_batch=s.max_batch, ttl_s=s.ttl_s,
+                             cost_column=column, rate=s.rate, burst=s.burst))
+    torch.set_grad_enabled(False)
+    return service, {"dataset": s.dataset, "puzzle": s.puzzle, "cost_measure": s.cost_measure,
+                     "calibration": calibrator.describe()["calibration_mode"], "output": s.victim_output,
+                     "max_batch": s.max_batch}
+
+
+def body_limit(spec_shape: tuple, max_batch: int) -> int:
+    """The largest valid predict body: float32 inputs of a full batch, base64, plus the solution."""
+    return int(max_batch * np.prod(spec_shape) * 4 * 4 / 3) + 256 * 1024
+
+
+def size_threads(threads: int | None) -> tuple:
+    """(route threads, torch threads per route): together no more than the cores."""
+    import torch
+
+    cores = os.cpu_count() or 1
+    threads = threads or cores
+    per = max(1, cores // threads)
+    torch.set_num_threads(per)
+    return threads, per
+
+
+def serve(s) -> tuple:
+    """Run the API with uvicorn until interrupted."""
+    import uvicorn
+
+    from server.app import create_app
+    from server.keys import server_key
+    from server.store import open_store
+
+    key = server_key(s.key_file)
+    try:
+        loopback = ipaddress.ip_address(s.host).is_loopback
+    except ValueError:
+        loopback = s.host == "localhost"
+    store = open_store(s.state)
+    try:
+        service, describe = build_service(s, store, key)
+        threads, per = size_threads(s.threads)
+        spec_shape = service.item_shape
+        app = create_app(service, max_body_bytes=body_limit(spec_shape, s.max_batch), threads=threads,
+                         describe=describe)
+        if not loopback:
+            print(f"warning: listening on {s.host}, not loopback: put a TLS proxy in front, since API keys and "
+                  f"answers travel in clear", file=sys.stderr)
+        print(f"serving {s.dataset} on http://{s.host}:{s.port} (state {store.describe}, {threads} threads x "
+              f"{per} torch threads); docs at /docs", file=sys.stderr, flush=True)
+        uvicorn.run(app, host=s.host, port=s.port, log_level="warning", access_log=False)
+    finally:
+        store.close()
+    return None, "server stopped"
+
+
+def serve_admin(s) -> tuple:
+    """init | add-user NAME [--group G] | list-users | revoke NAME."""
+    from server.keys import hash_api_key, init_key_file, new_api_key
+    from server.store import open_store
+    from pow.puzzles import valid_user
+
+    if s.action == "init":
+        if not s.key_file:
+            raise UserError("serve-admin init needs --key_file PATH (where the new HMAC key goes)")
+        path = init_key_file(s.key_file)
+        store = open_store(s.state)
+        store.close()
+        return path, (f"wrote a new HMAC key to {path} (mode 0600) and the tables of {s.state}\n"
+                      f"start the server with: python main.py serve --key_file {path} --state {s.state} ...")
+    store = open_store(s.state)
+    try:
+        if s.action == "add-user":
+            if not valid_user(s.name):
+                raise UserError("add-user needs a NAME of 1 to 64 characters of A-Z a-z 0-9 . _ -")
+            group = s.group or s.name
+            if not valid_user(group):
+                raise UserError("--group must be 1 to 64 characters of A-Z a-z 0-9 . _ -")
+            key = new_api_key()
+            store.add_user(s.name, hash_api_key(key), group)
+            return key, (f"{key}\n# user '{s.name}' added (account '{group}'); this key is shown once and only "
+                         f"its hash is stored")
+        if s.action == "list-users":
+            users = store.users()
+            lines = [f"{'name':24} {'account':24} {'status':8} queries"]
+            for u in users:
+                row = store.account(u.account)
+                lines.append(f"{u.name:24} {u.account:24} {'revoked' if u.revoked else 'active':8} {row.queries}")
+            return users, "\n".join(lines) if users else "no users; add one with: serve-admin add-user NAME"
+        if s.action == "revoke":
+            if not s.name:
+                raise UserError("revoke needs the user's NAME")
+            store.revoke(s.name)
+            return s.name, f"revoked user '{s.name}'; its key is refused from now on"
+        raise UserError(f"unknown serve-admin action '{s.action}'; valid: init, add-user, list-users, revoke")
+    finally:
+        store.close()
+
+
+def api_key(s) -> str:
+    key = s.api_key or os.environ.get(API_KEY_ENV, "")
+    if not key:
+        raise UserError(f"no API key: pass --api_key or set ${API_KEY_ENV} (the operator makes one with: "
+                        f"python main.py serve-admin add-user NAME)")
+    return key
+
+
+def query(s) -> tuple:
+    """Send the inputs of one .npy file to a server; print (and with --out, save) the answers."""
+    from common.io import atomic_write_bytes, check_outputs
+    from server.client import ApiClient
+
+    path = Path(s.input or "")
+    if not s.input or not path.is_file():
+        raise UserError(f"--input {s.input} is not a file; give a .npy array of images (N, C, H, W)")
+    if s.out:
+        check_outputs({"--out": s.out}, {"--input": s.input})
+    try:
+        x = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise UserError(f"--input {path} is not a plain .npy array ({exc}); save it with numpy.save") from exc
+    if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
+        raise UserError(f"--input {path} holds {x.dtype}; images must be uint8 (0..255) or floats in [0, 1]")
+    with ApiClient(s.server, api_key(s), workers=s.workers) as client:
+        answers = client.predict(x)
+        account = client.account()
+    if s.out:
+        import io
+        buffer = io.BytesIO()
+        np.save(buffer, answers, allow_pickle=False)
+        atomic_write_bytes(s.out, buffer.getvalue())
+    text = (f"answers: {answers.tolist() if answers.ndim == 1 else answers.round(4).tolist()}\n"
+            f"# {len(x)} inputs, PoW {client.pow_time_s:.3f} s, server {client.wait_time_s:.3f} s; account "
+            f"{account['queries']} queries, next batch ~{account['next']['seconds']:.3f} s of PoW")
+    return answers, text
+
+
+def remote_oracle(s):
+    """(RemoteOracle, settings without the API key) for extract --server."""
+    from server.client import ApiClient, RemoteOracle
+
+    client = ApiClient(s.server, api_key(s), workers=s.workers)
+    return RemoteOracle(client, output=s.victim_output), s.replace(api_key=None)

@@ -1,0 +1,193 @@
+"""A client of the prediction API: predict(x) -> answers, paying each batch's proof-of-work.
+
+ApiClient fetches a challenge for each batch, solves it with the multi-core solver, and sends the batch.
+It asks for a new challenge when one expires or its price went stale, waits when rate-limited, and
+after a broken connection sends the same request again: the server redelivers a committed answer, so
+nothing is lost or paid twice. It records the time spent solving and the time waiting on the server.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from common.errors import UserError
+from pow.solver import Solver, default_workers
+from server import tensors
+
+RETRIES = 8  # attempts per batch, over expiry, stale prices, rate limits and broken connections
+BACKOFF_S = 0.25  # first wait after a broken connection (doubles, at most 5 s)
+NEW_CHALLENGE = {"expired", "stale_price", "wrong_puzzle"}
+
+
+class ApiClient:
+    """predict(x: np.ndarray) -> np.ndarray (labels, or probabilities) from a live server. Use as a
+    context manager, or call close(): the HTTP connections and the solver's processes are released."""
+
+    def __init__(self, url: str, api_key: str, *, workers: int | None = None, timeout_s: float = 120.0,
+                 retries: int = RETRIES, transport=None):
+        import httpx
+
+        if not url or not url.startswith(("http://", "https://")):
+            raise UserError(f"--server must be an http:// or https:// URL, got '{url}'")
+        if not api_key:
+            raise UserError("no API key: pass --api_key (the operator makes one with: python main.py "
+                            "serve-admin add-user NAME)")
+        self._httpx = httpx
+        self.url, self.retries = url.rstrip("/"), retries
+        self._http = httpx.Client(base_url=self.url, headers={"X-API-Key": api_key}, timeout=timeout_s,
+                                  transport=transport)
+        self._solver = Solver(workers or default_workers()).__enter__()
+        self._solve_lock = threading.Lock()  # one solve at a time: each already uses every worker
+        self._lock = threading.Lock()
+        self.pow_time_s = self.wait_time_s = self.work = 0.0
+        self.queries = 0
+        self.last_work = 0.0
+        self.max_batch: int | None = None
+
+    # -- plumbing ----------------------------------------------------------------------------------
+    def _call(self, method: str, path: str, **kwargs):
+        """(status, JSON body); a broken connection raises httpx.TransportError."""
+        response = self._http.request(method, path, **kwargs)
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"error": "not_json", "detail": response.text[:200]}
+        return response.status_code, body
+
+    @staticmethod
+    def _fail(status: int, body: dict, what: str):
+        detail = body.get("detail") if isinstance(body, dict) else body
+        raise UserError(f"the server refused {what} ({status} {body.get('error', '')}): {detail}")
+
+    def account(self) -> dict:
+        status, body = self._call("GET", "/v1/account")
+        if status != 200:
+            self._fail(status, body, "the account request")
+        return body
+
+    def challenge(self, batch: int) -> dict:
+        status, body = self._call("POST", "/v1/challenge", json={"batch": int(batch)})
+        if status != 200:
+            self._fail(status, body, f"a challenge for {batch} inputs")
+        return body
+
+    def solve(self, challenge: str) -> str:
+        start = time.perf_counter()
+        with self._solve_lock:
+            solution, _ = self._solver.solve_target(challenge)
+        with self._lock:
+            self.pow_time_s += time.perf_counter() - start
+        return solution
+
+    # -- predictions -------------------------------------------------------------------------------
+    def predict(self, x) -> np.ndarray:
+        """Answers for every input of `x` (one array), in batches no larger than the server allows."""
+        x = np.asarray(x)
+        if self.max_batch is None:
+            self.max_batch = self._server_max_batch()
+        parts = [self._predict_batch(x[i:i + self.max_batch]) for i in range(0, len(x), self.max_batch)]
+        return np.concatenate(parts) if parts else np.zeros((0,))
+
+    def _server_max_batch(self) -> int:
+        return int(self.account()["next"]["batch"])
+
+    def _predict_batch(self, x: np.ndarray) -> np.ndarray:
+        payload = tensors.encode(x)
+        backoff = BACKOFF_S
+        request = None
+        for _ in range(self.retries):
+            if request is None:
+                ch = self.challenge(len(x))
+                request = {"solution": self.solve(ch["challenge"]), "inputs": payload}
+                work = float(ch["work"])
+            start = time.perf_counter()
+            try:
+                status, body = self._call("POST", "/v1/predict", json=request)
+            except self._httpx.TransportError:  # the server went away: send the same request again
+                time.sleep(backoff)
+                backoff = min(5.0, backoff * 2)
+                continue
+            finally:
+                with self._lock:
+                    self.wait_time_s += time.perf_counter() - start
+            if status == 200:
+                with self._lock:
+                    self.queries += len(x)
+                    self.work += work
+                    self.last_work = work
+                return np.asarray(body["answers"], dtype=np.int64 if body["output"] == "labels" else np.float32)
+            code = body.get("error") if isinstance(body, dict) else None
+            if status == 429:
+                time.sleep(min(5.0, float(body.get("retry_after") or 0.2)))
+                continue
+            if code in NEW_CHALLENGE:
+                request = None
+                continue
+            self._fail(status, body, "the batch")
+        raise UserError(f"the server at {self.url} did not answer a batch after {self.retries} attempts; "
+                        f"check that it is running")
+
+    def close(self) -> None:
+        if self._solver is not None:
+            try:
+                self._solver.__exit__(None, None, None)
+            finally:
+                self._solver = None
+                self._http.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class RemoteOracle:
+    """The extraction loop's oracle for a live server: query(x) answers through an ApiClient. The server
+    does the accounting and the pricing; this side records the measured PoW and waiting times."""
+    remote = True
+
+    def __init__(self, client: ApiClient, *, output: str):
+        self.client, self.output = client, output
+        self._base = {"queries": 0, "query_time_s": 0.0, "pow_time_s": 0.0, "pow_work": 0.0}
+
+    @property
+    def queries(self) -> int:
+        return self._base["queries"] + self.client.queries
+
+    @property
+    def query_time_s(self) -> float:
+        return self._base["query_time_s"] + self.client.wait_time_s
+
+    @property
+    def pow_time_s(self) -> float:
+        return self._base["pow_time_s"] + self.client.pow_time_s
+
+    @property
+    def pow_work(self) -> float:
+        return self._base["pow_work"] + self.client.work
+
+    def query(self, x):
+        import torch
+
+        answers = self.client.predict(x.numpy())
+        if self.output == "labels" and answers.dtype != np.int64:
+            raise UserError("the server answers probabilities; run with --victim_output probs")
+        if self.output == "probs" and answers.dtype != np.float32:
+            raise UserError("the server answers labels only; this mode needs probabilities (the operator starts "
+                            "the server with --victim_output probs)")
+        return torch.from_numpy(answers)
+
+    def totals(self) -> dict:
+        """The server's account (costs) with this side's counts and times."""
+        costs = self.client.account()["costs"]
+        return {**costs, "queries": self.queries, "query_time_s": self.query_time_s}
+
+    def state_dict(self) -> dict:
+        return {"queries": self.queries, "query_time_s": self.query_time_s, "pow_time_s": self.pow_time_s,
+                "pow_work": self.pow_work}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._base = {k: type(self._base[k])(state.get(k, 0)) for k in self._base}
