@@ -93,33 +93,29 @@ class BodyLimit:
             if too_big:
                 return await _send_json(send, 413, {"error": "body_too_large",
                                                     "detail": f"the request body exceeds {self.limit} bytes"})
-        seen = 0
-        started = False
-
-        async def counted_receive():
-            nonlocal seen
+        chunks, seen = [], 0
+        while True:  # read the body first, never more than the limit, then hand it on whole
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge()
-            return message
+            if message["type"] != "http.request":
+                return  # the client went away
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                return await _send_json(send, 413, {"error": "body_too_large",
+                                                    "detail": f"the request body exceeds {self.limit} bytes"})
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        whole = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        sent = False
 
-        async def tracked_send(message):
-            nonlocal started
-            started = True
-            await send(message)
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return whole
+            return await receive()
 
-        try:
-            await self.app(scope, counted_receive, tracked_send)
-        except _TooLarge:
-            if not started:
-                await _send_json(send, 413, {"error": "body_too_large",
-                                             "detail": f"the request body exceeds {self.limit} bytes"})
-
-
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 async def _send_json(send, status: int, body: dict) -> None:

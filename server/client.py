@@ -16,7 +16,7 @@ from common.errors import UserError
 from pow.solver import Solver, default_workers
 from server import tensors
 
-RETRIES = 8  # attempts per batch, over expiry, stale prices, rate limits and broken connections
+RETRIES = 12  # attempts per batch, over expiry, stale prices, rate limits and broken connections
 BACKOFF_S = 0.25  # first wait after a broken connection (doubles, at most 5 s)
 NEW_CHALLENGE = {"expired", "stale_price", "wrong_puzzle"}
 
@@ -45,6 +45,7 @@ class ApiClient:
         self.queries = 0
         self.last_work = 0.0
         self.max_batch: int | None = None
+        self.answered: list = []  # the challenges whose batches were answered (spent at the server)
 
     # -- plumbing ----------------------------------------------------------------------------------
     def _call(self, method: str, path: str, **kwargs):
@@ -98,25 +99,28 @@ class ApiClient:
         backoff = BACKOFF_S
         request = None
         for _ in range(self.retries):
-            if request is None:
-                ch = self.challenge(len(x))
-                request = {"solution": self.solve(ch["challenge"]), "inputs": payload}
-                work = float(ch["work"])
-            start = time.perf_counter()
+            start, solving = time.perf_counter(), 0.0
             try:
+                if request is None:
+                    ch = self.challenge(len(x))
+                    solved = time.perf_counter()
+                    request = {"solution": self.solve(ch["challenge"]), "inputs": payload}
+                    solving = time.perf_counter() - solved
+                    work = float(ch["work"])
                 status, body = self._call("POST", "/v1/predict", json=request)
-            except self._httpx.TransportError:  # the server went away: send the same request again
+            except self._httpx.TransportError:  # the server went away: the same request again, once it is back
                 time.sleep(backoff)
                 backoff = min(5.0, backoff * 2)
                 continue
             finally:
-                with self._lock:
-                    self.wait_time_s += time.perf_counter() - start
+                with self._lock:  # everything but solving: the server's answers and the network
+                    self.wait_time_s += time.perf_counter() - start - solving
             if status == 200:
                 with self._lock:
                     self.queries += len(x)
                     self.work += work
                     self.last_work = work
+                    self.answered.append(request["solution"].rsplit("|", 1)[0])
                 return np.asarray(body["answers"], dtype=np.int64 if body["output"] == "labels" else np.float32)
             code = body.get("error") if isinstance(body, dict) else None
             if status == 429:

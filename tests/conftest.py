@@ -1,6 +1,7 @@
 """Shared fixtures: the repository on sys.path, a quickly trained mnist-5k victim, a CLI runner."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,10 +30,12 @@ def victim_path(tmp_path_factory) -> Path:
     return path
 
 
-def run_cli(*args, cwd=ROOT, timeout=600):
-    """Run main.py in a subprocess; returns CompletedProcess with text output."""
+def run_cli(*args, cwd=ROOT, timeout=600, env_key=None):
+    """Run main.py in a subprocess; returns CompletedProcess with text output. `env_key` sets
+    $POW_API_KEY."""
+    env = {**os.environ, "POW_API_KEY": env_key} if env_key else None
     return subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture

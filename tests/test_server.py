@@ -1,0 +1,446 @@
+"""The prediction API: protocol, security (each attack accepted 0 times), stores, accounts, client.
+
+Most tests run the real FastAPI app in-process (TestClient) over a real mnist-5k victim; the stores
+run on SQLite and on PostgreSQL (the cluster .ci/run starts). Challenges are cheap here (a pricer with
+a slow assumed client), so solving takes milliseconds.
+"""
+from __future__ import annotations
+
+import base64
+import threading
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from data.registry import load_splits
+from models.checkpoint import load_victim
+from models.oracle import Victim
+from pow import calibration, puzzles
+from pow.solver import Solver
+from pow.timing import PuzzlePricer
+from privacy import accountants
+from server import tensors
+from server.app import create_app
+from server.keys import hash_api_key, new_api_key
+from server.service import ApiError, PredictionService, ServiceConfig
+from server.store import open_store
+from tests.server_helpers import BASELINE, state_url
+
+KEY = b"k" * 32
+ITEM = (1, 28, 28)
+
+
+@pytest.fixture(scope="module")
+def parts(victim_path, tmp_path_factory):
+    splits = load_splits("mnist-5k", "data")
+    model, _ = load_victim(victim_path, splits.spec, device=torch.device("cpu"))
+    victim = Victim(model, device=torch.device("cpu"))
+    make_ledger = accountants.ledger_factory(victim.representations(splits.victim_x), splits.victim_y,
+                                             num_classes=10, k=300, sigma=28.0, delta=1e-5)
+    path = tmp_path_factory.mktemp("baseline") / "baseline.csv"
+    path.write_text(BASELINE)
+    calibrator = calibration.create(calibration.CalibrationConfig(), calibration.load_baseline(path, cost_measure="entropy"))
+    return {"victim": victim, "make_ledger": make_ledger, "calibrator": calibrator,
+            "images": splits.pool_x[:200].numpy()}
+
+
+class Clock:
+    def __init__(self):
+        import time
+        self.now = time.time()
+
+    def __call__(self):
+        return self.now
+
+
+def make_service(parts, url, *, rate=1e5, clock=None, **config):
+    store = open_store(url)
+    service = PredictionService(victim=parts["victim"], item_shape=ITEM, make_ledger=parts["make_ledger"],
+                                calibrator=parts["calibrator"], pricer=PuzzlePricer("sha256", rate=rate),
+                                store=store, key=KEY, clock=clock or Clock(),
+                                config=ServiceConfig(puzzle="sha256", max_batch=64, **config))
+    return service
+
+
+def add_user(service, name, group=None):
+    key = new_api_key()
+    service.store.add_user(name, hash_api_key(key), group or name)
+    return key
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def kind(request):
+    return request.param
+
+
+@pytest.fixture
+def service(parts, tmp_path):
+    svc = make_service(parts, state_url("sqlite", tmp_path))
+    yield svc
+    svc.store.close()
+
+
+@pytest.fixture
+def http(service):
+    app = create_app(service, max_body_bytes=200_000)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+SOLVER = Solver(1)
+
+
+def solve(text: str) -> str:
+    return SOLVER.solve_target(text)[0]
+
+
+def body(solution, x):
+    return {"solution": solution, "inputs": tensors.encode(x)}
+
+
+def paid(http, key, x, batch=None):
+    ch = http.post("/v1/challenge", json={"batch": batch or len(x)}, headers={"X-API-Key": key}).json()
+    return solve(ch["challenge"]), ch
+
+
+def post(http, key, payload):
+    return http.post("/v1/predict", json=payload, headers={"X-API-Key": key})
+
+
+# -- the protocol ----------------------------------------------------------------------------------------
+
+def test_a_paid_batch_is_answered_charged_and_priced_from_its_account(http, service, parts):
+    key = add_user(service, "alice")
+    x = parts["images"][:64]
+    solution, ch = paid(http, key, x)
+    assert ch["challenge"].startswith("pow2|sha256|") and ch["batch"] == 64 and ch["work"] >= 1
+    r = post(http, key, body(solution, x))
+    assert r.status_code == 200, r.text
+    labels = np.array(r.json()["answers"])
+    assert (labels == parts["victim"].log_probs(torch.from_numpy(x)).argmax(1).numpy()).all()
+    account = http.get("/v1/account", headers={"X-API-Key": key}).json()
+    ledger = parts["make_ledger"]()
+    ledger.add(parts["victim"].log_probs(torch.from_numpy(x)), images=torch.from_numpy(x))
+    assert account["queries"] == 64 and account["batches"] == 1
+    assert account["costs"]["entropy_cost"] == pytest.approx(ledger.totals()["entropy_cost"], rel=1e-9)
+    assert account["costs"]["privacy_cost"] == pytest.approx(ledger.totals()["privacy_cost"], rel=1e-9)
+    assert account["next"]["work"] > 0
+
+
+def test_an_attacker_pays_more_per_batch_than_a_legitimate_user(http, service, parts):
+    legit, thief = add_user(service, "legit"), add_user(service, "thief")
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        post(http, legit, body(paid(http, legit, parts["images"][64 * i:64 * (i + 1)])[0], parts["images"][64 * i:64 * (i + 1)]))
+        noise = rng.integers(0, 256, size=(64, *ITEM), dtype=np.uint8)  # out-of-distribution: costly
+        post(http, thief, body(paid(http, thief, noise)[0], noise))
+    a = http.get("/v1/account", headers={"X-API-Key": legit}).json()
+    b = http.get("/v1/account", headers={"X-API-Key": thief}).json()
+    assert b["costs"]["entropy_cost"] > 3 * a["costs"]["entropy_cost"]
+    assert b["next"]["work"] > 3 * a["next"]["work"]
+
+
+def test_openapi_documents_the_versioned_protocol(http):
+    schema = http.get("/openapi.json").json()
+    assert {"/v1/challenge", "/v1/predict", "/v1/account", "/healthz"} <= set(schema["paths"])
+    assert "409" in schema["paths"]["/v1/predict"]["post"]["responses"]
+    assert http.get("/healthz").json()["status"] == "ok"
+
+
+def test_a_resent_request_is_redelivered_once_charged(http, service, parts):
+    key = add_user(service, "retry")
+    x = parts["images"][:32]
+    payload = body(paid(http, key, x)[0], x)
+    first, again = post(http, key, payload), post(http, key, payload)
+    assert first.status_code == again.status_code == 200 and again.json()["redelivered"]
+    assert again.json()["answers"] == first.json()["answers"]
+    assert http.get("/v1/account", headers={"X-API-Key": key}).json()["queries"] == 32
+
+
+# -- security: every attack is accepted 0 times ------------------------------------------------------------
+
+def _fields(text):
+    return text.split("|")
+
+
+def test_a_forged_signature_is_refused(http, service, parts):
+    key = add_user(service, "mallory")
+    x = parts["images"][:8]
+    _, ch = paid(http, key, x)
+    fields = _fields(ch["challenge"])
+    forged = "|".join(fields[:-1] + ["0" * 64])
+    r = post(http, key, body(solve(forged), x))
+    assert r.status_code == 403 and r.json()["error"] == "bad_signature"
+
+
+TAMPER = {1: "scrypt", 2: "1.0", 3: "2", 4: "63", 5: "1000000000", 6: "9999999999", 7: "bob", 8: "0" * 32}
+
+
+@pytest.mark.parametrize("index", sorted(TAMPER))
+def test_each_signed_field_tampered_is_refused(http, service, parts, index):
+    key = add_user(service, "bob")  # the user field is tampered to another real user's name
+    add_user(service, "carol")
+    x = parts["images"][:8]
+    _, ch = paid(http, add_user(service, "carol2") if index == 7 else key, x, batch=8)
+    fields = _fields(ch["challenge"])
+    fields[index] = TAMPER[index] if fields[index] != TAMPER[index] else TAMPER[index] + "1"
+    tampered = "|".join(fields)
+    assert not isinstance(puzzles.parse(tampered), str), "the tampered challenge must parse, to reach the MAC"
+    r = post(http, key, body(solve(tampered), x))
+    assert r.status_code == 403 and r.json()["error"] == "bad_signature", r.text
+
+
+def test_fields_spliced_across_the_delimiters_are_refused(http, service, parts):
+    key = add_user(service, "splice")
+    x = parts["images"][:8]
+    _, ch = paid(http, key, x, batch=8)
+    fields = _fields(ch["challenge"])
+    reached = 0
+    for i in range(1, len(fields) - 2):  # move one character across each delimiter, both ways
+        for left, right in ((fields[i][:-1], fields[i][-1] + fields[i + 1]), (fields[i] + fields[i + 1][:1], fields[i + 1][1:])):
+            spliced = "|".join(fields[:i] + [left, right] + fields[i + 2:])
+            if isinstance(puzzles.parse(spliced), str):
+                continue
+            reached += 1
+            r = post(http, key, body(solve(spliced), x))
+            assert r.status_code == 403, (spliced, r.text)
+    assert reached >= 1, "no splice parsed: the test would not reach the signature check"
+    assert puzzles.encode_fields(["ab", "c"]) != puzzles.encode_fields(["a", "bc"])
+
+
+def test_an_expired_challenge_is_refused(parts, tmp_path):
+    clock = Clock()
+    svc = make_service(parts, state_url("sqlite", tmp_path), clock=clock, ttl_s=60)
+    try:
+        key = add_user(svc, "late")
+        user = svc.authenticate(key)
+        ch = svc.challenge(user, 8)
+        clock.now += 61
+        with pytest.raises(ApiError) as err:
+            svc.predict(user, solve(ch["challenge"]), tensors.encode(parts["images"][:8]))
+        assert err.value.status == 410 and err.value.code == "expired"
+    finally:
+        svc.store.close()
+
+
+def test_another_users_challenge_is_refused(http, service, parts):
+    alice, bob = add_user(service, "alice"), add_user(service, "bob")
+    x = parts["images"][:8]
+    solution, _ = paid(http, alice, x)
+    r = post(http, bob, body(solution, x))
+    assert r.status_code == 403 and r.json()["error"] == "not_your_challenge"
+
+
+def test_a_wrong_or_too_weak_solution_is_refused(parts, tmp_path):
+    svc = make_service(parts, state_url("sqlite", tmp_path), rate=1e9)  # work in the millions
+    try:
+        key = add_user(svc, "cheap")
+        user = svc.authenticate(key)
+        ch = svc.challenge(user, 8)
+        parsed = puzzles.parse(ch["challenge"])
+        assert parsed.work > 1e5
+        easy = puzzles.threshold(64.0, 1)  # a nonce good for 64 evaluations' work, not for the real work
+        nonce = next(n for n in range(10 ** 6) if int.from_bytes(puzzles.digest("sha256", puzzles.sub_input(
+            ch["challenge"], 0, n)), "big") < easy and parsed.unsolved(f"{n:x}") is not None)
+        for nonces in (f"{nonce:x}", "0", "zz", "1,2", ""):
+            with pytest.raises(ApiError) as err:
+                svc.predict(user, f"{ch['challenge']}|{nonces}", tensors.encode(parts["images"][:8]))
+            assert err.value.status in (400, 403), nonces
+        assert svc.store.account("cheap").queries == 0
+    finally:
+        svc.store.close()
+
+
+BAD_INPUTS = {
+    "wrong-shape": lambda x: {**tensors.encode(x), "shape": [8, 1, 28, 27]},
+    "wrong-rank": lambda x: tensors.encode(x.reshape(8, 784)),
+    "wrong-dtype": lambda x: {**tensors.encode(x), "dtype": "int64"},
+    "nan": lambda x: tensors.encode(np.where(np.arange(784).reshape(1, 1, 28, 28) == 5, np.nan, x / 255).astype(np.float32)),
+    "inf": lambda x: tensors.encode(np.full(x.shape, np.inf, dtype=np.float32)),
+    "short-data": lambda x: {**tensors.encode(x), "data": tensors.encode(x)["data"][:-8]},
+    "not-base64": lambda x: {**tensors.encode(x), "data": "!" * len(tensors.encode(x)["data"])},
+    "bool-shape": lambda x: {**tensors.encode(x), "shape": [True, 1, 28, 28]},
+    "empty": lambda x: tensors.encode(x[:0]),
+    "batch-over-challenge": lambda x: tensors.encode(np.concatenate([x, x])),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_tensors_are_refused_and_charge_nothing(http, service, parts, case):
+    key = add_user(service, "tensor")
+    x = parts["images"][:8]
+    solution, _ = paid(http, key, x, batch=8)
+    r = post(http, key, {"solution": solution, "inputs": BAD_INPUTS[case](x)})
+    assert r.status_code == (413 if case == "batch-over-challenge" else 422), r.text
+    assert r.json()["error"] == "bad_inputs"
+    assert service.store.account("tensor").queries == 0
+
+
+def test_oversized_bodies_and_malformed_json_are_4xx(http, service, parts):
+    key = add_user(service, "big")
+    r = http.post("/v1/predict", content=b"{" + b" " * 300_000 + b"}", headers={"X-API-Key": key,
+                                                                              "content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"] == "body_too_large"
+
+    def chunks():
+        for _ in range(40):
+            yield b" " * 10_000
+    r = http.post("/v1/predict", content=chunks(), headers={"X-API-Key": key, "content-type": "application/json"})
+    assert r.status_code == 413
+    for raw in (b"{bad", b"[]", b'{"solution": 5}', b"null", "{\"solution\": \"\udcff\"}".encode("utf-8", "surrogatepass")):
+        r = http.post("/v1/predict", content=raw, headers={"X-API-Key": key, "content-type": "application/json"})
+        assert 400 <= r.status_code < 500 and "error" in r.json(), raw
+
+
+def test_missing_unknown_and_revoked_keys_are_refused(http, service, parts):
+    key = add_user(service, "gone")
+    assert http.post("/v1/challenge", json={}).status_code == 401
+    assert http.post("/v1/challenge", json={}, headers={"X-API-Key": "pk_nope"}).json()["error"] == "unknown_api_key"
+    solution, _ = paid(http, key, parts["images"][:8])
+    service.store.revoke("gone")
+    r = post(http, key, body(solution, parts["images"][:8]))
+    assert r.status_code == 403 and r.json()["error"] == "revoked_api_key"
+    assert http.get("/v1/account", headers={"X-API-Key": key}).status_code == 403
+
+
+def test_a_key_over_its_rate_gets_429(parts, tmp_path):
+    svc = PredictionService(victim=parts["victim"], item_shape=ITEM, make_ledger=parts["make_ledger"],
+                            calibrator=parts["calibrator"], pricer=PuzzlePricer("sha256", rate=1e5),
+                            store=open_store(state_url("sqlite", tmp_path)), key=KEY,
+                            config=ServiceConfig(puzzle="sha256", max_batch=64, rate=1.0, burst=3))
+    try:
+        key = add_user(svc, "fast")
+        with TestClient(create_app(svc, max_body_bytes=0)) as http:
+            codes = [http.get("/v1/account", headers={"X-API-Key": key}).status_code for _ in range(5)]
+            assert codes[:3] == [200] * 3 and codes[3] == 429
+            r = http.get("/v1/account", headers={"X-API-Key": key})
+            assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1 and r.json()["retry_after"] > 0
+    finally:
+        svc.store.close()
+
+
+def test_checks_run_in_order_spent_before_solution(http, service, parts):
+    key = add_user(service, "order")
+    x = parts["images"][:8]
+    solution, _ = paid(http, key, x)
+    assert post(http, key, body(solution, x)).status_code == 200
+    text = solution.rsplit("|", 1)[0]
+    r = post(http, key, body(text + "|ffff", x[:4]))  # spent, and a wrong solution: spent is said first
+    assert r.status_code == 409 and r.json()["error"] == "replayed"
+
+
+def test_a_challenge_fetched_cheap_is_refused_once_the_price_has_risen(http, service, parts):
+    key = add_user(service, "hoarder")
+    rng = np.random.default_rng(1)
+    hoard = [paid(http, key, parts["images"][:64]) for _ in range(2)]
+    for _ in range(12):  # out-of-distribution batches raise the account's price
+        noise = rng.integers(0, 256, size=(64, *ITEM), dtype=np.uint8)
+        assert post(http, key, body(paid(http, key, noise)[0], noise)).status_code == 200
+    r = post(http, key, body(hoard[0][0], parts["images"][:64]))
+    assert r.status_code == 409 and r.json()["error"] == "stale_price", r.text
+
+
+# -- races, on both stores ---------------------------------------------------------------------------------
+
+def test_sixteen_threads_race_one_challenge_and_exactly_one_wins(parts, tmp_path, kind):
+    svc = make_service(parts, state_url(kind, tmp_path))
+    try:
+        key = add_user(svc, "racer")
+        user = svc.authenticate(key)
+        solution = solve(svc.challenge(user, 8)["challenge"])
+        barrier, results = threading.Barrier(16), []
+
+        def go(i):
+            barrier.wait()
+            try:
+                svc.predict(user, solution, tensors.encode(parts["images"][8 * i:8 * i + 8]))
+                results.append(200)
+            except ApiError as exc:
+                results.append(exc.status)
+
+        threads = [threading.Thread(target=go, args=(i,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(results) == [200] + [409] * 15
+        assert svc.store.account("racer").queries == 8 and svc.store.spent_count() == 1
+    finally:
+        svc.store.close()
+
+
+def test_concurrent_batches_of_one_account_all_add_up(parts, tmp_path, kind):
+    svc = make_service(parts, state_url(kind, tmp_path))
+    try:
+        keys = [add_user(svc, f"org{i}", group="org") for i in range(4)]  # one organisation: one account
+        users = [svc.authenticate(k) for k in keys]
+
+        def go(i):
+            for j in range(3):
+                x = parts["images"][(12 * i + 4 * j) % 190:(12 * i + 4 * j) % 190 + 4]
+                svc.predict(users[i], solve(svc.challenge(users[i], 4)["challenge"]), tensors.encode(x))
+
+        threads = [threading.Thread(target=go, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        row = svc.store.account("org")
+        assert row.queries == 48 and row.batches == 12 and svc.store.spent_count() == 12
+    finally:
+        svc.store.close()
+
+
+# -- the codec and verifier, property-based ------------------------------------------------------------------
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(max_size=300))
+def test_no_text_makes_the_codec_or_verifier_raise(text):
+    parsed = puzzles.parse(text)
+    if not isinstance(parsed, str):
+        parsed.signed_by(KEY)
+        parsed.unsolved("0")
+    assert not puzzles.verify(text, key=KEY, kind="sha256", resource="u", min_work=1)
+    puzzles.split_solution(text)
+
+
+_ISSUED = puzzles.issue_bound(key=KEY, user="alice", work=2.0, kind="sha256", subs=2, batch=8)
+_SOLVED = SOLVER.solve_target(_ISSUED)[0]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.integers(0, len(_SOLVED) - 1), st.characters(codec="ascii"))
+def test_no_mutated_solution_verifies(position, char):
+    assert puzzles.verify(_SOLVED, key=KEY, kind="sha256", resource="alice", min_work=1)
+    mutated = _SOLVED[:position] + char + _SOLVED[position + 1:]
+    if mutated == _SOLVED:
+        return
+    verdict = puzzles.verify(mutated, key=KEY, kind="sha256", resource="alice", min_work=1)
+    if position >= len(_ISSUED) + 1:  # a nonce changed: another nonce may solve the cheap puzzle too
+        return
+    assert not verdict, mutated
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow])
+@given(st.one_of(st.binary(max_size=200), st.dictionaries(st.text(max_size=10), st.recursive(
+    st.none() | st.booleans() | st.floats() | st.text(max_size=20), lambda c: st.lists(c, max_size=3), max_leaves=5),
+    max_size=4).map(lambda d: __import__("json").dumps(d).encode())))
+def test_no_body_makes_the_server_answer_5xx(http, service, raw):
+    key = service.store.user_by_key(hash_api_key("pk_fuzz")) and "pk_fuzz"
+    if not key:
+        service.store.add_user("fuzz", hash_api_key("pk_fuzz"), "fuzz")
+    for path in ("/v1/predict", "/v1/challenge"):
+        r = http.post(path, content=raw, headers={"X-API-Key": "pk_fuzz", "content-type": "application/json"})
+        assert 200 <= r.status_code < 500, (raw, r.status_code, r.text)
+
+
+def test_base64_of_the_wrong_length_is_refused_before_decoding():
+    x = np.zeros((2, *ITEM), dtype=np.uint8)
+    payload = tensors.encode(x)
+    payload["data"] = base64.b64encode(b"\0" * 10).decode()
+    with pytest.raises(tensors.TensorError):
+        tensors.decode(payload, item_shape=ITEM, max_batch=4)
