@@ -14,6 +14,7 @@ def _commands():
     from commands.serve import query, remote_oracle, serve, serve_admin
     from commands.powtime import pow_time
     from commands.summary import summarize
+    from commands.sybil import sybil
     from commands.teachers import train_teachers
     from commands.victim import train_victim
     from extraction.loop import run_extraction
@@ -36,7 +37,7 @@ def _commands():
             "pow-time": pow_time, "cost-separation": cost_separation, "pow-mint": pow_mint,
             "pow-check": pow_check, "pow-calibrate": pow_calibrate, "pow-table": pow_table,
             "train-teachers": train_teachers, "summarize": summarize, "serve": serve, "serve-admin": serve_admin,
-            "query": query}
+            "query": query, "sybil": sybil}
 
 
 def attack_script(mode: str, argv=None) -> int:

@@ -60,6 +60,7 @@ DEFAULTS = dict(
     pate_sigma=None, num_models=None,
     host="127.0.0.1", port=8000, state="sqlite:///server-state.db", key_file=None, max_batch=256, ttl_s=600.0,
     rate=50.0, burst=100, threads=None, server=None, api_key=None, input=None, action=None, name=None, group=None,
+    accounts="1,2,4,8,16",
 )
 #: every attack's own options (Options dataclasses): their defaults join DEFAULTS, their flags join extract
 MODE_OPTIONS = {f.name: (name, f) for name, cls in sorted(ATTACKS.items()) if cls.Options is not None
@@ -368,6 +369,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help=".npy array of images (N, C, H, W), uint8 or floats in [0, 1]")
     p.add_argument("--workers", type=_num(int, 1, 1024), default=None, help="solver processes (default: all cores)")
     p.add_argument("--out", default=None, help="also save the answers here as .npy (default: print only)")
+
+    p = sub.add_parser("sybil", help="copycat split over n API keys: the ratio it pays, with and without grouping keys")
+    _common(p)
+    _victim(p)
+    _accountant(p)
+    _calibration(p)
+    p.add_argument("--calibration", required=True, help="a legitimate user's log.csv (a standard run's)")
+    p.add_argument("--budget", type=_POS_INT, default=None, help="queries of each client in all (default: 1024)")
+    p.add_argument("--query_batch", type=_POS_INT, default=None, help="queries per batch (default: 64)")
+    p.add_argument("--accounts", default=None, type=_list(_num(int, 1, 4096), "count"),
+                   help="comma-separated numbers of API keys (default: 1,2,4,8,16)")
+    p.add_argument("--ood_pool", default=None, choices=sorted(OOD_POOLS), help="copycat's images (default: photos)")
+    p.add_argument("--out", default=None, help="CSV of the table (default: results/sybil.csv; plot beside it)")
 
     p = sub.add_parser("summarize", help="one table and figure from a folder of runs (RUNS/MODE/log.csv), priced "
                                          "against its standard run")

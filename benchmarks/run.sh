@@ -5,3 +5,4 @@ cd "$(dirname "$0")/.."
 python3 benchmarks/bench_privacy.py
 python3 benchmarks/bench_pow.py
 python3 benchmarks/bench_teachers.py
+python3 benchmarks/bench_server.py

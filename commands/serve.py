@@ -15,6 +15,18 @@ log = logging.getLogger(__name__)
 API_KEY_ENV = "POW_API_KEY"
 
 
+def check_serve(s):
+    """The settings' own errors, before any file is opened or made; returns the calibrator."""
+    from pow import calibration
+
+    if s.puzzle == "hashcash":
+        raise UserError("the server issues signed sha256 or scrypt challenges; pass --puzzle scrypt or sha256")
+    if not s.calibration:
+        raise UserError("serve needs --calibration: a legitimate user's log.csv (a standard run's) to price against")
+    return calibration.create(calibration.CalibrationConfig.of(s.as_dict()),
+                              calibration.load_baseline(s.calibration, cost_measure=s.cost_measure))
+
+
 def build_service(s, store, key: bytes):
     """The PredictionService for the settings: victim, ledger factory, calibrator and pricer."""
     import torch
@@ -30,13 +42,8 @@ def build_service(s, store, key: bytes):
     from privacy import accountants
     from server.service import PredictionService, ServiceConfig
 
-    if s.puzzle == "hashcash":
-        raise UserError("the server issues signed sha256 or scrypt challenges; pass --puzzle scrypt or sha256")
-    if not s.calibration:
-        raise UserError("serve needs --calibration: a legitimate user's log.csv (a standard run's) to price against")
+    calibrator = check_serve(s)
     column = accountants.cost_column(s.cost_measure)
-    config = calibration.CalibrationConfig.of(s.as_dict())
-    calibrator = calibration.create(config, calibration.load_baseline(s.calibration, cost_measure=s.cost_measure))
     device = resolve_device(s.device)
     splits = load_splits(s.dataset, s.data_dir)
     model, _ = load_victim(s.victim_path, splits.spec, architecture=s.victim_arch, device=device)
@@ -89,6 +96,7 @@ def serve(s) -> tuple:
     from server.store import open_store
 
     key = server_key(s.key_file)
+    check_serve(s)
     try:
         loopback = ipaddress.ip_address(s.host).is_loopback
     except ValueError:
@@ -125,14 +133,17 @@ def serve_admin(s) -> tuple:
         store.close()
         return path, (f"wrote a new HMAC key to {path} (mode 0600) and the tables of {s.state}\n"
                       f"start the server with: python main.py serve --key_file {path} --state {s.state} ...")
+    if s.action == "add-user":
+        if not valid_user(s.name):
+            raise UserError("add-user needs a NAME of 1 to 64 characters of A-Z a-z 0-9 . _ -")
+        if not valid_user(s.group or s.name):
+            raise UserError("--group must be 1 to 64 characters of A-Z a-z 0-9 . _ -")
+    if s.action == "revoke" and not s.name:
+        raise UserError("revoke needs the user's NAME")
     store = open_store(s.state)
     try:
         if s.action == "add-user":
-            if not valid_user(s.name):
-                raise UserError("add-user needs a NAME of 1 to 64 characters of A-Z a-z 0-9 . _ -")
             group = s.group or s.name
-            if not valid_user(group):
-                raise UserError("--group must be 1 to 64 characters of A-Z a-z 0-9 . _ -")
             key = new_api_key()
             store.add_user(s.name, hash_api_key(key), group)
             return key, (f"{key}\n# user '{s.name}' added (account '{group}'); this key is shown once and only "
@@ -145,8 +156,6 @@ def serve_admin(s) -> tuple:
                 lines.append(f"{u.name:24} {u.account:24} {'revoked' if u.revoked else 'active':8} {row.queries}")
             return users, "\n".join(lines) if users else "no users; add one with: serve-admin add-user NAME"
         if s.action == "revoke":
-            if not s.name:
-                raise UserError("revoke needs the user's NAME")
             store.revoke(s.name)
             return s.name, f"revoked user '{s.name}'; its key is refused from now on"
         raise UserError(f"unknown serve-admin action '{s.action}'; valid: init, add-user, list-users, revoke")

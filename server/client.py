@@ -62,8 +62,16 @@ class ApiClient:
         detail = body.get("detail") if isinstance(body, dict) else body
         raise UserError(f"the server refused {what} ({status} {body.get('error', '')}): {detail}")
 
+    def _reach(self, method: str, path: str, **kwargs):
+        """_call, with a broken connection said as a UserError (outside the retry loop)."""
+        try:
+            return self._call(method, path, **kwargs)
+        except self._httpx.TransportError as exc:
+            raise UserError(f"cannot reach the server at {self.url} ({type(exc).__name__}: {exc}); check that it "
+                            f"is running and the URL is right") from exc
+
     def account(self) -> dict:
-        status, body = self._call("GET", "/v1/account")
+        status, body = self._reach("GET", "/v1/account")
         if status != 200:
             self._fail(status, body, "the account request")
         return body

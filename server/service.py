@@ -15,6 +15,7 @@ challenge and the account's new totals in one transaction before the answer is r
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import threading
 import time
@@ -87,6 +88,8 @@ class PredictionService:
         self.calibrator, self.pricer, self.store, self.key = calibrator, pricer, store, key
         self.config, self.clock = config, clock
         self.limiter = RateLimiter(config.rate, config.burst)
+        #: seconds of each answered batch's parts (inference, accountant, commit); the latest 10,000
+        self.timings: collections.deque = collections.deque(maxlen=10_000)
 
     # -- identity ----------------------------------------------------------------------------------
     def authenticate(self, api_key) -> object:
@@ -173,6 +176,7 @@ class PredictionService:
         images = torch.from_numpy(x.copy())
         logp = self.victim.log_probs(images)
         answer = self.victim.answer(logp)
+        inferred = time.perf_counter()
         ledger = self.make_ledger()
         ledger.add(logp, images=images)
         delta = ledger.state_dict()
@@ -189,6 +193,8 @@ class PredictionService:
 
         result = self.store.commit(token=token, expires=ch.expires, account=user.account, queries=len(x),
                                    answer_s=answer_s, merge=merge, request=request, response=response)
+        self.timings.append({"inference_s": inferred - start, "accountant_s": answer_s - (inferred - start),
+                             "commit_s": time.perf_counter() - start - answer_s})
         if isinstance(result, Spent):  # another request spent it first
             return self._redeliver(result, request)
         return {**response, "account": self._summary(user, result)}

@@ -47,6 +47,8 @@ FILES = {
 
 EXTRACT = ["extract", "--victim_path", "{in}/victim.pt", "--out_dir", "{out}/run", "--device", "cpu"]
 KEYED = ["--key", "k" * 32]
+SERVE = ["--calibration", "{in}/baseline.csv", "--victim_path", "{in}/victim.pt", "--state", "sqlite:///{out}/s.db",
+         "--device", "cpu"]
 CASES = {
     # extract: NaN and out-of-range numbers, bad baselines, impossible budgets, unusable paths
     "extract-sigma-nan": EXTRACT + ["--sigma", "nan"],
@@ -204,6 +206,32 @@ CASES = {
     "separation-datasets-unknown": ["cost-separation", "--datasets", "nope", "--out", "{out}/s.csv"],
     "separation-sigmas-nan": ["cost-separation", "--sigmas", "nan", "--out", "{out}/s.csv"],
     "separation-out-under-file": ["cost-separation", "--datasets", "mnist-5k", "--out", "{in}/afile/s.csv"],
+    # serve, serve-admin, query, sybil, extract --server
+    "serve-no-key": ["serve", *SERVE],
+    "serve-key-file-readable": ["serve", *SERVE, "--key_file", "{in}/baseline.csv"],
+    "serve-dev-key": ["serve", *SERVE, "--key_file", "{in}/dev.key"],
+    "serve-hashcash": ["serve", *SERVE, "--key_file", "{in}/server.key", "--puzzle", "hashcash"],
+    "serve-baseline-nan": ["serve", *SERVE, "--key_file", "{in}/server.key", "--calibration", "{in}/nan.csv"],
+    "serve-state-unknown": ["serve", *SERVE, "--key_file", "{in}/server.key", "--state", "mysql://db"],
+    "serve-state-folder-missing": ["serve", *SERVE, "--key_file", "{in}/server.key", "--state",
+                                   "sqlite:///{in}/nope/s.db"],
+    "serve-port-0": ["serve", *SERVE, "--port", "0"],
+    "admin-init-no-key-file": ["serve-admin", "init", "--state", "sqlite:///{out}/s.db"],
+    "admin-init-key-exists": ["serve-admin", "init", "--key_file", "{in}/server.key", "--state", "sqlite:///{out}/s.db"],
+    "admin-add-user-bad-name": ["serve-admin", "add-user", "bad name!", "--state", "sqlite:///{out}/s.db"],
+    "admin-revoke-no-name": ["serve-admin", "revoke", "--state", "sqlite:///{out}/s.db"],
+    "admin-state-not-sqlite": ["serve-admin", "list-users", "--state", "sqlite:///{in}/notes.txt"],
+    "query-input-missing": ["query", "--server", "http://127.0.0.1:9", "--api_key", "k", "--input", "{in}/nope.npy"],
+    "query-input-not-npy": ["query", "--server", "http://127.0.0.1:9", "--api_key", "k", "--input", "{in}/notes.txt"],
+    "query-out-is-input": ["query", "--server", "http://127.0.0.1:9", "--api_key", "k", "--input", "{in}/x.npy",
+                           "--out", "{in}/x.npy"],
+    "query-no-api-key": ["query", "--server", "http://127.0.0.1:9", "--input", "{in}/x.npy"],
+    "query-bad-url": ["query", "--server", "ftp://host", "--api_key", "k", "--input", "{in}/x.npy"],
+    "query-no-server": ["query", "--server", "http://127.0.0.1:9", "--api_key", "k", "--input", "{in}/x.npy",
+                        "--workers", "1"],
+    "extract-server-bad-url": EXTRACT + ["--server", "ftp://host", "--api_key", "k"],
+    "sybil-budget-below-accounts": ["sybil", "--calibration", "{in}/baseline.csv", "--victim_path", "{in}/victim.pt",
+                                    "--budget", "64", "--out", "{out}/s.csv"],
     "separation-no-victims": ["cost-separation", "--datasets", "mnist-5k", "--victim_dir", "{in}/adir",
                               "--queries", "10", "--out", "{out}/s.csv"],
 }
@@ -328,6 +356,27 @@ NEEDLES = {
     "summarize-wrong-measure": "pate_cost",
     "teachers-num-models-0": "--num_models: the value must be a whole number >= 1",
     "teachers-too-many": "--num_models must lie in 1..3000",
+    "serve-no-key": "the server needs an HMAC key",
+    "serve-key-file-readable": "can be read by other users",
+    "serve-dev-key": "public development key",
+    "serve-hashcash": "pass --puzzle scrypt or sha256",
+    "serve-baseline-nan": "non-numeric or infinite",
+    "serve-state-unknown": "unknown state database 'mysql://db'",
+    "serve-state-folder-missing": "does not exist; create it first",
+    "serve-port-0": "--port: the value must be a whole number >= 1",
+    "admin-init-no-key-file": "needs --key_file",
+    "admin-init-key-exists": "never overwritten",
+    "admin-add-user-bad-name": "add-user needs a NAME",
+    "admin-revoke-no-name": "revoke needs the user's NAME",
+    "admin-state-not-sqlite": "is not a usable SQLite database",
+    "query-input-missing": "is not a file",
+    "query-input-not-npy": "is not a plain .npy array",
+    "query-out-is-input": "no command writes over its inputs",
+    "query-no-api-key": "no API key",
+    "query-bad-url": "must be an http:// or https:// URL",
+    "query-no-server": "cannot reach the server at http://127.0.0.1:9",
+    "extract-server-bad-url": "must be an http:// or https:// URL",
+    "sybil-budget-below-accounts": "raise --budget to at least 1024",
 }
 
 
@@ -346,6 +395,11 @@ def workspace(victim_path, tmp_path_factory):
     for name, text in FILES.items():
         (inputs / name).parent.mkdir(parents=True, exist_ok=True)
         (inputs / name).write_text(text)
+    for name, text in (("server.key", "ab" * 32 + "\n"), ("dev.key", "insecure-development-key\n")):
+        (inputs / name).write_text(text)
+        (inputs / name).chmod(0o600)
+    import numpy as np
+    np.save(inputs / "x.npy", np.zeros((2, 1, 28, 28), dtype=np.uint8))
     shutil.copy(victim_path, inputs / "victim.pt")
     shutil.copy(victim_path, inputs / "runlike" / "stolen.pt")
     shutil.copy(victim_path, inputs / "runlike" / "mnist-5k-victim.pt")
@@ -362,6 +416,7 @@ def test_every_case_names_its_error():
 def test_bad_input_fails_cleanly(workspace, case, capsys, monkeypatch):
     monkeypatch.chdir(workspace)
     monkeypatch.delenv("POW_SECRET", raising=False)
+    monkeypatch.delenv("POW_API_KEY", raising=False)
     argv = [a.replace("{in}", str(workspace / "in")).replace("{out}", str(workspace / "out")) for a in CASES[case]]
     before = snapshot(workspace)
     try:

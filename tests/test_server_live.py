@@ -61,6 +61,16 @@ def test_admin_commands_and_a_query_from_the_cli(victim_path, files, keyfile, tm
                     "--out", tmp_path / "y.npy", "--workers", "1", env_key=key)
         assert r.returncode == 0, r.stderr
         assert np.load(tmp_path / "y.npy").shape == (5,) and "answers:" in r.stdout
+        r = run_cli("extract", "--server", f"http://127.0.0.1:{port}", "--mode", "standard", "--budget", "64",
+                    "--query_batch", "32", "--batches_per_round", "1", "--stolen_epochs", "1", "--workers", "1",
+                    "--victim_path", victim_path, "--device", "cpu", "--out_dir", tmp_path / "run", env_key=key)
+        assert r.returncode == 0, r.stderr
+        import pandas as pd
+        log = pd.read_csv(tmp_path / "run" / "log.csv")
+        assert list(log["queries"]) == [32, 64] and (log["pow_time_s"] > 0).all() and (log["entropy_cost"] > 0).all()
+        assert (log["total_time_s"] > log["query_time_s"]).all()
+        assert key not in (tmp_path / "run" / "params.json").read_text(), "the API key must not be saved"
+        assert "alice" in admin("list-users", "--state", url) and " 69" in admin("list-users", "--state", url)
         admin("revoke", "alice", "--state", url)
         r = run_cli("query", "--server", f"http://127.0.0.1:{port}", "--input", tmp_path / "x.npy",
                     "--api_key", key, "--workers", "1")

@@ -1,0 +1,246 @@
+"""Load on the prediction server over loopback: 8 concurrent clients, batches of 64, the small CNN.
+
+Four stages in one run, each the same count of requests (bounded in number and time):
+  inference   the victim's forward pass, called from 8 client threads through a pool sized as the
+              server's (--threads workers x cores/threads torch threads each);
+  http        + FastAPI/uvicorn: the batch travels as JSON/base64, is decoded and answered;
+  verify      + the API key, the challenge's signature, owner, expiry, spent set and solution
+              (pre-solved minimal challenges: solving is excluded);
+  account     + the accountant (kNN, entropy, gap) and the commit to SQLite: the real /v1/predict.
+Prints requests/s and p50/p99 latency per stage, the overhead of http+verify over inference, and the
+accountant's share of each batch under this load.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+CLIENTS, BATCH, REQUESTS = 8, 64, 30  # requests per client per stage
+TIME_CAP_S = 120.0  # per stage
+
+
+def build(victim_path: str, state: str, threads: int):
+    """The real service with minimal (work 1) challenges, plus two stripped-down routes for the stages."""
+    import numpy as np
+    import torch
+
+    import parameters
+    from commands.serve import body_limit, build_service, size_threads
+    from pow.timing import PuzzlePricer
+    from server import tensors
+    from server.app import create_app
+    from server.service import ApiError
+    from server.store import open_store
+
+    baseline = Path(tempfile.mkdtemp()) / "baseline.csv"
+    from tests.server_helpers import BASELINE
+    baseline.write_text(BASELINE)
+    s = parameters.parse(["serve", "--calibration", str(baseline), "--victim_path", victim_path, "--puzzle", "sha256",
+                          "--device", "cpu", "--state", state, "--rate", "100000", "--burst", "100000",
+                          "--timing_table", "measured", "--timing_csv", str(_timing(baseline.parent))])
+    store = open_store(state)
+    service, describe = build_service(s, store, b"b" * 32)
+    service.pricer = PuzzlePricer("sha256", rate=1e-9)  # every challenge: work 1 (solving excluded)
+    threads, _ = size_threads(threads)
+    app = create_app(service, max_body_bytes=body_limit(service.item_shape, 256), threads=threads)
+
+    from fastapi import Header, Request
+
+    @app.post("/bench/http")
+    def bare_http(payload: dict):
+        x = tensors.decode(payload["inputs"], item_shape=service.item_shape, max_batch=256)
+        logp = service.victim.log_probs(torch.from_numpy(x.copy()))
+        return {"answers": service.victim.answer(logp).tolist()}
+
+    @app.post("/bench/verify")
+    def verify_only(payload: dict, x_api_key: str | None = Header(None)):
+        from pow import puzzles
+        user = service.authenticate(x_api_key)
+        text, nonces = puzzles.split_solution(payload["solution"])
+        ch = puzzles.parse(text)
+        if not ch.signed_by(service.key) or ch.resource != user.name or service.clock() > ch.expires:
+            raise ApiError(403, "bench", "refused")
+        import hashlib
+        if service.store.spent(hashlib.sha256(text.encode()).hexdigest()) is not None or ch.unsolved(nonces):
+            raise ApiError(409, "bench", "refused")
+        service.price(service.store.account(user.account), ch.batch)
+        x = tensors.decode(payload["inputs"], item_shape=service.item_shape, max_batch=ch.batch)
+        logp = service.victim.log_probs(torch.from_numpy(x.copy()))
+        return {"answers": service.victim.answer(logp).tolist()}
+
+    @app.get("/bench/timings")
+    def timings():
+        return list(service.timings)
+    return app, service
+
+
+def _timing(folder: Path) -> Path:
+    from tests.server_helpers import TIMING
+    path = folder / "timing.csv"
+    path.write_text(TIMING)
+    return path
+
+
+def serve(args) -> None:
+    import uvicorn
+    app, _ = build(args.victim_path, args.state, args.threads)
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+
+
+def percentile(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+
+
+def stage(name, call, clients=CLIENTS, requests=REQUESTS) -> dict:
+    latencies, lock = [], threading.Lock()
+    stop = time.perf_counter() + TIME_CAP_S
+
+    def client(i):
+        for j in range(requests):
+            if time.perf_counter() > stop:
+                return
+            start = time.perf_counter()
+            call(i, j)
+            with lock:
+                latencies.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    return {"stage": name, "requests": len(latencies), "requests_per_s": len(latencies) / wall,
+            "p50_ms": 1000 * percentile(latencies, 50), "p99_ms": 1000 * percentile(latencies, 99)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--serve", action="store_true")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--state", default=None)
+    parser.add_argument("--victim_path", default=str(ROOT / "checkpoints" / "mnist-5k-victim.pt"))
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    if args.serve:
+        return serve(args)
+
+    import httpx
+    import numpy as np
+    import torch
+
+    from data.registry import load_splits
+    from results_io import write_result
+    from server import tensors
+    from server.keys import hash_api_key
+    from server.store import open_store
+    from tests.server_helpers import free_port
+
+    if not Path(args.victim_path).exists():
+        subprocess.run([sys.executable, str(ROOT / "main.py"), "train-victim", "--victim_path", args.victim_path,
+                        "--epochs", "1", "--device", "cpu"], check=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-server-"))
+    state = f"sqlite:///{work / 'state.db'}"
+    store = open_store(state)
+    keys = [f"pk_bench{i}" for i in range(CLIENTS)]
+    for i, k in enumerate(keys):
+        store.add_user(f"bench{i}", hash_api_key(k), f"bench{i}")
+    store.close()
+    port = free_port()
+    log = open(work / "server.log", "wb")
+    server = subprocess.Popen([sys.executable, __file__, "--serve", "--port", str(port), "--state", state,
+                               "--victim_path", args.victim_path, "--threads", str(args.threads)],
+                              stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        x = load_splits("mnist-5k", "data").pool_x[:BATCH].numpy()
+        inputs = tensors.encode(x)
+        http = [httpx.Client(base_url=url, headers={"X-API-Key": k}, timeout=60) for k in keys]
+
+        # stage 1: bare inference, in this process, through a pool sized like the server's
+        from commands.serve import size_threads
+        from models.checkpoint import load_victim
+        from models.oracle import Victim
+        splits = load_splits("mnist-5k", "data")
+        victim = Victim(load_victim(args.victim_path, splits.spec, device=torch.device("cpu"))[0],
+                        device=torch.device("cpu"))
+        threads, per = size_threads(args.threads)
+        pool = ThreadPoolExecutor(threads)
+        batch = torch.from_numpy(x.copy())
+        with torch.no_grad():
+            results = [stage("inference", lambda i, j: pool.submit(lambda: victim.answer(victim.log_probs(batch))).result())]
+        pool.shutdown()
+
+        def presolved(i, n):
+            from pow.solver import Solver
+            out = []
+            with Solver(1) as solver:
+                for _ in range(n):
+                    ch = http[i].post("/v1/challenge", json={"batch": BATCH}).json()["challenge"]
+                    out.append(solver.solve_target(ch)[0])
+            return out
+
+        # the load: one keep-alive http.client connection per client (lighter than httpx, which the
+        # clients would otherwise spend these shared cores on)
+        import http.client as httplib
+        conns = [httplib.HTTPConnection("127.0.0.1", port, timeout=60) for _ in keys]
+
+        def post(conn, path, body, key):
+            conn.request("POST", path, body=body, headers={"content-type": "application/json", "x-api-key": key})
+            response = conn.getresponse()
+            data = response.read()
+            if response.status != 200:
+                raise RuntimeError(f"{response.status}: {data[:300]}")
+
+        warm = json.dumps({"inputs": inputs}).encode()
+        for _ in range(16):  # untimed: the first requests pay for lazy imports and connection set-up
+            post(conns[0], "/bench/http", warm, keys[0])
+        for name, path in (("http", "/bench/http"), ("verify", "/bench/verify"), ("account", "/v1/predict")):
+            # bodies made before the clock starts: the clients share these 2 cores with the server
+            bodies = [[json.dumps({"solution": s, "inputs": inputs}).encode() for s in presolved(i, REQUESTS)]
+                      for i in range(CLIENTS)]
+            results.append(stage(name, lambda i, j: post(conns[i], path, bodies[i][j], keys[i])))
+        timings = http[0].get("/bench/timings").json()
+        for c in http + conns:
+            c.close()
+    finally:
+        server.kill()
+        server.wait()
+        log.close()
+    base = results[0]["requests_per_s"]
+    out = {"clients": CLIENTS, "batch": BATCH, "requests_per_stage": CLIENTS * REQUESTS, "server_threads": threads,
+           "torch_threads_each": per, "cores": os.cpu_count(), "stages": results,
+           "http_verify_overhead": 1 - results[2]["requests_per_s"] / base,
+           "http_verify_overhead_target": 0.20,
+           "accountant_ms_per_batch": {"p50": 1000 * statistics.median(t["accountant_s"] for t in timings),
+                                       "p99": 1000 * percentile([t["accountant_s"] for t in timings], 99)},
+           "inference_ms_per_batch_in_server": 1000 * statistics.median(t["inference_s"] for t in timings),
+           "commit_ms_per_batch": 1000 * statistics.median(t["commit_s"] for t in timings),
+           "accountant_share_of_batch": statistics.median(
+               t["accountant_s"] / (t["inference_s"] + t["accountant_s"] + t["commit_s"]) for t in timings)}
+    write_result("server_load", out)
+
+
+if __name__ == "__main__":
+    main()
