@@ -97,40 +97,69 @@ def serve(s) -> tuple:
 
     key = server_key(s.key_file)
     check_serve(s)
+    sock = _bind(s.host, s.port)  # a port in use fails here, before any file is opened or made
     try:
-        loopback = ipaddress.ip_address(s.host).is_loopback
-    except ValueError:
-        loopback = s.host == "localhost"
-    store = open_store(s.state)
-    try:
-        service, describe = build_service(s, store, key)
-        threads, per = size_threads(s.threads)
-        spec_shape = service.item_shape
-        app = create_app(service, max_body_bytes=body_limit(spec_shape, s.max_batch), threads=threads,
-                         describe=describe)
-        if not loopback:
-            print(f"warning: listening on {s.host}, not loopback: put a TLS proxy in front, since API keys and "
-                  f"answers travel in clear", file=sys.stderr)
-        print(f"serving {s.dataset} on http://{s.host}:{s.port} (state {store.describe}, {threads} threads x "
-              f"{per} torch threads); docs at /docs", file=sys.stderr, flush=True)
-        uvicorn.run(app, host=s.host, port=s.port, log_level="warning", access_log=False)
+        store = open_store(s.state)
+        try:
+            service, describe = build_service(s, store, key)
+            threads, per = size_threads(s.threads)
+            app = create_app(service, max_body_bytes=body_limit(service.item_shape, s.max_batch), threads=threads,
+                             describe=describe)
+            if not _loopback(s.host):
+                print(f"warning: listening on {s.host}, not loopback: put a TLS proxy in front, since API keys and "
+                      f"answers travel in clear", file=sys.stderr)
+            print(f"serving {s.dataset} on http://{s.host}:{s.port} (state {store.describe}, {threads} threads x "
+                  f"{per} torch threads); docs at /docs", file=sys.stderr, flush=True)
+            server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+            server.run(sockets=[sock])
+        finally:
+            store.close()
     finally:
-        store.close()
+        sock.close()
     return None, "server stopped"
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _bind(host: str, port: int):
+    """A listening socket on host:port; a UserError when it cannot be had."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UserError(f"--host {host} is not an address of this machine ({exc}); use 127.0.0.1") from exc
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); the port is in use or not "
+                        f"yours: choose another --port") from exc
+    sock.set_inheritable(True)
+    return sock
 
 
 def serve_admin(s) -> tuple:
     """init | add-user NAME [--group G] | list-users | revoke NAME."""
-    from server.keys import hash_api_key, init_key_file, new_api_key
+    from server.keys import check_new_key_file, hash_api_key, init_key_file, new_api_key
     from server.store import open_store
     from pow.puzzles import valid_user
 
     if s.action == "init":
         if not s.key_file:
             raise UserError("serve-admin init needs --key_file PATH (where the new HMAC key goes)")
+        check_new_key_file(s.key_file)
+        open_store(s.state).close()  # a bad --state fails before the key is written
         path = init_key_file(s.key_file)
-        store = open_store(s.state)
-        store.close()
         return path, (f"wrote a new HMAC key to {path} (mode 0600) and the tables of {s.state}\n"
                       f"start the server with: python main.py serve --key_file {path} --state {s.state} ...")
     if s.action == "add-user":
@@ -181,6 +210,8 @@ def query(s) -> tuple:
         raise UserError(f"--input {s.input} is not a file; give a .npy array of images (N, C, H, W)")
     if s.out:
         check_outputs({"--out": s.out}, {"--input": s.input})
+        if Path(s.out).exists() or Path(s.out).is_symlink():
+            raise UserError(f"--out {s.out} exists already; choose a new file (answers never replace a file)")
     try:
         x = np.load(path, allow_pickle=False)
     except ValueError as exc:

@@ -68,19 +68,22 @@ def sybil(s) -> tuple:
     generator = torch.Generator().manual_seed(s.seed)
     standard = splits.pool_x[torch.randperm(len(splits.pool_x), generator=generator)[:s.budget]].numpy()
     copycat = ood_pool(s.ood_pool, s.budget, splits.spec, seed=s.seed, data_dir=s.data_dir).numpy()
-    work = Path(tempfile.mkdtemp(prefix="sybil-"))
-    settings = s.replace(puzzle="sha256", max_batch=s.query_batch, rate=1e9, burst=10 ** 6)
-    service, _ = build_service(settings, open_store(f"sqlite:///{work / 'init.db'}"), b"s" * 32)
-    service.pricer = PuzzlePricer("sha256", rate=1e-9)  # work 1: the seconds are summed, not solved
     rows = []
-    for grouped in (False, True):
-        for n in counts:
-            ratios = {mode: _client_ratio(service, images, accounts=n, grouped=grouped, batch=s.query_batch,
-                                          store_url=f"sqlite:///{work / f'{mode}-{n}-{int(grouped)}.db'}")
-                      for mode, images in (("standard", standard), ("copycat", copycat))}
-            rows.append({"accounts": n, "grouped": grouped, "standard_ratio": ratios["standard"],
-                         "copycat_ratio": ratios["copycat"],
-                         "copycat_over_standard": ratios["copycat"] / ratios["standard"]})
+    with tempfile.TemporaryDirectory(prefix="sybil-") as tmp:
+        work = Path(tmp)
+        settings = s.replace(puzzle="sha256", max_batch=s.query_batch, rate=1e9, burst=10 ** 6)
+        first = open_store(f"sqlite:///{work / 'init.db'}")
+        service, _ = build_service(settings, first, b"s" * 32)
+        first.close()
+        service.pricer = PuzzlePricer("sha256", rate=1e-9)  # work 1: the seconds are summed, not solved
+        for grouped in (False, True):
+            for n in counts:
+                ratios = {mode: _client_ratio(service, images, accounts=n, grouped=grouped, batch=s.query_batch,
+                                              store_url=f"sqlite:///{work / f'{mode}-{n}-{int(grouped)}.db'}")
+                          for mode, images in (("standard", standard), ("copycat", copycat))}
+                rows.append({"accounts": n, "grouped": grouped, "standard_ratio": ratios["standard"],
+                             "copycat_ratio": ratios["copycat"],
+                             "copycat_over_standard": ratios["copycat"] / ratios["standard"]})
     table = pd.DataFrame(rows, columns=COLUMNS)
     atomic_write_csv(out, table)
     write_params_beside(out, s.as_dict(), "sybil")

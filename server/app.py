@@ -12,18 +12,19 @@ import logging
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.errors import UserError
 from server.service import ApiError, PredictionService
+from server.store import DRIVER_ERRORS
 
 log = logging.getLogger(__name__)
 API_VERSION = "v1"
 
 
 class ChallengeIn(BaseModel):
-    batch: int | None = Field(None, description="inputs the challenge will pay for (default: the server's "
+    batch: StrictInt | None = Field(None, description="inputs the challenge will pay for (default: the server's "
                                                 "largest batch); the price grows with it")
 
 
@@ -156,11 +157,19 @@ def create_app(service: PredictionService, *, max_body_bytes: int, threads: int 
     async def http_error(request: Request, exc: StarletteHTTPException):
         return JSONResponse({"error": "http_error", "detail": str(exc.detail)}, status_code=exc.status_code)
 
-    @app.exception_handler(UserError)
-    async def unavailable(request: Request, exc: UserError):  # the store is unreachable: not the client's fault
-        log.error("store unavailable: %s", exc)
+    async def unavailable(request: Request, exc: Exception):  # the store is locked or unreachable: not the
+        log.error("store unavailable: %s: %s", type(exc).__name__, exc)  # client's fault, and no answer left
         return JSONResponse({"error": "unavailable", "detail": "the server's database is unavailable; retry later"},
                             status_code=503, headers={"Retry-After": "5"})
+
+    for error in (UserError, *DRIVER_ERRORS):
+        app.add_exception_handler(error, unavailable)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception):  # a bug: still JSON, and logged with its traceback
+        log.exception("internal error")
+        return JSONResponse({"error": "internal", "detail": "an internal error; the operator's log has it"},
+                            status_code=500)
 
     @app.post(f"/{API_VERSION}/challenge", response_model=ChallengeOut, responses=ERRORS,
               summary="A signed challenge for this key's next batch, priced from its cumulative cost")

@@ -26,7 +26,7 @@ class ApiClient:
     context manager, or call close(): the HTTP connections and the solver's processes are released."""
 
     def __init__(self, url: str, api_key: str, *, workers: int | None = None, timeout_s: float = 120.0,
-                 retries: int = RETRIES, transport=None):
+                 retries: int = RETRIES, transport=None, max_work: float | None = None):
         import httpx
 
         if not url or not url.startswith(("http://", "https://")):
@@ -34,8 +34,15 @@ class ApiClient:
         if not api_key:
             raise UserError("no API key: pass --api_key (the operator makes one with: python main.py "
                             "serve-admin add-user NAME)")
+        if not (api_key.isascii() and api_key.isprintable()) or len(api_key) > 256:
+            raise UserError("the API key must be printable ASCII text of at most 256 characters, as add-user "
+                            "printed it")
+        try:
+            httpx.URL(url)
+        except httpx.InvalidURL as exc:
+            raise UserError(f"--server {url} is not a valid URL ({exc})") from exc
         self._httpx = httpx
-        self.url, self.retries = url.rstrip("/"), retries
+        self.url, self.retries, self.max_work = url.rstrip("/"), retries, max_work
         self._http = httpx.Client(base_url=self.url, headers={"X-API-Key": api_key}, timeout=timeout_s,
                                   transport=transport)
         self._solver = Solver(workers or default_workers()).__enter__()
@@ -49,18 +56,29 @@ class ApiClient:
 
     # -- plumbing ----------------------------------------------------------------------------------
     def _call(self, method: str, path: str, **kwargs):
-        """(status, JSON body); a broken connection raises httpx.TransportError."""
+        """(status, JSON object); a broken connection raises httpx.TransportError. A body that is not a
+        JSON object becomes {"error": "not_json"}."""
         response = self._http.request(method, path, **kwargs)
         try:
             body = response.json()
         except ValueError:
+            body = None
+        if not isinstance(body, dict):
             body = {"error": "not_json", "detail": response.text[:200]}
         return response.status_code, body
 
-    @staticmethod
-    def _fail(status: int, body: dict, what: str):
-        detail = body.get("detail") if isinstance(body, dict) else body
-        raise UserError(f"the server refused {what} ({status} {body.get('error', '')}): {detail}")
+    def _fail(self, status: int, body: dict, what: str):
+        if status == 200:
+            raise UserError(f"the server at {self.url} answered {what} with something that is not this API's "
+                            f"({str(body)[:200]}); check --server")
+        raise UserError(f"the server refused {what} ({status} {body.get('error', '')}): {body.get('detail')}")
+
+    def _fields(self, body: dict, what: str, **types) -> dict:
+        """`body`, once it has each field with its type; else the server is not this API."""
+        for name, kind in types.items():
+            if not isinstance(body.get(name), kind) or isinstance(body.get(name), bool):
+                self._fail(200, body, what)
+        return body
 
     def _reach(self, method: str, path: str, **kwargs):
         """_call, with a broken connection said as a UserError (outside the retry loop)."""
@@ -74,12 +92,19 @@ class ApiClient:
         status, body = self._reach("GET", "/v1/account")
         if status != 200:
             self._fail(status, body, "the account request")
+        self._fields(body, "the account request", queries=int, costs=dict, next=dict)
+        if not isinstance(body["next"].get("batch"), int) or body["next"]["batch"] < 1:
+            self._fail(200, body, "the account request")
         return body
 
     def challenge(self, batch: int) -> dict:
         status, body = self._call("POST", "/v1/challenge", json={"batch": int(batch)})
         if status != 200:
             self._fail(status, body, f"a challenge for {batch} inputs")
+        self._fields(body, "a challenge request", challenge=str, work=(int, float))
+        if self.max_work is not None and body["work"] > self.max_work:
+            raise UserError(f"the server asks for {body['work']:.3g} evaluations for {batch} inputs, over this "
+                            f"client's limit of {self.max_work:.3g}")
         return body
 
     def solve(self, challenge: str) -> str:
@@ -124,12 +149,13 @@ class ApiClient:
                 with self._lock:  # everything but solving: the server's answers and the network
                     self.wait_time_s += time.perf_counter() - start - solving
             if status == 200:
+                answers = self._answers(body, len(x))
                 with self._lock:
                     self.queries += len(x)
                     self.work += work
                     self.last_work = work
                     self.answered.append(request["solution"].rsplit("|", 1)[0])
-                return np.asarray(body["answers"], dtype=np.int64 if body["output"] == "labels" else np.float32)
+                return answers
             code = body.get("error") if isinstance(body, dict) else None
             if status == 429:
                 time.sleep(min(5.0, float(body.get("retry_after") or 0.2)))
@@ -140,6 +166,24 @@ class ApiClient:
             self._fail(status, body, "the batch")
         raise UserError(f"the server at {self.url} did not answer a batch after {self.retries} attempts; "
                         f"check that it is running")
+
+    def _answers(self, body: dict, n: int) -> np.ndarray:
+        """The answers of a 200 reply, checked: one per input, labels or rows of probabilities."""
+        output, answers = body.get("output"), body.get("answers")
+        try:
+            if output == "labels":
+                out = np.asarray(answers, dtype=np.int64)
+                ok = out.shape == (n,)
+            elif output == "probs":
+                out = np.asarray(answers, dtype=np.float32)
+                ok = out.ndim == 2 and len(out) == n and bool(np.isfinite(out).all())
+            else:
+                ok = False
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok:
+            self._fail(200, body, f"a batch of {n} inputs")
+        return out
 
     def close(self) -> None:
         if self._solver is not None:

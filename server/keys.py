@@ -16,14 +16,20 @@ API_KEY_BYTES = 32
 INIT_HINT = "python main.py serve-admin init --key_file PATH"
 
 
-def init_key_file(path) -> Path:
-    """Write a new random HMAC key to `path`, readable by its owner only (0600); never overwrites."""
+def check_new_key_file(path) -> Path:
+    """`path` as a place for a new key file: it must not exist, and its folder must."""
     path = Path(path)
     if path.exists() or path.is_symlink():
         raise UserError(f"{path} exists already; the server's key is never overwritten (challenges signed "
                         f"with it would break). Remove it yourself, or choose another --key_file")
     if not path.parent.is_dir():
         raise UserError(f"the folder of --key_file {path} does not exist; create it first")
+    return path
+
+
+def init_key_file(path) -> Path:
+    """Write a new random HMAC key to `path`, readable by its owner only (0600); never overwrites."""
+    path = check_new_key_file(path)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.write(fd, (secrets.token_hex(32) + "\n").encode())
@@ -38,6 +44,8 @@ def server_key(key_file=None, environ=None) -> bytes:
     read, a missing key, a short key or the public development key are refused."""
     if key_file:
         path = Path(key_file)
+        if path.is_dir():
+            raise UserError(f"--key_file {path} is a folder; give the key file itself (made by: {INIT_HINT})")
         if not path.is_file():
             raise UserError(f"--key_file {path} does not exist; create one with: {INIT_HINT}")
         if stat.S_IMODE(path.stat().st_mode) & 0o077:
@@ -47,6 +55,8 @@ def server_key(key_file=None, environ=None) -> bytes:
             text = path.read_text(encoding="utf-8").strip()
         except UnicodeDecodeError as exc:
             raise UserError(f"--key_file {path} is not text; create a new one with: {INIT_HINT}") from exc
+        if not text:
+            raise UserError(f"--key_file {path} is empty; create a new key file with: {INIT_HINT}")
         return resolve_key(text, insecure_dev=False, environ={})
     environ = os.environ if environ is None else environ
     if not environ.get(KEY_ENV, "").strip():

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -97,14 +98,13 @@ class PredictionService:
             raise ApiError(401, "missing_api_key", "send your API key in the X-API-Key header")
         if not isinstance(api_key, str) or len(api_key) > 256:
             raise ApiError(401, "unknown_api_key", "this API key is not known here; ask the operator for one")
-        digest = hash_api_key(api_key)
-        wait = self.limiter.wait_s(digest)
+        user = self.store.user_by_key(hash_api_key(api_key))
+        if user is None:
+            raise ApiError(401, "unknown_api_key", "this API key is not known here; ask the operator for one")
+        wait = self.limiter.wait_s(user.name)  # known users only: the buckets are bounded by the users
         if wait > 0:
             raise ApiError(429, "rate_limited", f"too many requests for this API key; retry in {wait:.2f} s",
                            retry_after=wait)
-        user = self.store.user_by_key(digest)
-        if user is None:
-            raise ApiError(401, "unknown_api_key", "this API key is not known here; ask the operator for one")
         if user.revoked:
             raise ApiError(403, "revoked_api_key", "this API key was revoked; ask the operator for a new one")
         return user
@@ -121,7 +121,12 @@ class PredictionService:
         cost = float(self._totals(row.ledger).get(self.config.cost_column, 0.0))
         answer_s = row.answer_s / row.queries * batch if row.queries else None
         seconds = self.calibrator.next_seconds(row.queries, cost, batch=batch, answer_s=answer_s)
-        return {"seconds": float(seconds), "work": float(self.pricer.difficulty(seconds)), "cost": cost}
+        if not (math.isfinite(seconds) and seconds >= 0 and math.isfinite(cost)):
+            raise ValueError(f"the calibrator priced a batch at {seconds} s (cost {cost}); refusing to issue it")
+        # Work is proportional to seconds (the solver's fixed overhead is not subtracted per challenge), so
+        # the price of a query does not fall when a client splits its queries into small batches.
+        work = min(max(1.0, seconds * self.pricer.rate), puzzles.MAX_WORK)
+        return {"seconds": float(seconds), "work": float(work), "cost": cost}
 
     def challenge(self, user, batch: int | None) -> dict:
         batch = self.config.max_batch if batch is None else batch
@@ -175,10 +180,15 @@ class PredictionService:
         start = time.perf_counter()
         images = torch.from_numpy(x.copy())
         logp = self.victim.log_probs(images)
+        if not torch.isfinite(logp).all():  # never charge (or answer) a batch the accountants cannot price
+            raise ApiError(422, "bad_inputs", "the model's output is not finite for these inputs; nothing was "
+                                              "charged")
         answer = self.victim.answer(logp)
         inferred = time.perf_counter()
         ledger = self.make_ledger()
         ledger.add(logp, images=images)
+        if not all(math.isfinite(float(v)) for v in ledger.totals().values()):
+            raise ApiError(422, "bad_inputs", "these inputs' costs are not finite numbers; nothing was charged")
         delta = ledger.state_dict()
         answer_s = time.perf_counter() - start
         response = {"output": self.victim.output, "queries": len(x), "answers": _answers(answer)}

@@ -30,6 +30,11 @@ SCHEMA = (
         account TEXT NOT NULL, queries INTEGER NOT NULL, request TEXT NOT NULL, response TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS spent_expires ON spent (expires)",
 )
+#: a SELECT per table of every column this code reads or writes: a database of another layout fails here
+SCHEMA_CHECK = ("SELECT name, key_hash, account, revoked, created FROM users WHERE 1 = 0",
+                "SELECT account, queries, batches, answer_s, ledger, updated FROM accounts WHERE 1 = 0",
+                "SELECT token, expires, account, queries, request, response FROM spent WHERE 1 = 0")
+LOCK_TIMEOUT_S = 10  # a write waits this long for the database's lock, then the request gets a 503
 PRUNE_EVERY = 256  # commits between deletions of long-expired spent challenges
 PRUNE_MARGIN_S = 3600.0  # a spent challenge is kept this long past its expiry (clock skew between replicas)
 STATE_HELP = "--state sqlite:///PATH.db (embedded) or postgresql://USER@HOST:PORT/DB (shared by replicas)"
@@ -114,6 +119,8 @@ class Store:
         with self._write() as cur:
             for statement in SCHEMA:
                 cur.execute(statement)
+            for statement in SCHEMA_CHECK:
+                cur.execute(statement)
 
     # -- users ---------------------------------------------------------------------------------------
     def add_user(self, name: str, key_hash: str, account: str) -> None:
@@ -122,6 +129,11 @@ class Store:
             if cur.fetchone():
                 raise UserError(f"user '{name}' exists already; choose another name, or revoke and re-add it "
                                 f"under a new name")
+            if account == name:  # a user's own account must not be a group that other users share
+                cur.execute(self._sql("SELECT name FROM users WHERE account = ? AND name <> ?"), (name, name))
+                if cur.fetchone():
+                    raise UserError(f"'{name}' is the account of a group of users already; choose another name, or "
+                                    f"pass --group {name} to join that group on purpose")
             cur.execute(self._sql("INSERT INTO users (name, key_hash, account, revoked, created) VALUES (?, ?, ?, 0, ?)"),
                         (name, key_hash, account, time.time()))
 
@@ -198,10 +210,10 @@ class SQLiteStore(Store):
         self.describe = f"sqlite:///{self.path}"
 
     def _connect(self):
-        conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+        conn = sqlite3.connect(str(self.path), timeout=LOCK_TIMEOUT_S, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")  # a committed batch survives a crash of the machine too
-        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute(f"PRAGMA busy_timeout={LOCK_TIMEOUT_S * 1000}")
         return conn
 
     class _Tx:
@@ -241,7 +253,9 @@ class PostgresStore(Store):
 
     def _connect(self):
         try:
-            return self._psycopg.connect(self.dsn, autocommit=True, connect_timeout=10)
+            conn = self._psycopg.connect(self.dsn, autocommit=True, connect_timeout=10)
+            conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT_S}s'")
+            return conn
         except self._psycopg.OperationalError as exc:
             raise UserError(f"cannot reach PostgreSQL at {self.describe}: {str(exc).strip().splitlines()[0]}; "
                             f"start it, or use {STATE_HELP}") from exc
@@ -279,10 +293,26 @@ def open_store(url: str) -> Store:
         raise UserError(f"unknown state database '{url}'; use {STATE_HELP}")
     try:
         store.init_schema()
-    except sqlite3.DatabaseError as exc:
+    except DRIVER_ERRORS as exc:
         store.close()
-        raise UserError(f"{url} is not a usable SQLite database ({exc}); give a new path or the right file") from exc
+        raise UserError(f"{url} is not usable as this server's state database ({type(exc).__name__}: "
+                        f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'}); give a new "
+                        f"database, or the one serve-admin init made") from exc
     except BaseException:
         store.close()
         raise
     return store
+
+
+def _driver_errors() -> tuple:
+    errors = [sqlite3.Error]
+    try:
+        import psycopg
+        errors.append(psycopg.Error)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+#: the database drivers' own errors: a locked, unreachable or foreign database (the server answers 503)
+DRIVER_ERRORS = _driver_errors()

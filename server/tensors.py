@@ -62,6 +62,7 @@ def decode(payload: dict, *, item_shape: tuple, max_batch: int) -> np.ndarray:
     if len(raw) != need:
         raise TensorError(f"inputs data holds {len(raw)} bytes; shape {shape} of {dtype_name} needs {need}")
     x = np.frombuffer(raw, dtype=dtype).reshape(shape)
-    if dtype.kind == "f" and not np.isfinite(x).all():
-        raise TensorError("inputs hold NaN or infinite values; send finite pixels (uint8, or floats in [0, 1])")
+    if dtype.kind == "f" and not (np.isfinite(x).all() and x.min() >= 0.0 and x.max() <= 1.0):
+        raise TensorError("float inputs must be finite pixels in [0, 1] (NaN, infinities and values outside "
+                          "[0, 1] are refused); or send uint8 pixels 0..255")
     return x

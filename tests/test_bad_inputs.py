@@ -229,6 +229,13 @@ CASES = {
     "query-bad-url": ["query", "--server", "ftp://host", "--api_key", "k", "--input", "{in}/x.npy"],
     "query-no-server": ["query", "--server", "http://127.0.0.1:9", "--api_key", "k", "--input", "{in}/x.npy",
                         "--workers", "1"],
+    "query-api-key-non-ascii": ["query", "--server", "http://127.0.0.1:9", "--api_key", "pk_\u00e9", "--input",
+                                "{in}/x.npy"],
+    "query-url-invalid": ["query", "--server", "http://[::1", "--api_key", "k", "--input", "{in}/x.npy"],
+    "query-out-exists": ["query", "--server", "http://127.0.0.1:9", "--api_key", "k", "--input", "{in}/x.npy",
+                         "--out", "{in}/notes.txt"],
+    "admin-init-bad-state": ["serve-admin", "init", "--key_file", "{out}/new.key", "--state", "mysql://db"],
+    "serve-key-file-empty": ["serve", *SERVE, "--key_file", "{in}/empty.key"],
     "extract-server-bad-url": EXTRACT + ["--server", "ftp://host", "--api_key", "k"],
     "sybil-budget-below-accounts": ["sybil", "--calibration", "{in}/baseline.csv", "--victim_path", "{in}/victim.pt",
                                     "--budget", "64", "--out", "{out}/s.csv"],
@@ -368,7 +375,7 @@ NEEDLES = {
     "admin-init-key-exists": "never overwritten",
     "admin-add-user-bad-name": "add-user needs a NAME",
     "admin-revoke-no-name": "revoke needs the user's NAME",
-    "admin-state-not-sqlite": "is not a usable SQLite database",
+    "admin-state-not-sqlite": "is not usable as this server's state database",
     "query-input-missing": "is not a file",
     "query-input-not-npy": "is not a plain .npy array",
     "query-out-is-input": "no command writes over its inputs",
@@ -376,6 +383,11 @@ NEEDLES = {
     "query-bad-url": "must be an http:// or https:// URL",
     "query-no-server": "cannot reach the server at http://127.0.0.1:9",
     "extract-server-bad-url": "must be an http:// or https:// URL",
+    "query-api-key-non-ascii": "printable ASCII",
+    "query-url-invalid": "is not a valid URL",
+    "query-out-exists": "exists already",
+    "admin-init-bad-state": "unknown state database",
+    "serve-key-file-empty": "is empty",
     "sybil-budget-below-accounts": "raise --budget to at least 1024",
 }
 
@@ -395,7 +407,8 @@ def workspace(victim_path, tmp_path_factory):
     for name, text in FILES.items():
         (inputs / name).parent.mkdir(parents=True, exist_ok=True)
         (inputs / name).write_text(text)
-    for name, text in (("server.key", "ab" * 32 + "\n"), ("dev.key", "insecure-development-key\n")):
+    for name, text in (("server.key", "ab" * 32 + "\n"), ("dev.key", "insecure-development-key\n"),
+                       ("empty.key", "")):
         (inputs / name).write_text(text)
         (inputs / name).chmod(0o600)
     import numpy as np

@@ -264,6 +264,9 @@ BAD_INPUTS = {
     "not-base64": lambda x: {**tensors.encode(x), "data": "!" * len(tensors.encode(x)["data"])},
     "bool-shape": lambda x: {**tensors.encode(x), "shape": [True, 1, 28, 28]},
     "empty": lambda x: tensors.encode(x[:0]),
+    "huge-floats": lambda x: tensors.encode(np.full(x.shape, 3e38, dtype=np.float32)),  # the model overflows
+    "above-one": lambda x: tensors.encode(np.full(x.shape, 1000.0, dtype=np.float32)),  # costs 0: a free ride
+    "negative": lambda x: tensors.encode(np.full(x.shape, -0.5, dtype=np.float32)),
     "batch-over-challenge": lambda x: tensors.encode(np.concatenate([x, x])),
 }
 
@@ -444,3 +447,114 @@ def test_base64_of_the_wrong_length_is_refused_before_decoding():
     payload["data"] = base64.b64encode(b"\0" * 10).decode()
     with pytest.raises(tensors.TensorError):
         tensors.decode(payload, item_shape=ITEM, max_batch=4)
+
+
+# -- regressions found by probing -------------------------------------------------------------------------
+
+def test_splitting_into_small_batches_does_not_lower_the_price_per_query(service):
+    user = service.authenticate(add_user(service, "splitter"))
+    per_query = {b: service.challenge(user, b)["work"] / b for b in (1, 2, 3, 64)}
+    assert per_query[1] == pytest.approx(per_query[64], rel=1e-9) and per_query[1] > 1, per_query
+
+
+def test_a_locked_or_foreign_database_is_a_json_503_or_a_clear_error(parts, tmp_path, monkeypatch):
+    import sqlite3
+
+    import server.store as store_module
+    from common.errors import UserError
+
+    monkeypatch.setattr(store_module, "LOCK_TIMEOUT_S", 1)
+    svc = make_service(parts, state_url("sqlite", tmp_path))
+    key = add_user(svc, "locked")
+    blocker = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    try:
+        with TestClient(create_app(svc, max_body_bytes=200_000), raise_server_exceptions=False) as http:
+            solution, _ = paid(http, key, parts["images"][:8])
+            blocker.execute("BEGIN EXCLUSIVE")
+            r = post(http, key, body(solution, parts["images"][:8]))
+            assert r.status_code == 503 and r.json()["error"] == "unavailable", r.text
+            blocker.execute("ROLLBACK")
+            assert post(http, key, body(solution, parts["images"][:8])).status_code == 200  # nothing was spent
+    finally:
+        blocker.close()
+        svc.store.close()
+    foreign = tmp_path / "foreign.db"
+    sqlite3.connect(foreign).execute("CREATE TABLE users (x)").connection.commit()
+    with pytest.raises(UserError, match="not usable as this server's state database"):
+        open_store(f"sqlite:///{foreign}")
+
+
+def test_unknown_keys_leave_no_rate_limit_state(http, service):
+    for i in range(50):
+        assert http.get("/v1/account", headers={"X-API-Key": f"pk_junk{i}"}).status_code == 401
+    assert len(service.limiter._buckets) == 0
+
+
+def test_a_user_name_cannot_silently_join_a_group(service):
+    from common.errors import UserError
+
+    add_user(service, "bob", group="org")
+    with pytest.raises(UserError, match="account of a group"):
+        add_user(service, "org")
+    add_user(service, "carol", group="org")  # joining on purpose is allowed
+    assert {u.account for u in service.store.users()} == {"org"}
+
+
+def test_the_batch_must_be_a_plain_whole_number(http, service):
+    key = add_user(service, "strict")
+    for batch in (True, "5", 1.0, 0, -1, 65):
+        r = http.post("/v1/challenge", json={"batch": batch}, headers={"X-API-Key": key})
+        assert r.status_code == 422, (batch, r.text)
+
+
+REPLIES = {
+    "html": (200, b"<html>hi</html>"),
+    "json-list": (200, b"[1, 2]"),
+    "string-500": (500, b'"boom"'),
+    "no-challenge-field": (200, b'{"work": 1}'),
+    "no-answers": (200, b'{"output": "labels"}'),
+    "too-few-answers": (200, b'{"output": "labels", "answers": [1]}'),
+    "unknown-output": (200, b'{"output": "bits", "answers": [1, 2]}'),
+    "nan-probs": (200, b'{"output": "probs", "answers": [[NaN], [1.0]]}'),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REPLIES))
+def test_the_client_refuses_what_is_not_this_apis_reply(case):
+    import httpx
+
+    from common.errors import UserError
+    from server.client import ApiClient
+
+    status, raw = REPLIES[case]
+    challenge = puzzles.issue_bound(key=KEY, user="u", work=1.0, kind="sha256", subs=1, batch=2)
+
+    def handler(request):
+        path = request.url.path
+        if path == "/v1/account" and case not in ("html", "json-list", "string-500"):
+            return httpx.Response(200, json={"queries": 0, "costs": {}, "next": {"batch": 2}})
+        if path == "/v1/challenge" and case not in ("no-challenge-field",):
+            return httpx.Response(200, json={"challenge": challenge, "work": 1.0})
+        return httpx.Response(status, content=raw)
+
+    with ApiClient("http://test", "pk_x", workers=1, transport=httpx.MockTransport(handler), retries=2) as client:
+        with pytest.raises(UserError, match="not this API's|refused"):
+            client.predict(np.zeros((2, *ITEM), dtype=np.uint8))
+
+
+def test_serve_on_a_port_in_use_fails_before_making_any_file(tmp_path, monkeypatch, capsys):
+    import socket
+
+    import main as entry
+    from tests.server_helpers import BASELINE
+
+    (tmp_path / "b.csv").write_text(BASELINE)
+    (tmp_path / "k").write_text("ab" * 32)
+    (tmp_path / "k").chmod(0o600)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        code = entry.main(["serve", "--calibration", str(tmp_path / "b.csv"), "--key_file", str(tmp_path / "k"),
+                           "--state", f"sqlite:///{tmp_path / 's.db'}", "--port", str(taken.getsockname()[1])])
+    assert code == 2 and "choose another --port" in capsys.readouterr().err
+    assert not (tmp_path / "s.db").exists()
