@@ -11,6 +11,7 @@ def _commands():
     from commands.demo import demo
     from commands.pow_cmds import pow_calibrate, pow_check, pow_mint
     from commands.pow_table import pow_table
+    from commands.reproduce import reproduce
     from commands.serve import query, remote_oracle, serve, serve_admin
     from commands.powtime import pow_time
     from commands.summary import summarize
@@ -37,7 +38,7 @@ def _commands():
             "pow-time": pow_time, "cost-separation": cost_separation, "pow-mint": pow_mint,
             "pow-check": pow_check, "pow-calibrate": pow_calibrate, "pow-table": pow_table,
             "train-teachers": train_teachers, "summarize": summarize, "serve": serve, "serve-admin": serve_admin,
-            "query": query, "sybil": sybil}
+            "query": query, "sybil": sybil, "reproduce": reproduce}
 
 
 def attack_script(mode: str, argv=None) -> int:

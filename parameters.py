@@ -60,7 +60,8 @@ DEFAULTS = dict(
     pate_sigma=None, num_models=None,
     host="127.0.0.1", port=8000, state="sqlite:///server-state.db", key_file=None, max_batch=256, ttl_s=600.0,
     rate=50.0, burst=100, threads=None, server=None, api_key=None, input=None, action=None, name=None, group=None,
-    accounts="1,2,4,8,16",
+    accounts="1,2,4,8,16", reps_cache=None, quick=False, modes=None, seeds=1, jobs=1, list=False, slurm=False,
+    report_only=None,
 )
 #: every attack's own options (Options dataclasses): their defaults join DEFAULTS, their flags join extract
 MODE_OPTIONS = {f.name: (name, f) for name, cls in sorted(ATTACKS.items()) if cls.Options is not None
@@ -323,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", default=None,
                    help="start over even if out_dir holds a run to resume (default: resume)")
 
+    p.add_argument("--reps_cache", default=None,
+                   help="folder caching the victim's embedding of its training set, shared by runs (default: none)")
     p.add_argument("--server", default=None,
                    help="attack a live server (python main.py serve) at this URL instead of the local victim; "
                         "PoW is then solved for real and timed (default: none)")
@@ -382,6 +385,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated numbers of API keys (default: 1,2,4,8,16)")
     p.add_argument("--ood_pool", default=None, choices=sorted(OOD_POOLS), help="copycat's images (default: photos)")
     p.add_argument("--out", default=None, help="CSV of the table (default: results/sybil.csv; plot beside it)")
+
+    p = sub.add_parser("reproduce", help="the paper's grid (datasets x modes x seeds), resumable, then DIR/report.md")
+    p.add_argument("--out_dir", default=None, help="where the runs, the report and its figures go")
+    p.add_argument("--quick", action="store_true", default=None,
+                   help="every mode at a small budget on mnist-5k (under 15 minutes on 2 cores)")
+    p.add_argument("--datasets", default=None, type=_NAMES_DATASETS,
+                   help="comma-separated (default: mnist-5k, plus every other dataset loadable offline)")
+    p.add_argument("--modes", default=None, type=_list(_choice(ATTACKS, "mode"), "mode"),
+                   help="comma-separated attack modes (default: all; standard always runs)")
+    p.add_argument("--seeds", type=_num(int, 1, 100), default=None, help="seeds per cell, 0..N-1 (default: 1)")
+    p.add_argument("--budget", type=_POS_INT, default=None,
+                   help="queries of every run (default: the paper's: 1,024 on mnist-5k, 10,000 elsewhere, DFME 100,000 "
+                        "or 2M; --quick: 512, DFME 2,240)")
+    p.add_argument("--jobs", type=_num(int, 1, 256), default=None, help="runs at a time, as processes (default: 1)")
+    p.add_argument("--list", action="store_true", default=None, help="print the grid's commands, in order, and stop")
+    p.add_argument("--slurm", action="store_true", default=None,
+                   help="write SLURM job arrays (DIR/slurm/submit.sh) instead of running")
+    p.add_argument("--report_only", default=None, metavar="DIR", help="rebuild DIR/report.md from finished runs")
+    p.add_argument("--data_dir", default=None, help="(default: data)")
+    p.add_argument("--victim_dir", default=None, help="where DATASET-victim.pt are, or are trained to (default: checkpoints)")
+    p.add_argument("--device", default=None, help="(default: auto)")
 
     p = sub.add_parser("summarize", help="one table and figure from a folder of runs (RUNS/MODE/log.csv), priced "
                                          "against its standard run")
@@ -469,6 +493,10 @@ def resolve(args: argparse.Namespace) -> Settings:
         values["victim_path"] = str(Path("checkpoints") / f"{dataset}-victim.pt")
     if values.get("teachers_path") is None:
         values["teachers_path"] = str(Path("checkpoints") / f"{dataset}-teachers.pt")
+    if command == "reproduce":
+        for key in ("budget", "datasets"):  # each cell's own default; the datasets found offline
+            if key not in given:
+                values[key] = None
     if command == "pow-table" and "calibration_mode" not in given:
         values["calibration_mode"] = "paper"
     if values.get("base") is None:

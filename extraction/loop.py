@@ -20,7 +20,7 @@ import attacks
 from attacks.base import AttackContext, TrainingAttack
 from common import checks
 from common.errors import UserError
-from common.io import ensure_writable_dir, input_file, run_metadata
+from common.io import atomic_torch_save, ensure_writable_dir, input_file, run_metadata, safe_torch_load
 from common.runtime import resolve_device, set_seed
 from data.registry import load_splits, to_float
 from models import architectures
@@ -116,7 +116,7 @@ def run_extraction(s, *, progress: bool = True, remote=None) -> dict:
         raise UserError(f"mode '{s.mode}' trains on the victim's probabilities; pass --victim_output probs")
     if remote is None:
         answering = Victim(victim, device=device, output=s.victim_output)
-        reps = answering.representations(splits.victim_x)
+        reps = _representations(answering, splits, s.reps_cache, f"{s.dataset}-{inputs['victim_path'][:16]}")
         ledger = accountants.build_ledger(reps, splits.victim_y, num_classes=spec.num_classes, k=s.k, sigma=s.sigma,
                                           delta=s.delta, cap=bool(s.cap_rdp), conversion=s.rdp_conversion,
                                           seed=s.seed, pate_sigma=pate_sigma,
@@ -159,11 +159,33 @@ def run_extraction(s, *, progress: bool = True, remote=None) -> dict:
                             calibrator=calibrator, payer=payer, inputs=inputs, progress=progress,
                             pate={"teachers": len(teachers), "sigma": pate_sigma} if teachers is not None else None)
             folder.save_stolen(stolen.state_dict(), s.dataset)
+            if state["oracle"]["queries"] >= s.budget:
+                folder.mark_done(state, s.budget)
     finally:
         if payer is not None:
             payer.close()
     return {"log": out_dir / "log.csv", "params": out_dir / "params.json", "final": state["rows"][-1],
             "calibrator": calibrator.describe() if calibrator else None}
+
+
+def _representations(victim, splits, cache, key: str) -> torch.Tensor:
+    """The victim's log-softmax of its training set (the kNN accountant's points), cached in `cache` (a
+    folder; None: no cache) by dataset, victim checkpoint hash and size, so a grid embeds it once."""
+    if not cache:
+        return victim.representations(splits.victim_x)
+    path = Path(cache) / f"{key}-{len(splits.victim_x)}.reps.pt"
+    if path.is_file():
+        try:
+            blob = safe_torch_load(path, "cached representations", "it is damaged")
+            reps = blob.get("reps") if isinstance(blob, dict) else None
+            if isinstance(reps, torch.Tensor) and reps.shape[0] == len(splits.victim_x) and torch.isfinite(reps).all():
+                return reps
+        except UserError:
+            pass  # a damaged cache entry is recomputed and replaced
+    reps = victim.representations(splits.victim_x)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save({"reps": reps, "key": key}, path)
+    return reps
 
 
 def _keeps_queries(attack) -> bool:

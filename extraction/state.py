@@ -33,9 +33,10 @@ from common.io import (FolderLock, atomic_torch_save, atomic_write_csv, atomic_w
 from privacy.accountants import PATE_MEASURES  # the cost measures that read --teachers_path
 
 STATE, LOG, PARAMS, STOLEN, QUERIES = "state.pt", "log.csv", "params.json", "stolen.pt", "queries"
+DONE = "DONE.json"  # written once a run has spent its whole budget: the hashes of its log and state
 STATE_VERSION = 3
 #: settings that may differ between a run and its resumption
-RESUMABLE_CHANGES = {"fresh", "device", "budget", "command", "out_dir"}
+RESUMABLE_CHANGES = {"fresh", "device", "budget", "command", "out_dir", "reps_cache"}
 EMBEDDED = {"mnist-5k"}  # datasets that read nothing from --data_dir
 FOLDER_POOLS = {"mnist", "fashion-mnist"}  # out-of-distribution pools that may read --data_dir
 #: settings that name a file or folder: compared as resolved paths
@@ -87,7 +88,7 @@ def run_file_of(out_dir: Path, path) -> str | None:
     except ValueError:
         return None
     parts = rel.parts
-    if parts and (parts[0] in (STATE, LOG, PARAMS, STOLEN, ".lock") or parts[0] == QUERIES):
+    if parts and (parts[0] in (STATE, LOG, PARAMS, STOLEN, DONE, ".lock") or parts[0] == QUERIES):
         return "/".join(parts)
     return None
 
@@ -130,8 +131,9 @@ class RunFolder:
         return self._lock.__exit__(*exc)
 
     def discard(self) -> None:
-        """--fresh: make the old run unusable (state.pt, then stolen.pt) before anything new is written."""
-        for name in (STATE, STOLEN):
+        """--fresh: make the old run unusable (DONE.json, state.pt, then stolen.pt) before anything new is
+        written."""
+        for name in (DONE, STATE, STOLEN):
             try:
                 (self.dir / name).unlink()
             except FileNotFoundError:
@@ -223,10 +225,33 @@ class RunFolder:
         atomic_write_csv(self.dir / LOG, pd.DataFrame(state["rows"], columns=columns))
         atomic_write_text(self.dir / PARAMS, json.dumps(state["params"], indent=2, default=str) + "\n")
 
+    def mark_done(self, state: dict, budget: int) -> Path:
+        """DONE.json: the run spent its budget; the hashes tie the mark to this log and state."""
+        path = self.dir / DONE
+        atomic_write_text(path, json.dumps({"queries": int(state["oracle"]["queries"]), "budget": int(budget),
+                                            "log_sha256": file_sha256(self.dir / LOG),
+                                            "state_sha256": file_sha256(self.dir / STATE),
+                                            "final": state["rows"][-1]}, indent=2, default=str) + "\n")
+        return path
+
     def save_stolen(self, stolen_state: dict, dataset: str) -> Path:
         path = self.dir / STOLEN
         atomic_torch_save({"state_dict": stolen_state, "dataset": dataset}, path)
         return path
+
+
+def finished(out_dir) -> dict | None:
+    """The run's DONE.json when the run in out_dir spent its budget and its log and state are still the
+    ones the mark names; None for a run not finished, half-written, or changed since."""
+    folder = Path(out_dir)
+    try:
+        mark = json.loads((folder / DONE).read_text())
+        ok = (isinstance(mark, dict) and mark.get("queries") == mark.get("budget")
+              and mark.get("log_sha256") == file_sha256(folder / LOG)
+              and mark.get("state_sha256") == file_sha256(folder / STATE))
+    except (OSError, ValueError):
+        return None
+    return mark if ok else None
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -8,7 +8,7 @@ BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
 case "${1:-}" in
   start)
     if [ -z "$BIN" ]; then echo "echo 'note: PostgreSQL is not installed; its store tests will skip' >&2"; exit 0; fi
-    PORT=${PGPORT_TEST:-55432}
+    PORT=${PGPORT_TEST:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
     DIR=$(mktemp -d /tmp/pow-pg.XXXXXX)
     RUN_AS=()
     if [ "$(id -u)" = 0 ]; then chown postgres "$DIR"; RUN_AS=(runuser -u postgres --); fi

@@ -336,10 +336,26 @@ def test_files_follow_the_umask(victim_path, tmp_path):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~old
 
 
+#: runs main.py with a Ctrl-C that arrives exactly while torch is being imported (an import hook sends
+#: it), whatever the machine's load: a timer in the test could fire only after the imports were done
+CTRL_C_DURING_IMPORT = """
+import os, runpy, signal, sys
+class Hook:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+sys.meta_path.insert(0, Hook())
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 def test_ctrl_c_while_starting_is_clean(tmp_path):
-    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "extract", "--out_dir", str(tmp_path / "o")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    threading.Timer(0.4, lambda: proc.send_signal(signal.SIGINT)).start()
+    proc = subprocess.Popen([sys.executable, "-c", CTRL_C_DURING_IMPORT, str(ROOT / "main.py"), "extract",
+                             "--out_dir", str(tmp_path / "o")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err and "interrupted" in err
     assert not (tmp_path / "o").exists()

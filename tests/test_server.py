@@ -410,7 +410,8 @@ def test_no_text_makes_the_codec_or_verifier_raise(text):
     puzzles.split_solution(text)
 
 
-_ISSUED = puzzles.issue_bound(key=KEY, user="alice", work=2.0, kind="sha256", subs=2, batch=8)
+_ISSUED = puzzles.issue_bound(key=KEY, user="alice", work=2.0, kind="sha256", subs=2, batch=8,
+                              ttl_s=10 ** 7)  # made at collection: it must outlive the whole run
 _SOLVED = SOLVER.solve_target(_ISSUED)[0]
 
 

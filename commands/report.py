@@ -1,0 +1,238 @@
+"""The grid's report: DIR/report.md with tables, figures and verdicts, all computed from the run logs.
+
+Every run is priced offline by one rule against its own seed's `standard` baseline (the summarize code),
+so the report never trusts a number written by hand. Per dataset, one row per mode: mean and spread
+(standard deviation over seeds) of accuracy, fidelity, queries, privacy cost and its growth relative to
+`standard` (cost per query over standard's), time without and with PoW, and the ratio. Beside them, the
+paper's own numbers from its CSVs (pow-table's code). Verdicts are lines computed from those numbers.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from common.io import atomic_savefig, atomic_write_csv, atomic_write_text
+
+PAPER_DIR = Path(__file__).resolve().parent.parent / "tests" / "data" / "paper"
+PAPER_DATA = {"mnist-5k": "mnist", "mnist": "mnist", "fashion-mnist": "mnist", "svhn": "svhn", "cifar10": "cifar10"}
+PAPER_MODES = {"adaptiveknockoff": "knockoff", "data free": "dfme"}  # the paper's names -> ours
+METRICS = ["accuracy", "fidelity", "queries", "privacy_cost", "cost_growth", "time_no_pow_s", "time_pow_s", "ratio"]
+LEGIT_MAX_RATIO = 2.0  # the claim: a legitimate user pays at most 2x in time
+ATTACK_TARGET_RATIO = 100.0  # the claim: attackers pay up to 100x
+PAPER_GROWTH = 7.0  # the paper: attackers' privacy cost grows up to 7x faster
+
+
+def _settings():
+    import parameters
+    return parameters.parse(["summarize", "--runs", "."])  # the calibration defaults, as summarize uses them
+
+
+def collect(grid: dict, out: Path) -> tuple:
+    """(rows: one per finished run, priced; logs: {(dataset, mode, seed): priced log}, calibrators)."""
+    from commands.reproduce import cells
+    from commands.summary import summarize_runs
+    from extraction.state import finished
+
+    s = _settings()
+    rows, logs, cals = [], {}, {}
+    runs = [c for c in cells(grid, out) if c.kind != "victim"]
+    for d in grid["datasets"]:
+        for seed in range(grid["seeds"]):
+            mine = {c.name.split("/")[1].split("-b")[0]: c.folder for c in runs
+                    if c.dataset == d and c.name.endswith(f"-s{seed}") and finished(c.folder) is not None}
+            if "standard" not in mine:
+                continue
+            table, priced, cal = summarize_runs(mine, mine["standard"] / "log.csv", s)
+            cals[(d, seed)] = cal
+            base = table.set_index("mode").loc["standard"]
+            for row in table.to_dict("records"):
+                growth = (row["privacy_cost"] / row["queries"]) / (base["privacy_cost"] / base["queries"])
+                rows.append({"dataset": d, "seed": seed, **row, "cost_growth": growth})
+            for mode, frame in priced.items():
+                logs[(d, mode, seed)] = frame
+    return pd.DataFrame(rows), logs, cals
+
+
+def aggregate(rows: pd.DataFrame, modes: list) -> pd.DataFrame:
+    """Per dataset and mode: the mean and standard deviation over seeds of every metric."""
+    out = []
+    for (d, mode), g in rows.groupby(["dataset", "mode"], sort=False):
+        entry = {"dataset": d, "mode": mode, "seeds": len(g)}
+        for m in METRICS:
+            entry[m] = float(g[m].mean())
+            entry[f"{m}_sd"] = float(g[m].std(ddof=1)) if len(g) > 1 else 0.0
+        out.append(entry)
+    frame = pd.DataFrame(out)
+    order = {m: i for i, m in enumerate(modes)}
+    return frame.sort_values(["dataset", "mode"], key=lambda c: c.map(order) if c.name == "mode" else c,
+                             kind="stable").reset_index(drop=True)
+
+
+def verdicts(summary: pd.DataFrame) -> list:
+    """One line per claim and dataset, from the measured means."""
+    lines = []
+    for d, g in summary.groupby("dataset", sort=False):
+        by = g.set_index("mode")
+        if "standard" not in by.index:
+            continue
+        legit = by.loc["standard", "ratio"]
+        holds = legit <= LEGIT_MAX_RATIO * (1 + 1e-9)
+        lines.append(f"{d}: legitimate overhead <= {LEGIT_MAX_RATIO:g}x: {'holds' if holds else 'fails'} "
+                     f"({legit:.2f}x)")
+        attacks = by.drop(index="standard")
+        if len(attacks):
+            parts = []
+            for mode, r in attacks.sort_values("ratio", ascending=False).iterrows():
+                note = " (not protected)" if r["ratio"] <= legit * 1.5 else ""
+                parts.append(f"{mode} {_x(r['ratio'])}{note}")
+            best = attacks["ratio"].max()
+            lines.append(f"{d}: attackers pay up to {ATTACK_TARGET_RATIO:g}x: "
+                         f"{'holds' if best >= ATTACK_TARGET_RATIO else 'fails'} ({', '.join(parts)})")
+            top = attacks["cost_growth"].idxmax()
+            growth = attacks.loc[top, "cost_growth"]
+            word = "holds" if growth >= PAPER_GROWTH else ("in part" if growth > 1 else "fails")
+            lines.append(f"{d}: attackers' privacy cost grows up to {PAPER_GROWTH:g}x faster than a legitimate "
+                         f"user's: {word} (at most {growth:.2f}x, {top})")
+    return lines
+
+
+def _x(v: float) -> str:
+    return f"{v:.0f}x" if v >= 100 else f"{v:.2f}x" if v < 10 else f"{v:.1f}x"
+
+
+def paper_rows(datasets: list, modes: list) -> dict:
+    """{paper dataset: its pow-table summary, for the modes we share}."""
+    from commands.pow_table import table
+
+    import parameters
+    s = parameters.parse(["pow-table", "--calibration", "x", "--attacks", "x"])
+    out = {}
+    for name in dict.fromkeys(PAPER_DATA[d] for d in datasets):
+        summary, _ = table(PAPER_DIR / f"time_privacy_cost_{name}.csv",
+                           PAPER_DIR / f"model_extraction_attack_accuracy_{name}.csv", s)
+        summary["mode"] = summary["mode"].replace(PAPER_MODES)
+        out[name] = summary[summary["mode"].isin(modes)].reset_index(drop=True)
+    return out
+
+
+def markdown(frame: pd.DataFrame, columns: list, fmt=None) -> str:
+    fmt = fmt or {}
+    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+    body = "".join("| " + " | ".join(fmt.get(c, _cell)(row[c]) if c in row else "" for c in columns) + " |\n"
+                   for _, row in frame.iterrows())
+    return head + body
+
+
+def _cell(v) -> str:
+    if isinstance(v, (float, np.floating)):
+        return "" if math.isnan(v) else f"{v:.2f}"
+    return str(v)
+
+
+def _pm(frame: pd.DataFrame, metric: str, digits: int = 2) -> pd.Series:
+    return frame.apply(lambda r: f"{r[metric]:.{digits}f} ± {r[metric + '_sd']:.{digits}f}" if r["seeds"] > 1
+                       else f"{r[metric]:.{digits}f}", axis=1)
+
+
+def figures(logs: dict, cals: dict, grid: dict, folder: Path, cost_column: str) -> dict:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    datasets = [d for d in grid["datasets"] if any(k[0] == d for k in logs)]
+    paths = {}
+    colours = {m: plt.get_cmap("tab20")(i % 20) for i, m in enumerate(grid["modes"])}
+
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.4), squeeze=False)
+    for ax, d in zip(axes[0], datasets):
+        for (dd, mode, seed), frame in logs.items():
+            if dd != d or seed != 0:
+                continue
+            ax.plot(frame["query_time_s"], frame["accuracy"], "--", color=colours[mode], lw=1, alpha=0.7)
+            ax.plot(frame["total_time_s"], frame["accuracy"], "-o", color=colours[mode], ms=3, label=mode)
+        ax.set(xscale="log", title=d, xlabel="time (s, log): dashed without PoW, solid with",
+               ylabel="stolen accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    paths["accuracy_vs_time"] = folder / "accuracy_vs_time.png"
+    atomic_savefig(fig, paths["accuracy_vs_time"])
+    plt.close(fig)
+
+    columns = ["privacy_cost", "entropy_cost", "gap_cost"]
+    fig, axes = plt.subplots(len(datasets), 3, figsize=(15, 3.8 * len(datasets)), squeeze=False)
+    for row, d in zip(axes, datasets):
+        for ax, column in zip(row, columns):
+            for (dd, mode, seed), frame in logs.items():
+                if dd == d and seed == 0 and column in frame:
+                    ax.plot(frame["queries"], frame[column], "-o", ms=2, color=colours[mode], label=mode)
+            ax.set(title=f"{d}: {column}", xlabel="queries", ylabel="cumulative cost")
+            ax.grid(alpha=0.3)
+        row[0].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    paths["costs"] = folder / "costs_vs_queries.png"
+    atomic_savefig(fig, paths["costs"])
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.2), squeeze=False)
+    for ax, d in zip(axes[0], datasets):
+        cal = cals.get((d, 0))
+        if cal is None or not hasattr(cal, "excess"):
+            continue
+        excess = np.linspace(0, 3 * math.log(cal.max_factor / cal.budget) / math.log(cal.base), 200)
+        curve = np.minimum(cal.budget * cal.base ** excess, cal.max_factor)
+        ax.plot(excess, curve, "k-", lw=1.5, label="calibration: budget x base^excess, capped")
+        for (dd, mode, seed), frame in logs.items():
+            if dd != d or seed != 0:
+                continue
+            cost = frame[cost_column]
+            e = cal.excess(frame["queries"].to_numpy(float), cost.to_numpy(float))
+            ax.plot(e, cal.multiplier(frame["queries"].to_numpy(float), cost.to_numpy(float)), "o",
+                    color=colours[mode], ms=4, label=mode)
+        ax.set(yscale="log", title=f"{d}: calibration", xlabel="excess cost (legitimate batches' worth)",
+               ylabel="extra time per batch / answering time")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths["calibration"] = folder / "calibration_curve.png"
+    atomic_savefig(fig, paths["calibration"])
+    plt.close(fig)
+    return paths
+
+
+def write_report(grid: dict, out: Path) -> Path:
+    """DIR/report.md, DIR/summary.csv (mean and sd per dataset and mode) and DIR/figures/*.png."""
+    rows, logs, cals = collect(grid, out)
+    lines = [f"# Reproduction report: {', '.join(grid['datasets'])}", "",
+             f"Grid: {len(grid['modes'])} modes x {grid['seeds']} seed(s), profile `{grid['profile']}`; "
+             f"every run priced against its own seed's `standard` run (relative calibration, entropy cost). "
+             f"Numbers are mean ± standard deviation over seeds.", ""]
+    if rows.empty:
+        lines += ["No finished runs yet: run `python main.py reproduce` with the same flags.", ""]
+        path = out / "report.md"
+        atomic_write_text(path, "\n".join(lines))
+        return path
+    summary = aggregate(rows, grid["modes"])
+    atomic_write_csv(out / "summary.csv", summary)
+    atomic_write_csv(out / "runs.csv", rows)
+    lines += ["## Verdicts", "", *[f"- {v}" for v in verdicts(summary)], ""]
+    for d, g in summary.groupby("dataset", sort=False):
+        view = g.assign(**{m: _pm(g, m, 1 if m in ("accuracy", "fidelity") else 2) for m in METRICS})
+        view["queries"] = g["queries"].map(lambda v: f"{v:.0f}")
+        lines += [f"## {d}", "", markdown(view, ["mode", "seeds", *METRICS]), ""]
+    lines += ["`cost_growth`: privacy cost per query over `standard`'s. `ratio`: time with PoW over time without.", ""]
+    paper = paper_rows(grid["datasets"], grid["modes"])
+    for name, frame in paper.items():
+        lines += [f"## The paper's numbers ({name}, its own CSVs, paper calibration)", "",
+                  markdown(frame, ["mode", "final_accuracy", "queries", "privacy_cost", "time_no_pow_s",
+                                   "time_pow_s", "ratio"]), ""]
+    from privacy.accountants import cost_column
+    paths = figures(logs, cals, grid, out / "figures", cost_column(_settings().cost_measure))
+    lines += ["## Figures", ""] + [f"![{k}](figures/{p.name})" for k, p in paths.items()] + [""]
+    path = out / "report.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path

@@ -1,0 +1,296 @@
+"""reproduce: the paper's grid (datasets x attack modes x seeds) in one command, resumable, then a report.
+
+Each cell is an independent `extract` run in DIR/runs/DATASET/MODE-bBUDGET-sSEED. Per dataset the victim
+is trained once (where --victim_dir has none), and each seed's legitimate baseline (`standard`) runs
+before the attacks priced against it. Runs share one cache of the victim's embedding (DIR/.cache).
+
+  * resume: a finished run (its DONE.json names its log and state by hash) is skipped; an interrupted
+    one resumes from its last committed round; a run folder that cannot resume (damaged state, a log
+    without its state) is moved aside to NAME.broken-N and redone from scratch, never read;
+  * --jobs N runs N cells at a time as processes (victims, then baselines, then attacks);
+  * --list prints the grid as shell commands in dependency order; --slurm writes job arrays for sbatch
+    (victims, then baselines, then attacks, each array depending on the one before);
+  * --report_only DIR rebuilds DIR/report.md and its figures from the finished runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.errors import UserError
+from common.io import atomic_write_text, ensure_writable_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+GRID = "grid.json"  # the grid's settings, written first: --report_only and --slurm read it
+#: the paper's query budgets (its CSVs: 10 steps of 1,000 queries; DFME from 2M), and mnist-5k's pool limit
+FULL_BUDGETS = {"mnist-5k": 1024, "fashion-mnist": 10_000, "mnist": 10_000, "svhn": 10_000, "cifar10": 10_000}
+FULL_DFME = {"mnist-5k": 100_000, "fashion-mnist": 2_000_000, "mnist": 2_000_000, "svhn": 2_000_000,
+             "cifar10": 2_000_000}
+QUICK_BUDGET, QUICK_DFME = 512, 2240  # --quick: every mode at a small budget on mnist-5k
+#: per-mode extract flags: DFME's own batch and round sizes (its iteration is 7 batches)
+MODE_FLAGS = {"full": {"dfme": ["--query_batch", "256", "--batches_per_round", "70"]},
+              "quick": {"dfme": ["--query_batch", "32", "--batches_per_round", "70"],
+                        "mixmatch": ["--stolen_epochs", "2"]}}
+
+
+@dataclass
+class Cell:
+    kind: str  # victim | baseline | attack
+    dataset: str
+    name: str  # victim: the checkpoint path; runs: DATASET/MODE-bBUDGET-sSEED
+    argv: list = field(default_factory=list)  # main.py arguments
+    folder: Path | None = None  # runs only
+
+    def command(self) -> str:
+        """The cell as one shell command; a victim's trains only where no checkpoint exists yet."""
+        line = " ".join(shlex.quote(a) for a in ["python3", "main.py", *self.argv])
+        return f"test -f {shlex.quote(self.name)} || {line}" if self.kind == "victim" else line
+
+
+def available_datasets(data_dir: str) -> list:
+    """mnist-5k always; Fashion-MNIST, MNIST, SVHN and CIFAR10 where their files can be loaded offline."""
+    from data.registry import load_splits
+
+    found = ["mnist-5k"]
+    for name in ("fashion-mnist", "mnist", "svhn", "cifar10"):
+        try:
+            load_splits(name, data_dir)
+        except UserError:
+            continue
+        found.append(name)
+    return found
+
+
+def grid_settings(s) -> dict:
+    """The grid's own settings (written to DIR/grid.json); a --report_only run reads them back."""
+    import attacks
+
+    quick = bool(s.quick)
+    datasets = [d for d in str(s.datasets).split(",") if d] if s.datasets else (
+        ["mnist-5k"] if quick else available_datasets(s.data_dir))
+    modes = [m for m in str(s.modes).split(",") if m] if s.modes else ["standard", *[m for m in attacks.ATTACKS
+                                                                                      if m != "standard"]]
+    unknown = [m for m in modes if m not in attacks.ATTACKS]
+    if unknown:
+        raise UserError(f"unknown mode(s) {', '.join(unknown)}; valid: {', '.join(sorted(attacks.ATTACKS))}")
+    if "standard" not in modes:
+        modes = ["standard", *modes]  # every attack is priced against it
+    budgets = {}
+    for d in datasets:
+        for m in modes:
+            if s.budget is not None:
+                budgets[f"{d}/{m}"] = int(s.budget)
+            elif m == "dfme":
+                budgets[f"{d}/{m}"] = QUICK_DFME if quick else FULL_DFME[d]
+            else:
+                budgets[f"{d}/{m}"] = QUICK_BUDGET if quick else FULL_BUDGETS[d]
+    return {"datasets": datasets, "modes": modes, "seeds": int(s.seeds), "budgets": budgets,
+            "profile": "quick" if quick else "full", "data_dir": s.data_dir, "victim_dir": s.victim_dir,
+            "device": s.device}
+
+
+def cells(grid: dict, out: Path) -> list:
+    """Every cell of the grid in dependency order: victims, then baselines, then attacks."""
+    victims, baselines, runs = [], [], []
+    flags = MODE_FLAGS[grid["profile"]]
+    common = ["--data_dir", grid["data_dir"], "--device", grid["device"]]
+    for d in grid["datasets"]:
+        victim = str(Path(grid["victim_dir"]) / f"{d}-victim.pt")
+        victims.append(Cell("victim", d, victim, ["train-victim", "--dataset", d, "--victim_path", victim, *common]))
+        for seed in range(grid["seeds"]):
+            base = None
+            for mode in grid["modes"]:
+                budget = grid["budgets"][f"{d}/{mode}"]
+                name = f"{d}/{mode}-b{budget}-s{seed}"
+                folder = out / "runs" / name
+                argv = ["extract", "--dataset", d, "--mode", mode, "--budget", str(budget), "--seed", str(seed),
+                        "--victim_path", victim, "--out_dir", str(folder), "--reps_cache", str(out / ".cache"),
+                        *common, *flags.get(mode, [])]
+                if mode == "standard":
+                    base = folder
+                    baselines.append(Cell("baseline", d, name, argv, folder))
+                else:
+                    argv += ["--calibration", str(base / "log.csv")]
+                    runs.append(Cell("attack", d, name, argv, folder))
+    return victims + baselines + runs
+
+
+def _done(cell: Cell) -> bool:
+    from extraction.state import finished
+
+    if cell.kind == "victim":
+        return Path(cell.name).is_file()
+    return finished(cell.folder) is not None
+
+
+def _move_aside(folder: Path) -> Path:
+    n = 1
+    while folder.with_name(f"{folder.name}.broken-{n}").exists():
+        n += 1
+    target = folder.with_name(f"{folder.name}.broken-{n}")
+    folder.rename(target)
+    return target
+
+
+def _run_in_process(cell: Cell) -> None:
+    import parameters
+    from commands.victim import train_victim
+    from extraction.loop import run_extraction
+
+    settings = parameters.parse(cell.argv)
+    if cell.kind == "victim":
+        train_victim(settings, progress=False)
+        return
+    try:
+        run_extraction(settings, progress=False)
+    except UserError:
+        if not (cell.folder.exists() and any(cell.folder.iterdir())):
+            raise
+        moved = _move_aside(cell.folder)  # a folder that cannot resume is redone, never read
+        print(f"  {cell.name}: its folder could not resume; moved aside to {moved.name}, redoing it",
+              file=sys.stderr)
+        run_extraction(settings, progress=False)
+
+
+def _run_process(cell: Cell, threads: int) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    for attempt in (1, 2):
+        done = subprocess.run([sys.executable, str(ROOT / "main.py"), *cell.argv], env=env, capture_output=True,
+                              text=True)
+        if done.returncode == 0:
+            return
+        if attempt == 1 and cell.kind != "victim" and cell.folder.exists() and any(cell.folder.iterdir()):
+            moved = _move_aside(cell.folder)
+            print(f"  {cell.name}: its folder could not resume; moved aside to {moved.name}, redoing it",
+                  file=sys.stderr)
+            continue
+        lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+        raise UserError(f"grid cell {cell.name} failed: {lines[-1] if lines else f'exit {done.returncode}'}; "
+                        f"rerun alone with: {cell.command()}")
+
+
+def _line(cell: Cell) -> str:
+    from extraction.state import finished
+
+    if cell.kind == "victim":
+        return f"  victim {cell.name}: ready"
+    final = (finished(cell.folder) or {}).get("final", {})
+    return (f"  {cell.name}: {final.get('queries')} queries, accuracy {final.get('accuracy', float('nan')):.1f}%, "
+            f"fidelity {final.get('fidelity', float('nan')):.1f}%")
+
+
+def run_grid(grid: dict, out: Path, *, jobs: int, progress: bool = True) -> list:
+    """Run every cell not yet done, stage by stage; returns the lines said about each."""
+    from tqdm.auto import tqdm
+
+    todo = cells(grid, out)
+    said = []
+    bar = tqdm(total=len(todo), unit="run", desc="reproduce", disable=not progress)
+    try:
+        for kind in ("victim", "baseline", "attack"):
+            stage = [c for c in todo if c.kind == kind]
+            skipped = [c for c in stage if _done(c)]
+            bar.update(len(skipped))
+            pending = [c for c in stage if c not in skipped]
+            if jobs <= 1:
+                for cell in pending:
+                    _run_in_process(cell)
+                    said.append(_line(cell))
+                    bar.update(1)
+                    bar.write(said[-1])
+            else:
+                threads = max(1, (os.cpu_count() or 1) // jobs)
+                with ThreadPoolExecutor(jobs) as pool:
+                    futures = {pool.submit(_run_process, cell, threads): cell for cell in pending}
+                    for future in futures:
+                        future.result()
+                        said.append(_line(futures[future]))
+                        bar.update(1)
+                        bar.write(said[-1])
+    finally:
+        bar.close()
+    return said
+
+
+def slurm_scripts(grid: dict, out: Path) -> Path:
+    """DIR/slurm/: one command list per stage, the array job, and submit.sh chaining the arrays."""
+    folder = out / "slurm"
+    folder.mkdir(parents=True, exist_ok=True)
+    stages = {}
+    for kind in ("victim", "baseline", "attack"):
+        lines = [c.command() for c in cells(grid, out) if c.kind == kind]
+        stages[kind] = len(lines)
+        atomic_write_text(folder / f"{kind}s.txt", "".join(line + "\n" for line in lines))
+    atomic_write_text(folder / "job.sh", f"""#!/bin/bash
+#SBATCH --job-name=pow-grid
+#SBATCH --cpus-per-task=1
+#SBATCH --output={folder}/log/%x-%A_%a.out
+# One grid cell per array task: line SLURM_ARRAY_TASK_ID of the list given as $1.
+set -euo pipefail
+cd {shlex.quote(str(ROOT))}
+line=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" "$1")
+echo "$line"
+eval "$line"
+""")
+    atomic_write_text(folder / "report.sh", f"""#!/bin/bash
+#SBATCH --job-name=pow-report
+#SBATCH --output={folder}/log/%x-%j.out
+set -euo pipefail
+cd {shlex.quote(str(ROOT))}
+python3 main.py reproduce --report_only {shlex.quote(str(out))}
+""")
+    atomic_write_text(folder / "submit.sh", f"""#!/bin/bash
+# Submit the grid to SLURM: victims, then baselines (afterok), then attacks (afterok), then the report.
+set -euo pipefail
+cd {shlex.quote(str(folder))}
+mkdir -p log
+dep=()
+for stage in victims:{stages['victim']} baselines:{stages['baseline']} attacks:{stages['attack']}; do
+  name=${{stage%%:*}}; count=${{stage##*:}}
+  [ "$count" -gt 0 ] || continue
+  id=$(sbatch --parsable --kill-on-invalid-dep=yes "${{dep[@]}}" --array=0-$((count - 1)) job.sh "$PWD/$name.txt")
+  echo "$name: job array $id ($count tasks)"
+  dep=(--dependency=afterok:$id)
+done
+id=$(sbatch --parsable --kill-on-invalid-dep=yes "${{dep[@]}}" report.sh)
+echo "report: job $id; when it has run: {out}/report.md"
+""")
+    return folder / "submit.sh"
+
+
+def reproduce(s, *, progress: bool = True) -> tuple:
+    from commands.report import write_report
+
+    if s.report_only:
+        out = Path(s.report_only)
+        if not (out / GRID).is_file():
+            raise UserError(f"{out} holds no grid ({GRID} is missing); give the --out_dir of a reproduce run")
+        grid = json.loads((out / GRID).read_text())
+        report = write_report(grid, out)
+        return report, f"report: {report}"
+    if not s.out_dir:
+        raise UserError("reproduce needs --out_dir DIR (where the grid's runs and report go)")
+    out = Path(s.out_dir)
+    grid = grid_settings(s)
+    if (out / GRID).is_file():
+        old = json.loads((out / GRID).read_text())
+        if old != grid:
+            changed = sorted(k for k in set(old) | set(grid) if old.get(k) != grid.get(k))
+            raise UserError(f"{out} holds a grid with other settings ({', '.join(changed)}); use another --out_dir, "
+                            f"or the same flags to resume it")
+    if s.list:
+        return None, "\n".join(c.command() for c in cells(grid, out))
+    ensure_writable_dir(out, "--out_dir")
+    atomic_write_text(out / GRID, json.dumps(grid, indent=2) + "\n")
+    if s.slurm:
+        submit = slurm_scripts(grid, out)
+        return submit, f"SLURM job arrays written; submit them with: bash {submit}"
+    said = run_grid(grid, out, jobs=int(s.jobs), progress=progress)
+    report = write_report(grid, out)
+    return report, "\n".join([*said, f"report: {report}"])

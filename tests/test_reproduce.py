@@ -1,0 +1,153 @@
+"""reproduce: a tiny grid end to end, its report checked number for number against the run logs; resume
+after an interruption; broken run folders redone; --list and --slurm; and a real SLURM job array where
+the machine has one (.ci/run starts a single-node cluster with scripts/slurm.sh)."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+
+import pandas as pd
+import pytest
+
+import main as entry
+import parameters
+from commands import reproduce as grid_module
+from extraction.state import finished
+from tests.conftest import ROOT
+
+TINY = ["--modes", "copycat", "--datasets", "mnist-5k", "--budget", "64", "--device", "cpu"]
+
+
+@pytest.fixture
+def victims(victim_path, tmp_path):
+    folder = tmp_path / "victims"
+    folder.mkdir()
+    shutil.copy(victim_path, folder / "mnist-5k-victim.pt")
+    return folder
+
+
+def grid(out, victims, *extra):
+    return parameters.parse(["reproduce", *TINY, "--out_dir", str(out), "--victim_dir", str(victims), *extra])
+
+
+def test_a_tiny_grid_reports_what_its_logs_say(tmp_path, victims):
+    out = tmp_path / "g"
+    grid_module.reproduce(grid(out, victims), progress=False)
+    report = (out / "report.md").read_text()
+    summary = pd.read_csv(out / "summary.csv").set_index("mode")
+    for mode in ("standard", "copycat"):
+        log = pd.read_csv(next((out / "runs" / "mnist-5k").glob(f"{mode}-b64-s0")) / "log_pow.csv").iloc[-1]
+        row = summary.loc[mode]
+        assert row["queries"] == log["queries"] == 64
+        assert row["accuracy"] == pytest.approx(log["accuracy"]) and row["fidelity"] == pytest.approx(log["fidelity"])
+        assert row["ratio"] == pytest.approx(log["total_time_s"] / log["query_time_s"])
+        assert row["time_pow_s"] == pytest.approx(log["total_time_s"])
+        assert f"| {mode} | 1 | {log['accuracy']:.1f} | {log['fidelity']:.1f} | 64 |" in report
+    legit, thief = summary.loc["standard", "ratio"], summary.loc["copycat", "ratio"]
+    assert f"legitimate overhead <= 2x: {'holds' if legit <= 2 + 1e-9 else 'fails'} ({legit:.2f}x)" in report
+    from commands.report import _x
+    assert f"attackers pay up to 100x: {'holds' if thief >= 100 else 'fails'} (copycat {_x(thief)}" in report
+    growth = summary.loc["copycat", "cost_growth"]
+    assert growth == pytest.approx((summary.loc["copycat", "privacy_cost"] / 64) / (summary.loc["standard", "privacy_cost"] / 64))
+    assert f"at most {growth:.2f}x, copycat" in report
+    assert "The paper's numbers (mnist" in report and "| copycat | 93.46 |" in report
+    for figure in ("accuracy_vs_time", "costs_vs_queries", "calibration_curve"):
+        assert (out / "figures" / f"{figure}.png").stat().st_size > 1000
+    assert list((out / ".cache").glob("*.reps.pt")), "the runs share the cached embedding"
+
+
+def test_an_interrupted_grid_resumes_without_redoing_a_finished_run(tmp_path, victims, monkeypatch):
+    out = tmp_path / "g"
+    real = grid_module._run_in_process
+    calls = []
+
+    def one_then_stop(cell):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(cell.name)
+        real(cell)
+
+    monkeypatch.setattr(grid_module, "_run_in_process", one_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        grid_module.reproduce(grid(out, victims), progress=False)
+    first = out / "runs" / calls[0]
+    assert finished(first) is not None
+    stamp = (first / "state.pt").stat().st_mtime_ns
+    ran = []
+    monkeypatch.setattr(grid_module, "_run_in_process", lambda cell: (ran.append(cell.name), real(cell)))
+    grid_module.reproduce(grid(out, victims), progress=False)
+    assert calls[0] not in ran and ran == ["mnist-5k/copycat-b64-s0"]
+    assert (first / "state.pt").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("damage", ["garbage-state", "log-without-state"])
+def test_a_broken_run_folder_is_moved_aside_and_redone(tmp_path, victims, damage):
+    out = tmp_path / "g"
+    grid_module.reproduce(grid(out, victims), progress=False)
+    folder = out / "runs" / "mnist-5k" / "copycat-b64-s0"
+    if damage == "garbage-state":
+        (folder / "state.pt").write_bytes(b"not a state")
+    else:
+        (folder / "state.pt").unlink()
+    assert finished(folder) is None
+    grid_module.reproduce(grid(out, victims, "--jobs", "2"), progress=False)  # redone by a worker process
+    assert finished(folder) is not None
+    assert (folder.parent / "copycat-b64-s0.broken-1").is_dir()
+    assert "| copycat |" in (out / "report.md").read_text()
+
+
+def test_list_and_slurm_cover_every_cell_in_dependency_order(tmp_path, victims):
+    out = tmp_path / "g"
+    s = parameters.parse(["reproduce", "--modes", "copycat,knockoff", "--datasets", "mnist-5k", "--seeds", "2",
+                          "--budget", "64", "--out_dir", str(out), "--victim_dir", str(victims), "--list"])
+    _, text = grid_module.reproduce(s, progress=False)
+    lines = text.splitlines()
+    kinds = ["victim" if "train-victim" in ln else "baseline" if "--mode standard" in ln else "attack" for ln in lines]
+    assert kinds == ["victim"] + ["baseline"] * 2 + ["attack"] * 4
+    for seed in (0, 1):
+        base = next(ln for ln in lines if "--mode standard" in ln and f"--seed {seed}" in ln)
+        folder = re.search(r"--out_dir (\S+)", base).group(1)
+        attacks = [ln for ln in lines if "--mode standard" not in ln and f"--seed {seed} " in ln and "extract" in ln]
+        assert len(attacks) == 2 and all(f"--calibration {folder}/log.csv" in ln for ln in attacks)
+    assert not out.exists(), "--list writes nothing"
+    s = s.replace(list=False, slurm=True)
+    submit, _ = grid_module.reproduce(s, progress=False)
+    slurm = out / "slurm"
+    assert [len((slurm / f"{k}.txt").read_text().splitlines()) for k in ("victims", "baselines", "attacks")] == [1, 2, 4]
+    assert (slurm / "victims.txt").read_text().splitlines() + (slurm / "baselines.txt").read_text().splitlines() \
+        + (slurm / "attacks.txt").read_text().splitlines() == lines
+    script = submit.read_text()
+    assert script.index("victims:1") < script.index("baselines:2") < script.index("attacks:4")
+    assert "--dependency=afterok:$id" in script and "report.sh" in script
+
+
+def test_a_grid_of_other_settings_is_refused_in_the_same_folder(tmp_path, victims, capsys):
+    out = tmp_path / "g"
+    grid_module.reproduce(grid(out, victims, "--list"), progress=False)
+    (out).mkdir()
+    (out / "grid.json").write_text(json.dumps({"datasets": ["mnist-5k"], "modes": ["standard"]}))
+    code = entry.main(["reproduce", *TINY, "--out_dir", str(out), "--victim_dir", str(victims)])
+    assert code == 2 and "holds a grid with other settings" in capsys.readouterr().err
+
+
+def test_a_tiny_grid_runs_as_a_real_slurm_job_array(tmp_path, victims):
+    if shutil.which("sbatch") is None or subprocess.run(["sinfo", "-h"], capture_output=True).returncode != 0:
+        pytest.skip("no SLURM here: .ci/run starts a single-node cluster with scripts/slurm.sh (as root)")
+    out = tmp_path / "g"
+    grid_module.reproduce(grid(out, victims, "--slurm"), progress=False)
+    submitted = subprocess.run(["bash", str(out / "slurm" / "submit.sh")], capture_output=True, text=True, cwd=ROOT)
+    assert submitted.returncode == 0, submitted.stderr
+    ids = re.findall(r"job(?: array)? (\d+)", submitted.stdout)
+    deadline = time.time() + 240  # a failed array cancels its dependents (--kill-on-invalid-dep), emptying the queue
+    while time.time() < deadline:
+        queue = subprocess.run(["squeue", "-h", "-j", ",".join(ids)], capture_output=True, text=True).stdout
+        if not queue.strip() and (out / "report.md").exists():
+            break
+        time.sleep(2)
+    logs = "\n".join(p.read_text() for p in (out / "slurm" / "log").glob("*.out"))
+    assert (out / "report.md").exists(), logs[-3000:]
+    report = (out / "report.md").read_text()
+    assert "legitimate overhead <= 2x" in report and "| copycat |" in report, logs[-2000:]
