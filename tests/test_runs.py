@@ -340,6 +340,7 @@ def test_files_follow_the_umask(victim_path, tmp_path):
 #: it), whatever the machine's load: a timer in the test could fire only after the imports were done
 CTRL_C_DURING_IMPORT = """
 import os, runpy, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal: a background job (CI) inherits SIG_IGN
 class Hook:
     def find_spec(self, name, path=None, target=None):
         if name == "torch":
