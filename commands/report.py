@@ -59,6 +59,22 @@ def collect(grid: dict, out: Path) -> tuple:
     return pd.DataFrame(rows), logs, cals
 
 
+def cross_seed_legit(logs: dict, cals: dict, datasets: list, seeds: int, cost: str) -> dict:
+    """{dataset: mean ratio of each seed's standard run priced against the next seed's baseline}: the
+    out-of-sample check of the legitimate overhead (a run priced against itself pays budget + 1 by
+    construction). Needs two seeds or more."""
+    from pow import calibration
+
+    out = {}
+    for d in datasets:
+        ratios = [calibration.ratio(calibration.add_pow_columns(logs[(d, "standard", s)], cals[(d, (s + 1) % seeds)],
+                                                                cost=cost))
+                  for s in range(seeds) if seeds > 1 and (d, "standard", s) in logs and (d, (s + 1) % seeds) in cals]
+        if ratios:
+            out[d] = float(np.mean(ratios))
+    return out
+
+
 def aggregate(rows: pd.DataFrame, modes: list) -> pd.DataFrame:
     """Per dataset and mode: the mean and standard deviation over seeds of every metric."""
     out = []
@@ -74,17 +90,24 @@ def aggregate(rows: pd.DataFrame, modes: list) -> pd.DataFrame:
                              kind="stable").reset_index(drop=True)
 
 
-def verdicts(summary: pd.DataFrame) -> list:
-    """One line per claim and dataset, from the measured means."""
+def verdicts(summary: pd.DataFrame, cross: dict | None = None) -> list:
+    """One line per claim and dataset, from the measured means. The legitimate overhead is judged on
+    `cross` (each seed's standard run priced against another seed's baseline) where there is one."""
     lines = []
+    cross = cross or {}
     for d, g in summary.groupby("dataset", sort=False):
         by = g.set_index("mode")
         if "standard" not in by.index:
             continue
         legit = by.loc["standard", "ratio"]
-        holds = legit <= LEGIT_MAX_RATIO * (1 + 1e-9)
-        lines.append(f"{d}: legitimate overhead <= {LEGIT_MAX_RATIO:g}x: {'holds' if holds else 'fails'} "
-                     f"({legit:.2f}x)")
+        if d in cross:
+            holds = cross[d] <= LEGIT_MAX_RATIO * (1 + 1e-9)
+            lines.append(f"{d}: legitimate overhead <= {LEGIT_MAX_RATIO:g}x: {'holds' if holds else 'fails'} "
+                         f"({cross[d]:.2f}x, each seed's standard run priced against another seed's baseline)")
+        else:
+            lines.append(f"{d}: legitimate overhead <= {LEGIT_MAX_RATIO:g}x: not tested out of sample ({legit:.2f}x "
+                         f"priced against its own run, which the relative calibration makes budget + 1 by "
+                         f"construction; run --seeds 2 or more)")
         attacks = by.drop(index="standard")
         if len(attacks):
             parts = []
@@ -212,6 +235,9 @@ def figures(logs: dict, cals: dict, grid: dict, folder: Path, cost_column: str) 
 
 def write_report(grid: dict, out: Path) -> Path:
     """DIR/report.md, DIR/summary.csv (mean and sd per dataset and mode) and DIR/figures/*.png."""
+    from commands.reproduce import cells
+    from extraction.state import finished
+
     rows, logs, cals = collect(grid, out)
     lines = [f"# Reproduction report: {', '.join(grid['datasets'])}", "",
              f"Grid: {len(grid['modes'])} modes x {grid['seeds']} seed(s), profile `{grid['profile']}`; "
@@ -225,7 +251,14 @@ def write_report(grid: dict, out: Path) -> Path:
     summary = aggregate(rows, grid["modes"])
     atomic_write_csv(out / "summary.csv", summary)
     atomic_write_csv(out / "runs.csv", rows)
-    lines += ["## Verdicts", "", *[f"- {v}" for v in verdicts(summary)], ""]
+    from privacy.accountants import cost_column
+    cost = cost_column(_settings().cost_measure)
+    cross = cross_seed_legit(logs, cals, grid["datasets"], grid["seeds"], cost)
+    lines += ["## Verdicts", "", *[f"- {v}" for v in verdicts(summary, cross)], ""]
+    missing = [c.name for c in cells(grid, out) if c.kind != "victim" and finished(c.folder) is None]
+    if missing:
+        lines += [f"## Missing runs ({len(missing)} of the grid's cells have not finished; the tables leave them "
+                  f"out)", "", *[f"- {name}" for name in missing], ""]
     for d, g in summary.groupby("dataset", sort=False):
         view = g.assign(**{m: _pm(g, m, 1 if m in ("accuracy", "fidelity") else 2) for m in METRICS})
         view["queries"] = g["queries"].map(lambda v: f"{v:.0f}")
@@ -237,8 +270,7 @@ def write_report(grid: dict, out: Path) -> Path:
         lines += [f"## The paper's numbers ({name}, its own CSVs, paper calibration)", "",
                   markdown(frame, ["mode", "final_accuracy", "queries", "privacy_cost", "time_no_pow_s",
                                    "time_pow_s", "ratio"]), ""]
-    from privacy.accountants import cost_column
-    paths = figures(logs, cals, grid, out / "figures", cost_column(_settings().cost_measure))
+    paths = figures(logs, cals, grid, out / "figures", cost)
     lines += ["## Figures", ""] + [f"![{k}](figures/{p.name})" for k, p in paths.items()] + [""]
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.errors import UserError
-from common.io import atomic_write_text, ensure_writable_dir
+from common.io import FolderLock, atomic_write_text, ensure_writable_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID = "grid.json"  # the grid's settings, written first: --report_only and --slurm read it
@@ -72,10 +72,10 @@ def grid_settings(s) -> dict:
     import attacks
 
     quick = bool(s.quick)
-    datasets = [d for d in str(s.datasets).split(",") if d] if s.datasets else (
+    datasets = list(dict.fromkeys(d for d in str(s.datasets).split(",") if d)) if s.datasets else (
         ["mnist-5k"] if quick else available_datasets(s.data_dir))
-    modes = [m for m in str(s.modes).split(",") if m] if s.modes else ["standard", *[m for m in attacks.ATTACKS
-                                                                                      if m != "standard"]]
+    modes = list(dict.fromkeys(m for m in str(s.modes).split(",") if m)) if s.modes else [
+        "standard", *[m for m in attacks.ATTACKS if m != "standard"]]
     unknown = [m for m in modes if m not in attacks.ATTACKS]
     if unknown:
         raise UserError(f"unknown mode(s) {', '.join(unknown)}; valid: {', '.join(sorted(attacks.ATTACKS))}")
@@ -91,8 +91,28 @@ def grid_settings(s) -> dict:
             else:
                 budgets[f"{d}/{m}"] = QUICK_BUDGET if quick else FULL_BUDGETS[d]
     return {"datasets": datasets, "modes": modes, "seeds": int(s.seeds), "budgets": budgets,
-            "profile": "quick" if quick else "full", "data_dir": s.data_dir, "victim_dir": s.victim_dir,
-            "device": s.device}
+            "profile": "quick" if quick else "full", "data_dir": str(Path(s.data_dir).resolve()),
+            "victim_dir": str(Path(s.victim_dir).resolve()), "device": s.device}
+
+
+GRID_KEYS = {"datasets": list, "modes": list, "seeds": int, "budgets": dict, "profile": str, "data_dir": str,
+             "victim_dir": str, "device": str}
+
+
+def read_grid(out: Path) -> dict | None:
+    """DIR/grid.json, checked; None when there is none."""
+    path = out / GRID
+    if not path.exists():
+        return None
+    try:
+        grid = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} is not a grid record ({exc}); remove it, or use another --out_dir") from exc
+    if not isinstance(grid, dict) or any(not isinstance(grid.get(k), kind) for k, kind in GRID_KEYS.items()) \
+            or grid["profile"] not in MODE_FLAGS:
+        raise UserError(f"{path} is not a complete grid record (it needs {', '.join(GRID_KEYS)}); remove it, or "
+                        f"use another --out_dir")
+    return grid
 
 
 def cells(grid: dict, out: Path) -> list:
@@ -122,11 +142,15 @@ def cells(grid: dict, out: Path) -> list:
 
 
 def _done(cell: Cell) -> bool:
+    """A victim that exists; a run whose DONE.json is this cell's (dataset, mode, seed, budget)."""
     from extraction.state import finished
 
     if cell.kind == "victim":
         return Path(cell.name).is_file()
-    return finished(cell.folder) is not None
+    mark = finished(cell.folder)
+    argv = dict(zip(cell.argv[1::2], cell.argv[2::2]))
+    return mark is not None and (mark.get("dataset"), mark.get("mode"), str(mark.get("seed")), str(mark.get("budget"))) \
+        == (argv.get("--dataset"), argv.get("--mode"), argv.get("--seed"), argv.get("--budget"))
 
 
 def _move_aside(folder: Path) -> Path:
@@ -138,6 +162,20 @@ def _move_aside(folder: Path) -> Path:
     return target
 
 
+def _set_aside_if_broken(cell: Cell) -> None:
+    """A run folder that cannot resume is moved aside (NAME.broken-N) before its cell runs: redone, never read.
+    A run that fails for any other reason (a lock, Ctrl-C, bad settings) leaves its folder as it is."""
+    from extraction.state import broken
+
+    if cell.kind == "victim":
+        return
+    why = broken(cell.folder)
+    if why:
+        moved = _move_aside(cell.folder)
+        print(f"  {cell.name}: its folder cannot resume ({why.split(';')[0]}); moved aside to {moved.name}, "
+              f"redoing it", file=sys.stderr)
+
+
 def _run_in_process(cell: Cell) -> None:
     import parameters
     from commands.victim import train_victim
@@ -147,32 +185,44 @@ def _run_in_process(cell: Cell) -> None:
     if cell.kind == "victim":
         train_victim(settings, progress=False)
         return
-    try:
-        run_extraction(settings, progress=False)
-    except UserError:
-        if not (cell.folder.exists() and any(cell.folder.iterdir())):
-            raise
-        moved = _move_aside(cell.folder)  # a folder that cannot resume is redone, never read
-        print(f"  {cell.name}: its folder could not resume; moved aside to {moved.name}, redoing it",
-              file=sys.stderr)
-        run_extraction(settings, progress=False)
+    _set_aside_if_broken(cell)
+    run_extraction(settings, progress=False)
 
 
-def _run_process(cell: Cell, threads: int) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    for attempt in (1, 2):
-        done = subprocess.run([sys.executable, str(ROOT / "main.py"), *cell.argv], env=env, capture_output=True,
-                              text=True)
-        if done.returncode == 0:
-            return
-        if attempt == 1 and cell.kind != "victim" and cell.folder.exists() and any(cell.folder.iterdir()):
-            moved = _move_aside(cell.folder)
-            print(f"  {cell.name}: its folder could not resume; moved aside to {moved.name}, redoing it",
-                  file=sys.stderr)
-            continue
-        lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
-        raise UserError(f"grid cell {cell.name} failed: {lines[-1] if lines else f'exit {done.returncode}'}; "
-                        f"rerun alone with: {cell.command()}")
+class _Children:
+    """The worker processes of --jobs: every one is stopped when the grid stops, normally or not."""
+
+    def __init__(self):
+        import threading
+        self.lock, self.procs, self.stopping = threading.Lock(), [], False
+
+    def run(self, cell: Cell, threads: int) -> None:
+        _set_aside_if_broken(cell)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        with self.lock:
+            if self.stopping:
+                return
+            proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *cell.argv], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            self.procs.append(proc)
+        _, err = proc.communicate()
+        if proc.returncode != 0 and not self.stopping:
+            lines = [ln for ln in err.splitlines() if ln.strip()]
+            raise UserError(f"grid cell {cell.name} failed: {lines[-1] if lines else f'exit {proc.returncode}'}; "
+                            f"rerun alone with: {cell.command()}")
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopping = True
+            procs = list(self.procs)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()  # SIGTERM: a run keeps its committed rounds and resumes next time
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def _line(cell: Cell) -> str:
@@ -206,13 +256,18 @@ def run_grid(grid: dict, out: Path, *, jobs: int, progress: bool = True) -> list
                     bar.write(said[-1])
             else:
                 threads = max(1, (os.cpu_count() or 1) // jobs)
-                with ThreadPoolExecutor(jobs) as pool:
-                    futures = {pool.submit(_run_process, cell, threads): cell for cell in pending}
+                children = _Children()
+                pool = ThreadPoolExecutor(jobs)
+                try:
+                    futures = {pool.submit(children.run, cell, threads): cell for cell in pending}
                     for future in futures:
                         future.result()
                         said.append(_line(futures[future]))
                         bar.update(1)
                         bar.write(said[-1])
+                finally:  # a failed cell or Ctrl-C stops the others at once; they resume next time
+                    children.stop()
+                    pool.shutdown(wait=True, cancel_futures=True)
     finally:
         bar.close()
     return said
@@ -230,9 +285,9 @@ def slurm_scripts(grid: dict, out: Path) -> Path:
     atomic_write_text(folder / "job.sh", f"""#!/bin/bash
 #SBATCH --job-name=pow-grid
 #SBATCH --cpus-per-task=1
-#SBATCH --output={folder}/log/%x-%A_%a.out
 # One grid cell per array task: line SLURM_ARRAY_TASK_ID of the list given as $1.
 set -euo pipefail
+export OMP_NUM_THREADS=${{SLURM_CPUS_PER_TASK:-1}}
 cd {shlex.quote(str(ROOT))}
 line=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" "$1")
 echo "$line"
@@ -240,7 +295,6 @@ eval "$line"
 """)
     atomic_write_text(folder / "report.sh", f"""#!/bin/bash
 #SBATCH --job-name=pow-report
-#SBATCH --output={folder}/log/%x-%j.out
 set -euo pipefail
 cd {shlex.quote(str(ROOT))}
 python3 main.py reproduce --report_only {shlex.quote(str(out))}
@@ -250,16 +304,19 @@ python3 main.py reproduce --report_only {shlex.quote(str(out))}
 set -euo pipefail
 cd {shlex.quote(str(folder))}
 mkdir -p log
-dep=()
+dep=""  # the first stage waits for nothing
+last=""
 for stage in victims:{stages['victim']} baselines:{stages['baseline']} attacks:{stages['attack']}; do
   name=${{stage%%:*}}; count=${{stage##*:}}
   [ "$count" -gt 0 ] || continue
-  id=$(sbatch --parsable --kill-on-invalid-dep=yes "${{dep[@]}}" --array=0-$((count - 1)) job.sh "$PWD/$name.txt")
+  id=$(sbatch --parsable --kill-on-invalid-dep=yes ${{dep:+"$dep"}} --output="$PWD/log/%x-%A_%a.out" --array=0-$((count - 1)) job.sh "$PWD/$name.txt")
   echo "$name: job array $id ($count tasks)"
-  dep=(--dependency=afterok:$id)
+  last=$id
+  dep=--dependency=afterok:$id
 done
-id=$(sbatch --parsable --kill-on-invalid-dep=yes "${{dep[@]}}" report.sh)
-echo "report: job $id; when it has run: {out}/report.md"
+# the report runs whatever happened to the attacks, and lists the cells that did not finish
+id=$(sbatch --parsable --dependency=afterany:$last --output="$PWD/log/%x-%j.out" report.sh)
+echo "report: job $id; when it has run: "{shlex.quote(str(out / "report.md"))}
 """)
     return folder / "submit.sh"
 
@@ -268,29 +325,41 @@ def reproduce(s, *, progress: bool = True) -> tuple:
     from commands.report import write_report
 
     if s.report_only:
-        out = Path(s.report_only)
-        if not (out / GRID).is_file():
+        out = Path(s.report_only).resolve()
+        grid = read_grid(out)
+        if grid is None:
             raise UserError(f"{out} holds no grid ({GRID} is missing); give the --out_dir of a reproduce run")
-        grid = json.loads((out / GRID).read_text())
-        report = write_report(grid, out)
+        with FolderLock(out, "reproduce grid"):
+            report = write_report(grid, out)
         return report, f"report: {report}"
     if not s.out_dir:
         raise UserError("reproduce needs --out_dir DIR (where the grid's runs and report go)")
-    out = Path(s.out_dir)
+    out = Path(s.out_dir).resolve()
     grid = grid_settings(s)
-    if (out / GRID).is_file():
-        old = json.loads((out / GRID).read_text())
-        if old != grid:
-            changed = sorted(k for k in set(old) | set(grid) if old.get(k) != grid.get(k))
-            raise UserError(f"{out} holds a grid with other settings ({', '.join(changed)}); use another --out_dir, "
-                            f"or the same flags to resume it")
+    old = read_grid(out)
+    if old is not None and old != grid:
+        changed = sorted(k for k in set(old) | set(grid) if old.get(k) != grid.get(k))
+        raise UserError(f"{out} holds a grid with other settings ({', '.join(changed)}); use another --out_dir, "
+                        f"or the same flags to resume it")
+    _validate(grid, out)
     if s.list:
         return None, "\n".join(c.command() for c in cells(grid, out))
     ensure_writable_dir(out, "--out_dir")
-    atomic_write_text(out / GRID, json.dumps(grid, indent=2) + "\n")
-    if s.slurm:
-        submit = slurm_scripts(grid, out)
-        return submit, f"SLURM job arrays written; submit them with: bash {submit}"
-    said = run_grid(grid, out, jobs=int(s.jobs), progress=progress)
-    report = write_report(grid, out)
+    with FolderLock(out, "reproduce grid"):  # one grid process per folder
+        atomic_write_text(out / GRID, json.dumps(grid, indent=2) + "\n")
+        if s.slurm:
+            submit = slurm_scripts(grid, out)
+            return submit, f"SLURM job arrays written; submit them with: bash {shlex.quote(str(submit))}"
+        said = run_grid(grid, out, jobs=int(s.jobs), progress=progress)
+        report = write_report(grid, out)
     return report, "\n".join([*said, f"report: {report}"])
+
+
+def _validate(grid: dict, out: Path) -> None:
+    """Every run cell's settings, checked as extract checks them, before anything is written."""
+    import parameters
+    from extraction.loop import validate
+
+    for cell in cells(grid, out):
+        if cell.kind != "victim":
+            validate(parameters.parse(cell.argv).replace(calibration=None))  # the baseline is made later

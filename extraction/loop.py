@@ -178,7 +178,9 @@ def _representations(victim, splits, cache, key: str) -> torch.Tensor:
         try:
             blob = safe_torch_load(path, "cached representations", "it is damaged")
             reps = blob.get("reps") if isinstance(blob, dict) else None
-            if isinstance(reps, torch.Tensor) and reps.shape[0] == len(splits.victim_x) and torch.isfinite(reps).all():
+            if (blob.get("key") == key and isinstance(reps, torch.Tensor) and reps.dtype == torch.float32
+                    and reps.shape == (len(splits.victim_x), splits.spec.num_classes) and torch.isfinite(reps).all()
+                    and bool((reps <= 0).all())):  # log-probabilities of this victim's classes
                 return reps
         except UserError:
             pass  # a damaged cache entry is recomputed and replaced

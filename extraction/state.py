@@ -231,6 +231,7 @@ class RunFolder:
         atomic_write_text(path, json.dumps({"queries": int(state["oracle"]["queries"]), "budget": int(budget),
                                             "log_sha256": file_sha256(self.dir / LOG),
                                             "state_sha256": file_sha256(self.dir / STATE),
+                                            **{k: state["settings"].get(k) for k in ("dataset", "mode", "seed")},
                                             "final": state["rows"][-1]}, indent=2, default=str) + "\n")
         return path
 
@@ -252,6 +253,27 @@ def finished(out_dir) -> dict | None:
     except (OSError, ValueError):
         return None
     return mark if ok else None
+
+
+def broken(out_dir) -> str | None:
+    """Why the run folder cannot resume (a log without its state, a damaged or incomplete state, a missing
+    or changed round file), or None: empty, absent, or resumable. Reads only; safe beside a live run
+    (every file is replaced atomically)."""
+    folder = Path(out_dir)
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return None
+    if not (folder / STATE).exists():
+        return "a log without its state" if (folder / LOG).exists() else None
+    try:
+        state = safe_torch_load(folder / STATE, "saved state", "it is damaged")
+        check_state(state, folder / STATE)
+        for index, digest in enumerate(state["round_hashes"], start=1):
+            chunk = folder / QUERIES / f"round-{index:06d}.pt"
+            if not chunk.is_file() or file_sha256(chunk) != digest:
+                return f"its round file {chunk.name} is missing or changed"
+    except UserError as exc:
+        return str(exc)
+    return None
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -50,9 +50,12 @@ def _scan(task, start, count):
     return _scan_target(*task, start, count)
 
 
+_parent = None  # the pid that made this worker (a worker stops when it is orphaned)
+
+
 def _init_worker(found):
-    global _found
-    _found = found
+    global _found, _parent
+    _found, _parent = found, os.getppid()
 
 
 def _race(args):
@@ -61,6 +64,8 @@ def _race(args):
     found = found if found is not None else _found
     start, tried = worker * block, 0
     while found.value == NOT_FOUND:
+        if _parent is not None and os.getppid() != _parent:  # the client was killed: do not spin on
+            return tried
         hit = _scan(task, start, block)
         if hit is not None:
             tried += hit - start + 1

@@ -47,7 +47,7 @@ def test_a_tiny_grid_reports_what_its_logs_say(tmp_path, victims):
         assert row["time_pow_s"] == pytest.approx(log["total_time_s"])
         assert f"| {mode} | 1 | {log['accuracy']:.1f} | {log['fidelity']:.1f} | 64 |" in report
     legit, thief = summary.loc["standard", "ratio"], summary.loc["copycat", "ratio"]
-    assert f"legitimate overhead <= 2x: {'holds' if legit <= 2 + 1e-9 else 'fails'} ({legit:.2f}x)" in report
+    assert f"legitimate overhead <= 2x: not tested out of sample ({legit:.2f}x priced against its own run" in report
     from commands.report import _x
     assert f"attackers pay up to 100x: {'holds' if thief >= 100 else 'fails'} (copycat {_x(thief)}" in report
     growth = summary.loc["copycat", "cost_growth"]
@@ -124,13 +124,29 @@ def test_list_and_slurm_cover_every_cell_in_dependency_order(tmp_path, victims):
     assert "--dependency=afterok:$id" in script and "report.sh" in script
 
 
-def test_a_grid_of_other_settings_is_refused_in_the_same_folder(tmp_path, victims, capsys):
+def test_a_grid_of_other_settings_or_a_broken_record_is_refused(tmp_path, victims, capsys):
     out = tmp_path / "g"
-    grid_module.reproduce(grid(out, victims, "--list"), progress=False)
-    (out).mkdir()
-    (out / "grid.json").write_text(json.dumps({"datasets": ["mnist-5k"], "modes": ["standard"]}))
-    code = entry.main(["reproduce", *TINY, "--out_dir", str(out), "--victim_dir", str(victims)])
-    assert code == 2 and "holds a grid with other settings" in capsys.readouterr().err
+    out.mkdir()
+    other = grid_module.grid_settings(grid(out, victims).replace(modes="knockoff"))
+    for record, phrase in ((json.dumps(other), "holds a grid with other settings"),
+                           ("{bad", "is not a grid record"), ("[]", "is not a complete grid record")):
+        (out / "grid.json").write_text(record)
+        code = entry.main(["reproduce", *TINY, "--out_dir", str(out), "--victim_dir", str(victims)])
+        assert code == 2 and phrase in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["grid.json"], "nothing else was written"
+
+
+def test_the_legitimate_verdict_is_judged_out_of_sample_when_seeds_allow():
+    from commands.report import verdicts
+
+    summary = pd.DataFrame([{"dataset": "d", "mode": "standard", "ratio": 2.0, "cost_growth": 1.0,
+                             "entropy_growth": 1.0},
+                            {"dataset": "d", "mode": "copycat", "ratio": 500.0, "cost_growth": 2.0,
+                             "entropy_growth": 30.0}])
+    assert "fails (2.50x, each seed's standard run priced against another seed's baseline)" in verdicts(
+        summary, {"d": 2.5})[0]
+    assert "holds (1.90x" in verdicts(summary, {"d": 1.9})[0]
+    assert "not tested out of sample" in verdicts(summary)[0]
 
 
 def test_a_tiny_grid_runs_as_a_real_slurm_job_array(tmp_path, victims):
