@@ -116,9 +116,11 @@ class PredictionService:
             ledger.load_state_dict(ledger_state)
         return ledger.totals()
 
-    def price(self, row: AccountRow, batch: int) -> dict:
-        """Seconds and work of the account's next `batch` queries."""
-        cost = float(self._totals(row.ledger).get(self.config.cost_column, 0.0))
+    def price(self, row: AccountRow, batch: int, totals: dict | None = None) -> dict:
+        """Seconds and work of the account's next `batch` queries (`totals`: the row's ledger totals, when
+        the caller has them already; composing the RDP into an epsilon is the costly part)."""
+        totals = self._totals(row.ledger) if totals is None else totals
+        cost = float(totals.get(self.config.cost_column, 0.0))
         answer_s = row.answer_s / row.queries * batch if row.queries else None
         seconds = self.calibrator.next_seconds(row.queries, cost, batch=batch, answer_s=answer_s)
         if not (math.isfinite(seconds) and seconds >= 0 and math.isfinite(cost)):
@@ -216,8 +218,9 @@ class PredictionService:
 
     # -- account -------------------------------------------------------------------------------------
     def _summary(self, user, row: AccountRow) -> dict:
-        price = self.price(row, self.config.max_batch)
-        costs = {k: float(v) for k, v in self._totals(row.ledger).items()}
+        totals = self._totals(row.ledger)
+        price = self.price(row, self.config.max_batch, totals)
+        costs = {k: float(v) for k, v in totals.items()}
         return {"user": user.name, "account": row.account, "queries": row.queries, "batches": row.batches,
                 "answer_s": row.answer_s, "costs": costs,
                 "next": {"batch": self.config.max_batch, "work": price["work"], "seconds": price["seconds"]}}
