@@ -18,7 +18,7 @@ from data.registry import DATASETS
 from models.architectures import ARCHITECTURES
 from models.oracle import OUTPUTS
 from models.training import MAX_LR
-from pow.calibration import CALIBRATIONS
+from pow.calibration import CALIBRATIONS, QueryPriceConfig
 from pow.pricing import POW_MODES
 from pow.solver import SOLVERS
 from pow.timing import PUZZLES, TABLES
@@ -60,9 +60,11 @@ DEFAULTS = dict(
     pate_sigma=None, num_models=None,
     host="127.0.0.1", port=8000, state="sqlite:///server-state.db", key_file=None, max_batch=256, ttl_s=600.0,
     rate=50.0, burst=100, threads=None, server=None, api_key=None, input=None, action=None, name=None, group=None,
-    accounts="1,2,4,8,16", reps_cache=None, quick=False, modes=None, seeds=1, jobs=1, list=False, slurm=False,
+    accounts="1,16,256,1024", batches="1,16,64,256", anonymous=False, log_costs=None, sybil_runs=None,
+    reps_cache=None, quick=False, modes=None, seeds=1, jobs=1, list=False, slurm=False,
     report_only=None,
 )
+DEFAULTS.update({f.name: f.default for f in dataclasses.fields(QueryPriceConfig)})
 #: every attack's own options (Options dataclasses): their defaults join DEFAULTS, their flags join extract
 MODE_OPTIONS = {f.name: (name, f) for name, cls in sorted(ATTACKS.items()) if cls.Options is not None
                 for f in dataclasses.fields(cls.Options)}
@@ -265,6 +267,24 @@ def _extraction(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{key}", type=_num(cast), default=None, help=f"{mode}: {f.metadata['help']} (default: {f.default})")
 
 
+def _split_price(p: argparse.ArgumentParser) -> None:
+    d = QueryPriceConfig()
+    p.add_argument("--query_quantile", type=_num(float, 0, 1, hi_open=True), default=None,
+                   help=f"the legitimate per-query cost above which a query's own weight grows (default: "
+                        f"{d.query_quantile})")
+    p.add_argument("--query_share", type=_num(float, 0, 1, hi_open=True), default=None,
+                   help=f"share of a legitimate user's PoW carried by its costliest queries (default: {d.query_share})")
+    p.add_argument("--query_smoothing", type=_num(float, 0, 100), default=None,
+                   help=f"kernel width, in Silverman bandwidths, that widens the legitimate tail before the "
+                        f"weights are fitted (default: {d.query_smoothing})")
+    p.add_argument("--account_factor", type=_num(float, 1, 1e6), default=None,
+                   help=f"most the account's cumulative excess multiplies a batch's price; no split over keys "
+                        f"pays less than 1/this of one key's price (default: {d.account_factor})")
+    p.add_argument("--anonymous", action="store_true", default=None,
+                   help="no API keys: each address range (IPv4 /24, IPv6 /48) pays by its queries' own costs "
+                        "alone and is rate-limited as one client (default: off)")
+
+
 def _server_state(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state", default=None,
                    help="accounts, keys and spent challenges: sqlite:///PATH.db or postgresql://USER@HOST:PORT/DB "
@@ -357,6 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--burst", type=_num(int, 1, 10 ** 6), default=None, help="requests per API key at once (default: 100)")
     p.add_argument("--threads", type=_num(int, 1, 1024), default=None,
                    help="request threads; torch gets cores / threads each (default: all cores)")
+    _split_price(p)
+    p.add_argument("--log_costs", default=None, type=_list(_choice(COST_MEASURES, "cost measure"), "cost measure"),
+                   help="comma-separated measures the server also accounts (and shows in /v1/account) beside the "
+                        "one it prices with; each costs time per batch (default: none)")
 
     p = sub.add_parser("serve-admin", help="the server's key and users: init | add-user NAME | list-users | revoke NAME")
     p.add_argument("action", choices=["init", "add-user", "list-users", "revoke"], help="what to do")
@@ -373,17 +397,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_num(int, 1, 1024), default=None, help="solver processes (default: all cores)")
     p.add_argument("--out", default=None, help="also save the answers here as .npy (default: print only)")
 
-    p = sub.add_parser("sybil", help="copycat split over n API keys: the ratio it pays, with and without grouping keys")
+    p = sub.add_parser("sybil", help="what each attack pays split over API keys and batch sizes, against a "
+                                     "legitimate user (in-process, or over HTTP)")
     _common(p)
     _victim(p)
     _accountant(p)
     _calibration(p)
+    _split_price(p)
     p.add_argument("--calibration", required=True, help="a legitimate user's log.csv (a standard run's)")
+    p.add_argument("--modes", default=None, type=_list(_choice(ATTACKS, "mode"), "mode"),
+                   help="comma-separated attack modes whose query streams are split (default: copycat; the "
+                        "legitimate user, standard, is always measured)")
     p.add_argument("--budget", type=_POS_INT, default=None, help="queries of each client in all (default: 1024)")
-    p.add_argument("--query_batch", type=_POS_INT, default=None, help="queries per batch (default: 64)")
     p.add_argument("--accounts", default=None, type=_list(_num(int, 1, 4096), "count"),
-                   help="comma-separated numbers of API keys (default: 1,2,4,8,16)")
-    p.add_argument("--ood_pool", default=None, choices=sorted(OOD_POOLS), help="copycat's images (default: photos)")
+                   help="comma-separated numbers of API keys (default: 1,16,256,1024)")
+    p.add_argument("--batches", default=None, type=_list(_num(int, 1, 256), "batch size"),
+                   help="comma-separated batch sizes (default: 1,16,64,256)")
+    p.add_argument("--ood_pool", default=None, choices=sorted(OOD_POOLS), help="copycat's and knockoff's images (default: photos)")
+    p.add_argument("--sampling", default=None, choices=SAMPLINGS, help="knockoff: random or adaptive (default: random)")
+    p.add_argument("--stolen_epochs", type=_NONNEG_INT, default=None,
+                   help=_preset_help("stolen_epochs") + "; the attacks' own copies train as they query")
+    p.add_argument("--server", default=None,
+                   help="split over HTTP: start a local server (uvicorn, SQLite) and query it with real puzzles "
+                        "(value: 'local'); default: in-process, through the same PredictionService")
+    p.add_argument("--sybil_runs", default=None,
+                   help="folder of the attacks' runs whose query streams are split (kept, so a rerun reuses "
+                        "them) (default: OUT's folder/sybil-runs)")
     p.add_argument("--out", default=None, help="CSV of the table (default: results/sybil.csv; plot beside it)")
 
     p = sub.add_parser("reproduce", help="the paper's grid (datasets x modes x seeds), resumable, then DIR/report.md")

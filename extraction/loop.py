@@ -81,13 +81,14 @@ def _metadata(s, calibrator, payer, pate) -> dict:
                          "pow_pricer": payer.describe() if payer else None, "pate": pate}, "extract")
 
 
-def run_extraction(s, *, progress: bool = True, remote=None) -> dict:
+def run_extraction(s, *, progress: bool = True, remote=None, tap=None) -> dict:
     """Run (or resume) one extraction; returns a summary with the final row and the paths written.
 
     Everything that can be checked is checked before the run folder is touched: settings, input files,
     the dataset, the victim and the baseline. A failure leaves no new file behind. With `remote` (a
     server.client.RemoteOracle), a live server answers, accounts and prices; the PoW is solved for real
-    and its measured time logged, and the local victim serves only to measure fidelity."""
+    and its measured time logged, and the local victim serves only to measure fidelity. `tap(x)`, when
+    given, sees every query batch as it is sent (sybil records the attack's query stream with it)."""
     validate(s)
     out_dir = ensure_writable_dir(Path(s.out_dir), "--out_dir")
     device = resolve_device(s.device)
@@ -156,7 +157,7 @@ def run_extraction(s, *, progress: bool = True, remote=None) -> dict:
                 log.info("resuming %s after %d queries", out_dir, oracle.queries)
             state = _rounds(s, folder, state, splits=splits, victim=victim, device=device, oracle=oracle,
                             attack=attack, stolen=stolen, optimizer=optimizer, generator=generator,
-                            calibrator=calibrator, payer=payer, inputs=inputs, progress=progress,
+                            calibrator=calibrator, payer=payer, inputs=inputs, progress=progress, tap=tap,
                             pate={"teachers": len(teachers), "sigma": pate_sigma} if teachers is not None else None)
             folder.save_stolen(stolen.state_dict(), s.dataset)
             if state["oracle"]["queries"] >= s.budget:
@@ -210,7 +211,7 @@ def _training_round(s, attack, oracle, stolen, query) -> None:
 
 
 def _rounds(s, folder, state, *, splits, victim, device, oracle, attack, stolen, optimizer, generator,
-            calibrator, payer, inputs, progress, pate) -> dict:
+            calibrator, payer, inputs, progress, pate, tap=None) -> dict:
     """Run rounds until the budget is spent, committing each; returns the last committed state."""
     rows, xs, answers = (list(state[k]) for k in ("rows", "xs", "answers")) if state else ([], [], [])
     round_start = len(xs)
@@ -228,6 +229,8 @@ def _rounds(s, folder, state, *, splits, victim, device, oracle, attack, stolen,
             q_prev, t_prev, started = oracle.queries, oracle.query_time_s, time.perf_counter()
 
             def query(x):
+                if tap is not None:
+                    tap(x)
                 y = oracle.query(x)
                 if _keeps_queries(attack):
                     xs.append(x)

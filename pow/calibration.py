@@ -286,3 +286,149 @@ def ratio(frame: pd.DataFrame) -> float:
     """Time with PoW over time without, at the log's last row."""
     last = frame.iloc[-1]
     return float(last["total_time_s"] / last["query_time_s"]) if last["query_time_s"] > 0 else float("nan")
+
+
+# -- the split-proof price: each query's own cost, times the account's cumulative factor ----------------
+SMOOTHING_POINTS = 32  # normal quantiles per legitimate sample when the legitimate tail is smoothed
+
+
+@dataclass(frozen=True)
+class QueryPriceConfig:
+    """How each query's own cost is priced (the flags of the same names).
+
+    query_quantile  the legitimate per-query cost above which a query's weight starts to grow;
+    query_share     the share of a legitimate user's PoW that its costliest queries (above that
+                    quantile) carry; the rest is spread evenly over every query;
+    query_smoothing the legitimate costs are smoothed with a normal kernel of this many Silverman
+                    bandwidths before the weights are fitted, so that a few hundred legitimate samples
+                    do not understate the legitimate tail (0: no smoothing);
+    account_factor  the most the account's cumulative excess can multiply a batch's per-query price:
+                    splitting over keys can lower what a client pays by at most this factor."""
+    query_quantile: float = 0.9
+    query_share: float = 0.5
+    query_smoothing: float = 4.0
+    account_factor: float = 4.0
+
+    @classmethod
+    def of(cls, values: dict) -> "QueryPriceConfig":
+        names = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in values.items() if k in names and v is not None})
+
+    def checked(self) -> "QueryPriceConfig":
+        checks.finite("--query_quantile", self.query_quantile, lo=0, hi=1, hi_open=True)
+        checks.finite("--query_share", self.query_share, lo=0, hi=1, hi_open=True)
+        checks.finite("--query_smoothing", self.query_smoothing, lo=0, hi=100)
+        checks.finite("--account_factor", self.account_factor, lo=1, hi=1e6)
+        return self
+
+
+class QueryWeights:
+    """w(c) = min(max_weight, w0 * exp(kappa * max(0, c - tau))): each query's own weight from its own cost.
+
+    tau is the legitimate costs' `query_quantile`; w0 = 1 - query_share; kappa is the steepest growth
+    for which the legitimate (smoothed) costs still weigh 1 on average. A legitimate user therefore pays
+    its calibrated budget on average, while a query whose cost lies beyond the legitimate tail weighs up
+    to max_weight on its own, whatever account sent it and in whatever batch."""
+
+    def __init__(self, legit_costs, *, max_weight: float, config: QueryPriceConfig = QueryPriceConfig()):
+        config = config.checked()
+        costs = np.asarray(legit_costs, dtype=np.float64).ravel()
+        if len(costs) < 10 or not np.isfinite(costs).all() or (costs < 0).any():
+            raise UserError(f"the legitimate per-query costs must be at least 10 finite, non-negative numbers "
+                            f"(got {len(costs)}); the server measures them on the dataset's held-out images")
+        self.max_weight = checks.finite("the largest query weight", max_weight, lo=1)
+        self.config = config
+        self.tau = float(np.quantile(costs, config.query_quantile))
+        self.w0 = 1.0 - config.query_share
+        h = config.query_smoothing * 1.06 * float(costs.std()) * len(costs) ** -0.2
+        from scipy.stats import norm  # scipy is a requirement already (the RDP bounds)
+        z = norm.ppf((np.arange(SMOOTHING_POINTS) + 0.5) / SMOOTHING_POINTS)
+        smoothed = (costs[:, None] + h * z[None, :]).ravel() if h > 0 else costs
+        lo, hi = 0.0, 1.0
+        while self._mean(smoothed, hi) < 1.0 and hi < 1e6:  # the steepest kappa the legitimate tail allows
+            lo, hi = hi, hi * 2
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if self._mean(smoothed, mid) > 1.0 else (mid, hi)
+        self.kappa = lo
+        self.legit_mean = float(self(costs).mean())
+        self.bandwidth = h
+        _finite = [v for v in (self.tau, self.kappa, self.legit_mean) if not math.isfinite(v)]
+        if _finite:
+            raise UserError("the per-query weights could not be fitted to the legitimate costs (non-finite)")
+
+    def _weights(self, costs, kappa):
+        log_w = math.log(self.w0) + kappa * np.maximum(np.asarray(costs, np.float64) - self.tau, 0.0)
+        return np.exp(np.minimum(log_w, math.log(self.max_weight)))
+
+    def _mean(self, costs, kappa) -> float:
+        return float(self._weights(costs, kappa).mean())
+
+    def __call__(self, costs) -> np.ndarray:
+        costs = np.asarray(costs, dtype=np.float64)
+        if not np.isfinite(costs).all():  # a NaN must never price a query at the floor
+            raise ValueError("a per-query cost is not finite; refusing to price it")
+        return self._weights(costs, self.kappa)
+
+    def describe(self) -> dict:
+        return {"tau": self.tau, "w0": self.w0, "kappa": self.kappa, "max_weight": self.max_weight,
+                "bandwidth": self.bandwidth, "legit_mean_weight": self.legit_mean, **vars(self.config)}
+
+
+class SplitProofPricer:
+    """Seconds of PoW for one batch, priced after the server has seen it:
+
+        seconds = t_q * sum_i min(max_factor, budget * w(c_i) * F),
+        F = 1 (anonymous), else min(account_factor, base ** excess(queries, cost))
+
+    where c_i is each query's own cost, w the QueryWeights, t_q the server's answering time per query of
+    this batch (never below MIN_TIME_SHARE of the baseline's), and excess the relative calibration's
+    excess of the account's cumulative cost *including this batch*. The per-query part is a plain sum
+    over queries, so no split over keys or batches changes it; the account factor F >= 1 can only add,
+    and adds at most account_factor times. Hence any split of a query stream pays at least
+    1 / account_factor of what one key pays for it, in one batch or many."""
+
+    def __init__(self, calibrator: RelativeCalibrator, weights: QueryWeights, *, account_factor: float,
+                 anonymous: bool = False):
+        if not isinstance(calibrator, RelativeCalibrator):
+            raise UserError("the server prices each batch after it has seen it with --calibration_mode relative "
+                            "(the paper's mode prices 1,000-query steps); pass --calibration_mode relative")
+        self.calibrator, self.weights, self.anonymous = calibrator, weights, bool(anonymous)
+        self.account_factor = checks.finite("--account_factor", account_factor, lo=1)
+        self.query_time_s = calibrator.batch_time_s / calibrator.batch_size  # the baseline's, per query
+
+    def factor(self, queries, cost) -> float:
+        """The account's cumulative factor F at (queries, cost), the batch being priced included."""
+        if self.anonymous or queries <= 0:
+            return 1.0
+        c = self.calibrator
+        log_f = float(c.excess(queries, cost)) * math.log(c.base)
+        return float(math.exp(min(log_f, math.log(self.account_factor))))
+
+    def per_query_time(self, answer_s: float | None, n: int) -> float:
+        floor = MIN_TIME_SHARE * self.query_time_s
+        if answer_s is None:
+            return self.query_time_s
+        return max(checks.finite("answering time", answer_s, lo=0) / max(n, 1), floor)
+
+    def seconds(self, costs, *, queries, cost, answer_s: float | None) -> float:
+        """PoW seconds for a batch with per-query `costs`, the account at (queries, cost) after it."""
+        costs = np.asarray(costs, dtype=np.float64).ravel()
+        c = self.calibrator
+        per = np.minimum(c.max_factor, c.budget * self.weights(costs) * self.factor(queries, cost))
+        seconds = float(per.sum()) * self.per_query_time(answer_s, len(costs))
+        if not (math.isfinite(seconds) and seconds >= 0):
+            raise ValueError(f"a batch was priced at {seconds} s; refusing to answer it")
+        return seconds
+
+    def expected_seconds(self, n: int, *, queries, cost, answer_s: float | None, weight: float = 1.0) -> float:
+        """What n more queries are expected to cost before the server has seen them: `weight` per query
+        (1 is a legitimate query's mean; an account's own mean weight so far predicts it better)."""
+        c = self.calibrator
+        f = self.factor(queries, cost)
+        per = min(c.max_factor, c.budget * checks.finite("query weight", weight, lo=0) * f)
+        return per * n * self.per_query_time(answer_s, n)
+
+    def describe(self) -> dict:
+        return {**self.calibrator.describe(), "account_factor": self.account_factor, "anonymous": self.anonymous,
+                "query_weights": self.weights.describe()}

@@ -42,6 +42,8 @@ DEFAULT_TTL_S = 600  # a challenge is valid for ten minutes
 FIELDS = 8  # fields of a pow1 challenge
 VERSION2 = "pow2"  # the server's challenge: bound to a user and a batch size
 FIELDS2 = 10
+VERSION3 = "pow3"  # a top-up: a pow2 challenge also bound to one sealed batch (its challenge's token)
+FIELDS3 = 11
 MAX_BATCH = 100_000  # inputs per pow2 challenge, at most
 MAX_SUBS = 4096  # sub-solutions per challenge, at most
 MAX_WORK = 1e18  # expected evaluations, at most (about 30 years of a fast GPU on sha256)
@@ -56,6 +58,7 @@ _RAND2 = re.compile(r"[0-9a-f]{32}", re.ASCII)
 _USER = re.compile(r"[A-Za-z0-9._-]{1,64}", re.ASCII)  # a user name, as the server's accounts spell it
 _BATCH = re.compile(r"[1-9][0-9]{0,5}", re.ASCII)
 _MAC = re.compile(r"[0-9a-f]{64}", re.ASCII)
+_TOKEN = _MAC  # a sealed batch's token: the SHA-256 (hex) of its challenge's text
 _NONCES = re.compile(r"(0|[1-9a-f][0-9a-f]{0,%d})(,(0|[1-9a-f][0-9a-f]{0,%d}))*" % (NONCE_HEX - 1, NONCE_HEX - 1),
                      re.ASCII)
 
@@ -114,9 +117,15 @@ def issue(*, key: bytes, resource: str, work: float, kind: str = "sha256", subs:
     return f"{body}|{_mac(key, body)}"
 
 
+def token_of(text: str) -> str:
+    """The token a challenge is spent (and a sealed batch kept) under: SHA-256 of its text, in hex."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def issue_bound(*, key: bytes, user: str, work: float, kind: str, subs: int, batch: int,
-                ttl_s: float = DEFAULT_TTL_S, now: float | None = None) -> str:
-    """A signed pow2 challenge for `user`'s next batch of at most `batch` inputs."""
+                ttl_s: float = DEFAULT_TTL_S, now: float | None = None, bind: str | None = None) -> str:
+    """A signed pow2 challenge for `user`'s next batch of at most `batch` inputs; with `bind` (a sealed
+    batch's token), a pow3 top-up that pays only for that batch."""
     if kind not in KINDS:
         raise ConfigError(f"unknown puzzle kind '{kind}'; valid kinds: {', '.join(KINDS)}")
     work, subs = check_work(work, subs)
@@ -127,8 +136,10 @@ def issue_bound(*, key: bytes, user: str, work: float, kind: str, subs: int, bat
         raise ConfigError("the key must be non-empty bytes")
     issued = int(now if now is not None else time.time())
     expires = issued + int(checks.finite("ttl_s", ttl_s, lo=1, hi=10 ** 7))
-    fields = [VERSION2, kind, repr(work), str(subs), str(batch), str(issued), str(expires), user,
-              os.urandom(16).hex()]
+    if bind is not None and (not isinstance(bind, str) or not _TOKEN.fullmatch(bind)):
+        raise ConfigError("a top-up binds a sealed batch's token: 64 lowercase hex digits")
+    fields = [VERSION2 if bind is None else VERSION3, kind, repr(work), str(subs), str(batch), str(issued),
+              str(expires), user, *([] if bind is None else [bind]), os.urandom(16).hex()]
     return "|".join([*fields, _mac2(key, fields)])
 
 
@@ -142,15 +153,17 @@ class Challenge:
     rand: str
     text: str
     version: str = VERSION
-    batch: int | None = None  # pow2 only
-    issued: int | None = None  # pow2 only
+    batch: int | None = None  # pow2 and pow3 only
+    issued: int | None = None  # pow2 and pow3 only
+    bind: str | None = None  # pow3 only: the sealed batch's token
 
     def signed_by(self, key: bytes) -> bool:
         """True when the MAC is this key's over the challenge's fields (constant-time compare)."""
         if not isinstance(key, bytes) or not key:
             return False
         parts = self.text.split("|")
-        expected = _mac2(key, parts[:-1]) if self.version == VERSION2 else _mac(key, self.text.rsplit("|", 1)[0])
+        expected = (_mac2(key, parts[:-1]) if self.version in (VERSION2, VERSION3)
+                    else _mac(key, self.text.rsplit("|", 1)[0]))
         return hmac.compare_digest(expected.encode(), parts[-1].encode())
 
     def unsolved(self, nonces_text: str) -> str | None:
@@ -181,7 +194,7 @@ def parse(text: str) -> Challenge | str:
     if not isinstance(text, str) or len(text) > MAX_SOLUTION_CHARS:
         return "malformed: a challenge is a text of at most a few kilobytes"
     parts = text.split("|")
-    if parts[0] == VERSION2:
+    if parts[0] in (VERSION2, VERSION3):
         return _parse2(parts, text)
     if len(parts) != FIELDS or parts[0] != VERSION:
         return (f"malformed: a challenge has {FIELDS} '|'-separated fields starting with {VERSION} "
@@ -198,8 +211,12 @@ def parse(text: str) -> Challenge | str:
 
 
 def _parse2(parts: list, text: str) -> Challenge | str:
-    if len(parts) != FIELDS2:
-        return f"malformed: a {VERSION2} challenge has {FIELDS2} '|'-separated fields"
+    version, count = parts[0], FIELDS2 if parts[0] == VERSION2 else FIELDS3
+    if len(parts) != count:
+        return f"malformed: a {version} challenge has {count} '|'-separated fields"
+    bind = parts.pop(8) if version == VERSION3 else None
+    if bind is not None and not _TOKEN.fullmatch(bind):
+        return "malformed: bad sealed-batch token"
     _, kind, work, subs, batch, issued, expires, user, rand, mac = parts
     if kind not in KINDS:
         return "malformed: unknown puzzle kind"
@@ -212,7 +229,7 @@ def _parse2(parts: list, text: str) -> Challenge | str:
         return "malformed: bad user, random or signature field"
     if int(issued) > int(expires):
         return "malformed: issued after it expires"
-    return Challenge(kind, w, int(subs), int(expires), user, rand, text, VERSION2, int(batch), int(issued))
+    return Challenge(kind, w, int(subs), int(expires), user, rand, text, version, int(batch), int(issued), bind)
 
 
 def split_solution(solution) -> tuple | str:

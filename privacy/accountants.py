@@ -273,19 +273,31 @@ def create(name: str, **kwargs) -> Accountant:
     return ACCOUNTANTS[name](**kwargs)
 
 
+#: --cost_measure name -> the accountant that logs its column
+MEASURE_ACCOUNTANT = {"knn": "knn", "knn_eps": "knn", "entropy": "entropy", "gap": "gap", "pate": "pate",
+                      "pate_eps": "pate"}
+
+
 def ledger_factory(reps: torch.Tensor, labels: torch.Tensor, *, num_classes: int, k: int, sigma: float,
                    delta: float, cap: bool = False, conversion: str = "classic", seed: int = 0, ensemble_votes=None,
-                   pate_sigma: float | None = None):
+                   pate_sigma: float | None = None, measures=None):
     """A function that makes fresh (zero) ledgers sharing one kNN voter: private kNN over `reps` (the
     victim's log-softmax of its own training set) with their true `labels`, entropy and gap; and, given
     `ensemble_votes(images) -> histograms` (a PATE teacher ensemble), GNMax over the teachers' votes at
-    pate_sigma. The voter is safe to share between threads, so a server makes one ledger per batch."""
-    voter = KnnVoter(reps, labels, k=min(k, len(reps)), num_classes=num_classes, seed=seed)
+    pate_sigma. The voter is safe to share between threads, so a server makes one ledger per batch.
+    `measures` (cost measure names) keeps only the accountants those measures need (a server prices by
+    one measure and logs others only where the operator asks); None keeps all."""
+    wanted = None if measures is None else {MEASURE_ACCOUNTANT[cost_column(m) and m] for m in measures}
+    voter = (KnnVoter(reps, labels, k=min(k, len(reps)), num_classes=num_classes, seed=seed)
+             if wanted is None or "knn" in wanted else None)
     gnmax = dict(delta=delta, cap=cap, conversion=conversion)
 
     def make() -> Ledger:
-        parts = [create("knn", voter=voter, sigma=sigma, **gnmax), create("entropy"), create("gap")]
-        if ensemble_votes is not None:
+        parts = []
+        if voter is not None:
+            parts.append(create("knn", voter=voter, sigma=sigma, **gnmax))
+        parts += [create(name) for name in ("entropy", "gap") if wanted is None or name in wanted]
+        if ensemble_votes is not None and (wanted is None or "pate" in wanted):
             parts.append(create("pate", ensemble_votes=ensemble_votes, sigma=pate_sigma, **gnmax))
         return Ledger(parts)
     return make

@@ -1,11 +1,18 @@
-"""The HTTP layer: FastAPI routes over PredictionService, a body-size limit, and JSON errors.
+"""The HTTP layer: FastAPI routes over PredictionService, the connection's guards, and JSON errors.
 
 Every rejection is a 4xx with {"error": CODE, "detail": WHAT TO DO}. The routes are plain functions,
 so FastAPI runs them in its worker threads; their number is set with the torch threads (serve sizes
 both together, so that concurrent requests do not oversubscribe the cores).
+
+Guards, each bounded and answered in JSON: the client is authenticated (API key, or address range when
+anonymous) before its body is read; a body over the limit is refused from its Content-Length or as it
+streams, and one that stalls for BODY_TIMEOUT_S is answered 408; a request head must arrive within
+HEAD_TIMEOUT_S and fit in MAX_HEAD_BYTES; at most max_connections connections are open at once (the
+next is answered 429 and closed); a request the HTTP parser rejects gets a JSON 400.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -21,6 +28,10 @@ from server.store import DRIVER_ERRORS
 
 log = logging.getLogger(__name__)
 API_VERSION = "v1"
+BODY_TIMEOUT_S = 10.0  # the longest pause between two parts of a request body
+HEAD_TIMEOUT_S = 10.0  # a request head must arrive whole within this after the connection (or last answer)
+MAX_HEAD_BYTES = 64 * 1024  # request line and headers together
+MAX_CONNECTIONS = 512  # open connections at once, per server process
 
 
 class ChallengeIn(BaseModel):
@@ -50,6 +61,11 @@ class PredictIn(BaseModel):
     inputs: TensorIn
 
 
+class TopupIn(BaseModel):
+    solution: str = Field(description="the batch's own solution, as sent to /v1/predict")
+    topup: str = Field(description="the pow3 top-up challenge of the 402 reply, '|', and its nonces")
+
+
 class PredictOut(BaseModel):
     output: str = Field(description="labels or probs")
     queries: int
@@ -65,6 +81,8 @@ class AccountOut(BaseModel):
     batches: int
     answer_s: float
     costs: dict
+    credit: float = Field(description="work paid beyond the prices so far; it pays toward the next batches")
+    priced: float = Field(description="the work of every answered batch's price, in all")
     next: dict
 
 
@@ -73,20 +91,45 @@ class ErrorOut(BaseModel):
     detail: str | list
 
 
-ERRORS = {code: {"model": ErrorOut} for code in (400, 401, 403, 409, 410, 413, 422, 429)}
+class PaymentOut(ErrorOut):
+    topup: ChallengeOut = Field(description="solve it and POST it with the batch's solution to /v1/topup")
+    paid: float = Field(description="work paid for this batch so far")
+    owed: float = Field(description="work its price still lacks")
 
 
-class BodyLimit:
-    """Pure ASGI middleware: a request body over `limit` bytes is answered 413 before it is read whole."""
+ERRORS = {code: {"model": ErrorOut} for code in (400, 401, 403, 408, 409, 410, 413, 422, 429)}
+PAYMENT = {**ERRORS, 402: {"model": PaymentOut, "description": "the batch is answered but sealed: pay the top-up"}}
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+
+class Guard:
+    """Pure ASGI middleware: authenticates the client of a /v1/ request before reading its body (the
+    client goes to scope["state"]["client"]), then reads the body, never more than `limit` bytes and
+    never waiting more than BODY_TIMEOUT_S between its parts, and hands it on whole."""
+
+    def __init__(self, app, limit: int, service: PredictionService):
+        self.app, self.limit, self.service = app, limit, service
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None:
+        headers = dict(scope.get("headers") or [])
+        if scope.get("path", "").startswith(f"/{API_VERSION}/"):
+            import anyio.to_thread
+
+            raw = headers.get(b"x-api-key")
+            address = (scope.get("client") or (None,))[0]
+            try:
+                client = await anyio.to_thread.run_sync(
+                    self.service.authenticate, raw.decode("latin-1") if raw is not None else None, address)
+            except ApiError as exc:
+                extra = {"retry-after": f"{max(1, round(exc.retry_after))}"} if exc.retry_after else {}
+                return await _send_json(send, exc.status, exc.body(), extra)
+            except (UserError, *DRIVER_ERRORS):
+                return await _send_json(send, 503, {"error": "unavailable", "detail": "the server's database is "
+                                                    "unavailable; retry later"}, {"retry-after": "5"})
+            scope.setdefault("state", {})["client"] = client
+        declared = headers.get(b"content-length")
+        if declared is not None and self.limit:
             try:
                 too_big = int(declared) > self.limit
             except ValueError:
@@ -96,11 +139,16 @@ class BodyLimit:
                                                     "detail": f"the request body exceeds {self.limit} bytes"})
         chunks, seen = [], 0
         while True:  # read the body first, never more than the limit, then hand it on whole
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), BODY_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                return await _send_json(send, 408, {"error": "body_timeout", "detail": f"the request body "
+                                                    f"stalled for {BODY_TIMEOUT_S:g} s; send it whole"},
+                                        {"connection": "close"})
             if message["type"] != "http.request":
                 return  # the client went away
             seen += len(message.get("body", b""))
-            if seen > self.limit:
+            if self.limit and seen > self.limit:
                 return await _send_json(send, 413, {"error": "body_too_large",
                                                     "detail": f"the request body exceeds {self.limit} bytes"})
             chunks.append(message.get("body", b""))
@@ -119,11 +167,60 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
-async def _send_json(send, status: int, body: dict) -> None:
+async def _send_json(send, status: int, body: dict, headers: dict | None = None) -> None:
     raw = json.dumps(body).encode()
+    extra = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()),
+                            *extra]})
     await send({"type": "http.response.body", "body": raw})
+
+
+def guarded_protocol():
+    """uvicorn's h11 protocol with the connection's guards: a JSON 400 for what the parser rejects, a
+    deadline for each request head, and a cap on open connections (answered with a JSON 429)."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    def _raw(status: int, body: dict) -> bytes:
+        data = json.dumps(body).encode()
+        reason = {400: "Bad Request", 429: "Too Many Requests"}[status]
+        return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(data)}\r\n"
+                f"connection: close\r\n\r\n").encode() + data
+
+    class GuardedH11Protocol(H11Protocol):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            if len(self.connections) > MAX_CONNECTIONS:
+                transport.write(_raw(429, {"error": "too_many_connections",
+                                           "detail": "the server holds too many connections; retry shortly"}))
+                transport.close()
+                return
+            self._arm_head_timer()
+
+        def _arm_head_timer(self):
+            cycle = self.cycle
+            self.loop.call_later(HEAD_TIMEOUT_S, self._head_timeout, cycle)
+
+        def _head_timeout(self, cycle):
+            if self.cycle is cycle and not self.transport.is_closing():  # no request began since
+                self.transport.close()
+
+        def on_response_complete(self):
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm_head_timer()
+
+        def send_400_response(self, msg: str) -> None:
+            self.transport.write(_raw(400, {"error": "bad_http", "detail": f"{msg}; send a well-formed "
+                                                                          f"HTTP/1.1 request"}))
+            try:
+                self.conn.send(h11.ConnectionClosed())
+            except h11.LocalProtocolError:
+                pass
+            self.transport.close()
+
+    return GuardedH11Protocol
 
 
 def create_app(service: PredictionService, *, max_body_bytes: int, threads: int | None = None,
@@ -171,28 +268,35 @@ def create_app(service: PredictionService, *, max_body_bytes: int, threads: int 
         return JSONResponse({"error": "internal", "detail": "an internal error; the operator's log has it"},
                             status_code=500)
 
-    @app.post(f"/{API_VERSION}/challenge", response_model=ChallengeOut, responses=ERRORS,
-              summary="A signed challenge for this key's next batch, priced from its cumulative cost")
-    def challenge(body: ChallengeIn | None = None, x_api_key: str | None = Header(None)):
-        user = service.authenticate(x_api_key)
-        return service.challenge(user, body.batch if body is not None else None)
+    def client_of(request: Request, x_api_key):
+        client = request.scope.get("state", {}).get("client")  # the Guard authenticated it already
+        return client if client is not None else service.authenticate(
+            x_api_key, request.client.host if request.client else None)
 
-    @app.post(f"/{API_VERSION}/predict", response_model=PredictOut, responses=ERRORS,
-              summary="Answers for a batch, paid with a solved challenge; charged before it is sent")
-    def predict(body: PredictIn, x_api_key: str | None = Header(None)):
-        user = service.authenticate(x_api_key)
-        return service.predict(user, body.solution, body.inputs.model_dump())
+    @app.post(f"/{API_VERSION}/challenge", response_model=ChallengeOut, responses=ERRORS,
+              summary="A signed challenge for this client's next batch, at its expected price")
+    def challenge(request: Request, body: ChallengeIn | None = None, x_api_key: str | None = Header(None)):
+        return service.challenge(client_of(request, x_api_key), body.batch if body is not None else None)
+
+    @app.post(f"/{API_VERSION}/predict", response_model=PredictOut, responses=PAYMENT,
+              summary="Answers for a batch, priced by its own cost once seen: 200 when paid, else 402 and a top-up")
+    def predict(request: Request, body: PredictIn, x_api_key: str | None = Header(None)):
+        return service.predict(client_of(request, x_api_key), body.solution, body.inputs.model_dump())
+
+    @app.post(f"/{API_VERSION}/topup", response_model=PredictOut, responses=PAYMENT,
+              summary="Pay a sealed batch's top-up: its answers, or another 402 if its price rose meanwhile")
+    def topup(request: Request, body: TopupIn, x_api_key: str | None = Header(None)):
+        return service.topup(client_of(request, x_api_key), body.solution, body.topup)
 
     @app.get(f"/{API_VERSION}/account", response_model=AccountOut, responses=ERRORS,
-             summary="This key's account: queries, costs and the next batch's price")
-    def account(x_api_key: str | None = Header(None)):
-        return service.account(service.authenticate(x_api_key))
+             summary="This client's account: queries, costs, credit and the next batch's expected price")
+    def account(request: Request, x_api_key: str | None = Header(None)):
+        return service.account(client_of(request, x_api_key))
 
     @app.get("/healthz", summary="Liveness: the server answers and its database is reachable")
     def healthz():
         service.store.account("__healthz__")
         return {"status": "ok", **(describe or {})}
 
-    if max_body_bytes:
-        app.add_middleware(BodyLimit, limit=max_body_bytes)
+    app.add_middleware(Guard, limit=max_body_bytes, service=service)
     return app

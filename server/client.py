@@ -1,9 +1,11 @@
 """A client of the prediction API: predict(x) -> answers, paying each batch's proof-of-work.
 
 ApiClient fetches a challenge for each batch, solves it with the multi-core solver, and sends the batch.
-It asks for a new challenge when one expires or its price went stale, waits when rate-limited, and
-after a broken connection sends the same request again: the server redelivers a committed answer, so
-nothing is lost or paid twice. It records the time spent solving and the time waiting on the server.
+When the server answers 402 (the batch cost more than the challenge paid), it solves the top-up and sends
+it to /v1/topup, until the answer comes. It asks for a new challenge when one expires, waits when
+rate-limited, and after a broken connection sends the same request again: the server redelivers a
+committed answer (or a sealed batch's 402), so nothing is lost or paid twice. It records the time spent
+solving, the time waiting on the server, and the round trips each batch took.
 """
 from __future__ import annotations
 
@@ -16,9 +18,9 @@ from common.errors import UserError
 from pow.solver import Solver, default_workers
 from server import tensors
 
-RETRIES = 12  # attempts per batch, over expiry, stale prices, rate limits and broken connections
+RETRIES = 12  # attempts per batch, over expiry, top-ups, rate limits and broken connections
 BACKOFF_S = 0.25  # first wait after a broken connection (doubles, at most 5 s)
-NEW_CHALLENGE = {"expired", "stale_price", "wrong_puzzle"}
+NEW_CHALLENGE = {"expired", "wrong_puzzle"}
 
 
 class ApiClient:
@@ -26,7 +28,7 @@ class ApiClient:
     context manager, or call close(): the HTTP connections and the solver's processes are released."""
 
     def __init__(self, url: str, api_key: str, *, workers: int | None = None, timeout_s: float = 120.0,
-                 retries: int = RETRIES, transport=None, max_work: float | None = None):
+                 retries: int = RETRIES, transport=None, max_work: float | None = None, solver=None):
         import httpx
 
         if not url or not url.startswith(("http://", "https://")):
@@ -45,12 +47,14 @@ class ApiClient:
         self.url, self.retries, self.max_work = url.rstrip("/"), retries, max_work
         self._http = httpx.Client(base_url=self.url, headers={"X-API-Key": api_key}, timeout=timeout_s,
                                   transport=transport)
-        self._solver = Solver(workers or default_workers()).__enter__()
+        self._own_solver = solver is None  # a solver passed in is shared, and its owner closes it
+        self._solver = Solver(workers or default_workers()).__enter__() if solver is None else solver
         self._solve_lock = threading.Lock()  # one solve at a time: each already uses every worker
         self._lock = threading.Lock()
         self.pow_time_s = self.wait_time_s = self.work = 0.0
         self.queries = 0
         self.last_work = 0.0
+        self.round_trips: list = []  # predict and top-up requests of each answered batch
         self.max_batch: int | None = None
         self.answered: list = []  # the challenges whose batches were answered (spent at the server)
 
@@ -130,7 +134,7 @@ class ApiClient:
     def _predict_batch(self, x: np.ndarray) -> np.ndarray:
         payload = tensors.encode(x)
         backoff = BACKOFF_S
-        request = None
+        request, topup, trips, work = None, None, 0, 0.0
         for _ in range(self.retries):
             start, solving = time.perf_counter(), 0.0
             try:
@@ -139,8 +143,13 @@ class ApiClient:
                     solved = time.perf_counter()
                     request = {"solution": self.solve(ch["challenge"]), "inputs": payload}
                     solving = time.perf_counter() - solved
-                    work = float(ch["work"])
-                status, body = self._call("POST", "/v1/predict", json=request)
+                    work += float(ch["work"])
+                trips += 1
+                if topup is None:
+                    status, body = self._call("POST", "/v1/predict", json=request)
+                else:
+                    status, body = self._call("POST", "/v1/topup", json={"solution": request["solution"],
+                                                                         "topup": topup})
             except self._httpx.TransportError:  # the server went away: the same request again, once it is back
                 time.sleep(backoff)
                 backoff = min(5.0, backoff * 2)
@@ -154,14 +163,29 @@ class ApiClient:
                     self.queries += len(x)
                     self.work += work
                     self.last_work = work
+                    self.round_trips.append(trips)
                     self.answered.append(request["solution"].rsplit("|", 1)[0])
                 return answers
             code = body.get("error") if isinstance(body, dict) else None
+            if status == 402 and code == "payment_required":
+                due = body.get("topup")
+                if not isinstance(due, dict) or not isinstance(due.get("challenge"), str) \
+                        or not isinstance(due.get("work"), (int, float)):
+                    self._fail(200, body, "the batch")
+                if self.max_work is not None and due["work"] > self.max_work:
+                    raise UserError(f"the server asks for a top-up of {due['work']:.3g} evaluations for {len(x)} "
+                                    f"inputs, over this client's limit of {self.max_work:.3g}")
+                topup = self.solve(due["challenge"])  # its time goes to pow_time_s
+                work += float(due["work"])
+                continue
+            if code == "expired" and topup is not None:  # the sealed batch or its top-up expired: start over
+                request, topup = None, None
+                continue
             if status == 429:
                 time.sleep(min(5.0, float(body.get("retry_after") or 0.2)))
                 continue
             if code in NEW_CHALLENGE:
-                request = None
+                request, topup = None, None
                 continue
             self._fail(status, body, "the batch")
         raise UserError(f"the server at {self.url} did not answer a batch after {self.retries} attempts; "
@@ -188,7 +212,8 @@ class ApiClient:
     def close(self) -> None:
         if self._solver is not None:
             try:
-                self._solver.__exit__(None, None, None)
+                if self._own_solver:
+                    self._solver.__exit__(None, None, None)
             finally:
                 self._solver = None
                 self._http.close()

@@ -1,17 +1,28 @@
-"""The prediction service behind the HTTP layer: challenges, checked predictions, accounts.
+"""The prediction service behind the HTTP layer: challenges, sealed answers, top-ups, accounts.
+
+Protocol v2. A batch is priced after the server has seen it, by its own queries' costs:
+  1. POST /v1/challenge {batch}: a pow2 challenge for the batch's expected price (an account's own mean
+     price per query so far, a newcomer's a legitimate query's, less the account's credit, plus a margin);
+  2. POST /v1/predict {solution, inputs}: the server answers the batch and prices it (SplitProofPricer:
+     each query's own cost, times the account's cumulative factor, the batch included), then, in one
+     transaction with the account row locked, either the work paid (the challenge's plus the account's
+     credit) covers the price, and the answer is returned (200), or the answer is sealed in the store
+     and a 402 carries a pow3 top-up challenge for the difference, bound to this batch;
+  3. POST /v1/topup {solution, topup}: the same check with the top-up's work added; 200 with the answer,
+     or another 402 if the price rose meanwhile (other batches of the account committed first).
+A legitimate batch mostly takes one round trip (step 2); an overpayment becomes credit for the next.
+A resent request gets the same reply (a committed answer is redelivered, a sealed batch the same 402);
+nothing is charged twice; a sealed batch survives a crash of the server (it is in the store).
 
 Each predict request is checked in this order, and the first failure answers (never a 5xx):
   1. the solution parses as a pow2 challenge plus nonces (400);
   2. the signature is this server's (403);
   3. the challenge was issued to this API key's user (403);
   4. it has not expired (410; the client asks for a new one);
-  5. it is not spent (409), unless this is the same request again (its stored answer is redelivered);
+  5. it is not spent (409), unless this is the same request again (its stored answer is redelivered, or
+     its sealed batch's 402);
   6. the nonces solve it (403);
-  7. its price is still current: a challenge fetched long before, when the account was cheaper, is
-     refused once the price has more than doubled (409; the client asks for a new one);
-  8. the inputs: dtype, shape for the dataset, a batch no larger than the challenge's, finite (413/422).
-Then the victim answers, the batch's costs go to a fresh ledger, and the store commits the spent
-challenge and the account's new totals in one transaction before the answer is returned.
+  7. the inputs: dtype, shape for the dataset, a batch no larger than the challenge's, finite (413/422).
 """
 from __future__ import annotations
 
@@ -28,20 +39,22 @@ import torch
 from pow import puzzles
 from server import tensors
 from server.keys import hash_api_key
-from server.store import AccountRow, Spent
+from server.store import AccountRow, Owed, Spent, TooManyPending
 
-STALE_FACTOR = 0.5  # a challenge is refused when its work is below this share of the current price
-
+MARGIN = 0.25  # after its first batch, a challenge asks this share more than the expected price (kept as credit)
+RECENT = 64  # answered batches of each size whose answering time prices a newcomer's first challenge
 
 class ApiError(Exception):
     """A rejected request: HTTP status, a short code and a message saying what to do."""
 
-    def __init__(self, status: int, code: str, message: str, *, retry_after: float | None = None):
+    def __init__(self, status: int, code: str, message: str, *, retry_after: float | None = None,
+                 extra: dict | None = None):
         super().__init__(message)
         self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
+        self.extra = extra or {}
 
     def body(self) -> dict:
-        body = {"error": self.code, "detail": self.message}
+        body = {"error": self.code, "detail": self.message, **self.extra}
         return body if self.retry_after is None else {**body, "retry_after": round(self.retry_after, 3)}
 
 
@@ -52,15 +65,25 @@ class ServiceConfig:
     max_batch: int = 256
     ttl_s: float = 600.0
     cost_column: str = "entropy_cost"
-    rate: float = 50.0  # requests per second per API key (sustained)
+    rate: float = 50.0  # requests per second per API key (or address range, anonymous), sustained
     burst: int = 100  # requests per API key at once
+    anonymous: bool = False  # no API keys: each address range pays by its queries' own costs alone
+
+
+@dataclass(frozen=True)
+class Client:
+    """Who a request is from: a user with an API key, or an anonymous address range."""
+    name: str
+    account: str
+    revoked: bool = False
 
 
 class RateLimiter:
-    """A token bucket per key: `rate` requests per second, `burst` at once. In memory, per replica."""
+    """A token bucket per key: `rate` requests per second, `burst` at once. In memory, per replica.
+    At most `max_keys` buckets are kept (anonymous ranges are unbounded): the fullest are dropped."""
 
-    def __init__(self, rate: float, burst: int, clock=time.monotonic):
-        self.rate, self.burst, self.clock = float(rate), int(burst), clock
+    def __init__(self, rate: float, burst: int, clock=time.monotonic, max_keys: int = 100_000):
+        self.rate, self.burst, self.clock, self.max_keys = float(rate), int(burst), clock, max_keys
         self._lock = threading.Lock()
         self._buckets: dict = {}
 
@@ -70,6 +93,9 @@ class RateLimiter:
         with self._lock:
             tokens, last = self._buckets.get(key, (float(self.burst), now))
             tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+            if len(self._buckets) >= self.max_keys and key not in self._buckets:
+                self._buckets = {k: v for k, v in self._buckets.items()
+                                 if min(float(self.burst), v[0] + (now - v[1]) * self.rate) < self.burst}
             if tokens >= 1.0:
                 self._buckets[key] = (tokens - 1.0, now)
                 return 0.0
@@ -77,23 +103,45 @@ class RateLimiter:
             return (1.0 - tokens) / self.rate
 
 
+def address_range(host: str | None) -> str:
+    """The account of an anonymous client: its IPv4 /24 or IPv6 /48, spelled as a user name."""
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(host or "")
+    except ValueError:
+        return "anon-unknown"
+    net = ipaddress.ip_network(f"{ip}/{24 if ip.version == 4 else 48}", strict=False)
+    return "anon-" + str(net.network_address).replace(":", "-") + f"-{net.prefixlen}"
+
+
 class PredictionService:
     """Everything the API does, without HTTP: a shared Victim, one fresh ledger per batch, the
-    calibrator and pricer, the store, and the HMAC key."""
+    split-proof pricer and puzzle pricer, the store, and the HMAC key. `check_solution(challenge,
+    nonces) -> reason or None` checks the proof-of-work (a simulation injects one that trusts it)."""
 
-    def __init__(self, *, victim, item_shape: tuple, make_ledger, calibrator, pricer, store, key: bytes,
-                 config: ServiceConfig, clock=time.time):
+    def __init__(self, *, victim, item_shape: tuple, make_ledger, pricer, puzzle_pricer, store, key: bytes,
+                 config: ServiceConfig, clock=time.time, check_solution=None):
         if config.puzzle not in puzzles.KINDS:
             raise ValueError(f"the server issues {' or '.join(puzzles.KINDS)} puzzles, not {config.puzzle}")
         self.victim, self.item_shape, self.make_ledger = victim, tuple(item_shape), make_ledger
-        self.calibrator, self.pricer, self.store, self.key = calibrator, pricer, store, key
+        self.pricer, self.puzzle_pricer, self.store, self.key = pricer, puzzle_pricer, store, key
         self.config, self.clock = config, clock
+        self.per_query_column = per_query_column(config.cost_column)
+        self.check_solution = check_solution or (lambda ch, nonces: ch.unsolved(nonces))
         self.limiter = RateLimiter(config.rate, config.burst)
         #: seconds of each answered batch's parts (inference, accountant, commit); the latest 10,000
         self.timings: collections.deque = collections.deque(maxlen=10_000)
+        self._recent: dict = collections.defaultdict(lambda: collections.deque(maxlen=RECENT))  # by batch size
+        self._recent_lock = threading.Lock()
 
     # -- identity ----------------------------------------------------------------------------------
-    def authenticate(self, api_key) -> object:
+    def authenticate(self, api_key, address: str | None = None) -> Client:
+        """The client of a request: by its API key, or (anonymous serving) by its address range."""
+        if self.config.anonymous:
+            name = address_range(address)
+            self._limit(name)
+            return Client(name, name)
         if not api_key:
             raise ApiError(401, "missing_api_key", "send your API key in the X-API-Key header")
         if not isinstance(api_key, str) or len(api_key) > 256:
@@ -101,13 +149,16 @@ class PredictionService:
         user = self.store.user_by_key(hash_api_key(api_key))
         if user is None:
             raise ApiError(401, "unknown_api_key", "this API key is not known here; ask the operator for one")
-        wait = self.limiter.wait_s(user.name)  # known users only: the buckets are bounded by the users
-        if wait > 0:
-            raise ApiError(429, "rate_limited", f"too many requests for this API key; retry in {wait:.2f} s",
-                           retry_after=wait)
+        self._limit(user.name)  # known users only: the buckets are bounded by the users
         if user.revoked:
             raise ApiError(403, "revoked_api_key", "this API key was revoked; ask the operator for a new one")
         return user
+
+    def _limit(self, name: str) -> None:
+        wait = self.limiter.wait_s(name)
+        if wait > 0:
+            raise ApiError(429, "rate_limited", f"too many requests from this client; retry in {wait:.2f} s",
+                           retry_after=wait)
 
     # -- pricing -------------------------------------------------------------------------------------
     def _totals(self, ledger_state) -> dict:
@@ -116,33 +167,51 @@ class PredictionService:
             ledger.load_state_dict(ledger_state)
         return ledger.totals()
 
-    def price(self, row: AccountRow, batch: int, totals: dict | None = None) -> dict:
-        """Seconds and work of the account's next `batch` queries (`totals`: the row's ledger totals, when
-        the caller has them already; composing the RDP into an epsilon is the costly part)."""
-        totals = self._totals(row.ledger) if totals is None else totals
+    def _cost(self, totals: dict) -> float:
         cost = float(totals.get(self.config.cost_column, 0.0))
-        answer_s = row.answer_s / row.queries * batch if row.queries else None
-        seconds = self.calibrator.next_seconds(row.queries, cost, batch=batch, answer_s=answer_s)
-        if not (math.isfinite(seconds) and seconds >= 0 and math.isfinite(cost)):
-            raise ValueError(f"the calibrator priced a batch at {seconds} s (cost {cost}); refusing to issue it")
-        # Work is proportional to seconds (the solver's fixed overhead is not subtracted per challenge), so
-        # the price of a query does not fall when a client splits its queries into small batches.
-        work = min(max(1.0, seconds * self.pricer.rate), puzzles.MAX_WORK)
-        return {"seconds": float(seconds), "work": float(work), "cost": cost}
+        if not math.isfinite(cost):
+            raise ValueError(f"an account's cost is {cost}; refusing to price it")
+        return cost
+
+    def _work(self, seconds: float) -> float:
+        return min(max(0.0, seconds) * self.puzzle_pricer.rate, puzzles.MAX_WORK)
+
+    def quote(self, row: AccountRow, batch: int, totals: dict | None = None) -> dict:
+        """The expected price of the account's next `batch` queries, before the server has seen them:
+        its own mean weight per query so far (a newcomer: a legitimate query's, 1), at its factor now."""
+        totals = self._totals(row.ledger) if totals is None else totals
+        cost = self._cost(totals)
+        with self._recent_lock:  # a newcomer: this server's time for such batches of late
+            recent = list(self._recent.get(batch, ()))
+        answer_s = (row.answer_s / row.queries * batch if row.queries
+                    else float(np.median(recent)) if recent else None)
+        weight = row.weight / row.queries if row.queries else 1.0
+        seconds = self.pricer.expected_seconds(batch, queries=row.queries, cost=cost, answer_s=answer_s,
+                                               weight=weight)
+        return {"seconds": float(seconds), "work": self._work(seconds), "cost": cost}
 
     def challenge(self, user, batch: int | None) -> dict:
         batch = self.config.max_batch if batch is None else batch
         if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= self.config.max_batch:
             raise ApiError(422, "bad_batch", f"batch must be a whole number from 1 to {self.config.max_batch}")
-        price = self.price(self.store.account(user.account), batch)
-        text = puzzles.issue_bound(key=self.key, user=user.name, work=price["work"], kind=self.config.puzzle,
-                                   subs=self.config.subs, batch=batch, ttl_s=self.config.ttl_s, now=self.clock())
+        row = self.store.account(user.account)
+        quote = self.quote(row, batch)
+        margin = MARGIN if row.queries else 0.0  # a newcomer pays its first batch's expected price exactly
+        work = min(max(1.0, (1.0 + margin) * quote["work"] - row.credit), puzzles.MAX_WORK)
+        return self._issue(user, work, batch)
+
+    def _issue(self, user, work: float, batch: int, bind: str | None = None) -> dict:
+        text = puzzles.issue_bound(key=self.key, user=user.name, work=work, kind=self.config.puzzle,
+                                   subs=self.config.subs, batch=batch, ttl_s=self.config.ttl_s, now=self.clock(),
+                                   bind=bind)
         ch = puzzles.parse(text)
         return {"challenge": text, "puzzle": ch.kind, "work": ch.work, "subs": ch.subs, "batch": batch,
-                "issued": ch.issued, "expires": ch.expires, "expected_seconds": price["seconds"]}
+                "issued": ch.issued, "expires": ch.expires,
+                "expected_seconds": self.puzzle_pricer.expected_seconds(ch.work)}
 
     # -- predict -------------------------------------------------------------------------------------
-    def predict(self, user, solution, inputs: dict) -> dict:
+    def _challenge_of(self, user, solution, versions: tuple) -> tuple:
+        """(challenge, nonces text) of a solution that is this server's, for this user, and unexpired."""
         split = puzzles.split_solution(solution)
         if isinstance(split, str):
             raise ApiError(400, "malformed_solution", split)
@@ -150,31 +219,39 @@ class PredictionService:
         ch = puzzles.parse(text)
         if isinstance(ch, str):
             raise ApiError(400, "malformed_challenge", ch)
-        if ch.version != puzzles.VERSION2:
-            raise ApiError(400, "malformed_challenge", "not a challenge of this server: POST /v1/challenge first")
+        if ch.version not in versions:
+            raise ApiError(400, "malformed_challenge", "not a challenge of this kind: POST /v1/challenge first")
         if not ch.signed_by(self.key):
             raise ApiError(403, "bad_signature", "the challenge was not issued by this server or was altered")
         if ch.resource != user.name:
             raise ApiError(403, "not_your_challenge", "the challenge was issued to another user")
-        if self.clock() > ch.expires:
-            raise ApiError(410, "expired", "the challenge has expired; POST /v1/challenge for a new one")
-        token = hashlib.sha256(text.encode()).hexdigest()
+        return ch, nonces
+
+    def _solved(self, ch, nonces) -> None:
+        if ch.kind != self.config.puzzle:
+            raise ApiError(403, "wrong_puzzle", f"this server now issues {self.config.puzzle} puzzles; ask for a "
+                                                f"new challenge")
+        reason = self.check_solution(ch, nonces)
+        if reason is not None:
+            raise ApiError(403, "invalid_solution", reason)
+
+    def predict(self, user, solution, inputs: dict) -> dict:
+        ch, nonces = self._challenge_of(user, solution, (puzzles.VERSION2,))
+        token = puzzles.token_of(ch.text)
         request = hashlib.sha256(repr((solution, inputs.get("dtype"), inputs.get("shape"),
                                        inputs.get("data"))).encode()).hexdigest()
         prior = self.store.spent(token)
         if prior is not None:
             return self._redeliver(prior, request)
-        if ch.kind != self.config.puzzle:
-            raise ApiError(403, "wrong_puzzle", f"this server now issues {self.config.puzzle} puzzles; ask for a "
-                                                f"new challenge")
-        reason = ch.unsolved(nonces)
-        if reason is not None:
-            raise ApiError(403, "invalid_solution", reason)
-        row = self.store.account(user.account)
-        current = self.price(row, ch.batch)["work"]
-        if ch.work < STALE_FACTOR * current:
-            raise ApiError(409, "stale_price", f"the account's price rose since this challenge was issued "
-                                               f"(work {ch.work:.6g}, now {current:.6g}); ask for a new challenge")
+        held = self.store.sealed(token)
+        if held is not None:  # the same batch again: its 402 again (or its answer, if credit now covers it)
+            if held.request != request:
+                raise ApiError(409, "replayed", "this challenge was already spent; POST /v1/challenge for a new one")
+            return self._settle(user, held.token, held.expires, held.queries, held.request, held.response,
+                                held.sealed, paid=0.0)
+        if self.clock() > ch.expires:
+            raise ApiError(410, "expired", "the challenge has expired; POST /v1/challenge for a new one")
+        self._solved(ch, nonces)
         try:
             x = tensors.decode(inputs, item_shape=self.item_shape, max_batch=ch.batch)
         except tensors.TensorError as exc:
@@ -188,27 +265,73 @@ class PredictionService:
         answer = self.victim.answer(logp)
         inferred = time.perf_counter()
         ledger = self.make_ledger()
-        ledger.add(logp, images=images)
-        if not all(math.isfinite(float(v)) for v in ledger.totals().values()):
+        per_query = ledger.add(logp, images=images)
+        costs = np.asarray(per_query[self.per_query_column], dtype=np.float64)
+        if not np.isfinite(costs).all() or not all(math.isfinite(float(v)) for v in ledger.totals().values()):
             raise ApiError(422, "bad_inputs", "these inputs' costs are not finite numbers; nothing was charged")
-        delta = ledger.state_dict()
         answer_s = time.perf_counter() - start
+        with self._recent_lock:
+            self._recent[len(x)].append(answer_s)
         response = {"output": self.victim.output, "queries": len(x), "answers": _answers(answer)}
+        sealed = {"delta": ledger.state_dict(), "costs": costs.tolist(), "answer_s": answer_s}
+        expires = max(float(ch.expires), self.clock() + self.config.ttl_s)  # time to pay a top-up
+        reply = self._settle(user, token, expires, len(x), request, response, sealed, paid=ch.work)
+        self.timings.append({"inference_s": inferred - start, "accountant_s": answer_s - (inferred - start),
+                             "commit_s": time.perf_counter() - start - answer_s})
+        return reply
+
+    def topup(self, user, solution, topup) -> dict:
+        """Pay a sealed batch's top-up: its answer (200), or a 402 for what its price still lacks."""
+        base, _ = self._challenge_of(user, solution, (puzzles.VERSION2,))
+        token = puzzles.token_of(base.text)
+        ch, nonces = self._challenge_of(user, topup, (puzzles.VERSION3,))
+        if ch.bind != token:
+            raise ApiError(403, "not_this_batch", "the top-up was issued for another batch")
+        prior = self.store.spent(token)
+        if prior is not None:
+            return {**prior.response, "redelivered": True}
+        held = self.store.sealed(token)
+        if held is None or self.clock() > held.expires:
+            raise ApiError(410, "expired", "no sealed batch for this challenge (it expired or was never sent); "
+                                           "send the batch again with a new challenge")
+        if self.clock() > ch.expires:
+            raise ApiError(410, "expired", "the top-up has expired; resend the batch to POST /v1/predict for a "
+                                           "new one")
+        self._solved(ch, nonces)
+        return self._settle(user, token, held.expires, held.queries, held.request, held.response, held.sealed,
+                            paid=ch.work, paid_token=puzzles.token_of(ch.text), paid_expires=ch.expires)
+
+    def _settle(self, user, token, expires, queries, request, response, sealed, *, paid, **topup) -> dict:
+        costs = np.asarray(sealed["costs"], dtype=np.float64)
+        answer_s = float(sealed["answer_s"])
 
         def merge(stored):
             if stored is None:
-                return delta
+                return sealed["delta"]
             total = self.make_ledger()
             total.load_state_dict(stored)
-            total.absorb(delta)
+            total.absorb(sealed["delta"])
             return total.state_dict()
 
-        result = self.store.commit(token=token, expires=ch.expires, account=user.account, queries=len(x),
-                                   answer_s=answer_s, merge=merge, request=request, response=response)
-        self.timings.append({"inference_s": inferred - start, "accountant_s": answer_s - (inferred - start),
-                             "commit_s": time.perf_counter() - start - answer_s})
+        def price(row: AccountRow) -> tuple:
+            cost = self._cost(self._totals(merge(row.ledger)))
+            seconds = self.pricer.seconds(costs, queries=row.queries + queries, cost=cost, answer_s=answer_s)
+            return self._work(seconds), float(self.pricer.weights(costs).sum())
+
+        try:
+            result = self.store.settle(token=token, expires=expires, account=user.account, queries=queries,
+                                       answer_s=answer_s, merge=merge, price=price, paid=paid, request=request,
+                                       response=response, sealed=sealed, **topup)
+        except TooManyPending:
+            raise ApiError(429, "too_many_sealed", "this account holds too many sealed batches; pay their top-ups "
+                                                   "or let them expire", retry_after=self.config.ttl_s) from None
         if isinstance(result, Spent):  # another request spent it first
             return self._redeliver(result, request)
+        if isinstance(result, Owed):
+            due = self._issue(user, min(max(1.0, result.owed), puzzles.MAX_WORK), queries, bind=token)
+            raise ApiError(402, "payment_required", f"this batch's price is {result.owed:.6g} work above what was "
+                                                    f"paid; solve the top-up and POST it to /v1/topup",
+                           extra={"topup": due, "paid": result.paid, "owed": result.owed})
         return {**response, "account": self._summary(user, result)}
 
     def _redeliver(self, prior: Spent, request: str) -> dict:
@@ -219,18 +342,22 @@ class PredictionService:
     # -- account -------------------------------------------------------------------------------------
     def _summary(self, user, row: AccountRow) -> dict:
         totals = self._totals(row.ledger)
-        price = self.price(row, self.config.max_batch, totals)
+        quote = self.quote(row, self.config.max_batch, totals)
         costs = {k: float(v) for k, v in totals.items()}
         return {"user": user.name, "account": row.account, "queries": row.queries, "batches": row.batches,
-                "answer_s": row.answer_s, "costs": costs,
-                "next": {"batch": self.config.max_batch, "work": price["work"], "seconds": price["seconds"]}}
+                "answer_s": row.answer_s, "costs": costs, "credit": row.credit, "priced": row.priced,
+                "next": {"batch": self.config.max_batch, "work": quote["work"], "seconds": quote["seconds"]}}
 
     def account(self, user) -> dict:
         return self._summary(user, self.store.account(user.account))
+
+
+def per_query_column(column: str) -> str:
+    """The per-query cost behind a cumulative column: a composed epsilon is priced by its queries' own."""
+    return {"privacy_eps": "privacy_cost", "pate_eps": "pate_cost"}.get(column, column)
 
 
 def _answers(answer: torch.Tensor) -> list:
     if answer.dtype == torch.int64:
         return answer.tolist()
     return np.round(answer.numpy().astype(np.float64), 7).tolist()
-

@@ -29,11 +29,23 @@ SCHEMA = (
     """CREATE TABLE IF NOT EXISTS spent (token TEXT PRIMARY KEY, expires DOUBLE PRECISION NOT NULL,
         account TEXT NOT NULL, queries INTEGER NOT NULL, request TEXT NOT NULL, response TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS spent_expires ON spent (expires)",
+    """CREATE TABLE IF NOT EXISTS pending (token TEXT PRIMARY KEY, expires DOUBLE PRECISION NOT NULL,
+        account TEXT NOT NULL, queries INTEGER NOT NULL, request TEXT NOT NULL, response TEXT NOT NULL,
+        sealed TEXT NOT NULL, paid DOUBLE PRECISION NOT NULL, owed DOUBLE PRECISION NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS pending_account ON pending (account)",
+    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
 )
+#: columns added to accounts since the first layout (a database made before gets them, set to 0)
+ACCOUNT_COLUMNS = (("credit", "DOUBLE PRECISION NOT NULL DEFAULT 0"), ("priced", "DOUBLE PRECISION NOT NULL DEFAULT 0"),
+                   ("weight", "DOUBLE PRECISION NOT NULL DEFAULT 0"))
 #: a SELECT per table of every column this code reads or writes: a database of another layout fails here
 SCHEMA_CHECK = ("SELECT name, key_hash, account, revoked, created FROM users WHERE 1 = 0",
-                "SELECT account, queries, batches, answer_s, ledger, updated FROM accounts WHERE 1 = 0",
-                "SELECT token, expires, account, queries, request, response FROM spent WHERE 1 = 0")
+                "SELECT account, queries, batches, answer_s, ledger, updated, credit, priced, weight FROM accounts "
+                "WHERE 1 = 0",
+                "SELECT token, expires, account, queries, request, response FROM spent WHERE 1 = 0",
+                "SELECT token, expires, account, queries, request, response, sealed, paid, owed FROM pending WHERE 1 = 0",
+                "SELECT name, value FROM meta WHERE 1 = 0")
+MAX_PENDING = 32  # sealed, unpaid batches per account at once; more are refused (429) until paid or expired
 LOCK_TIMEOUT_S = 10  # a write waits this long for the database's lock, then the request gets a 503
 PRUNE_EVERY = 256  # commits between deletions of long-expired spent challenges
 PRUNE_MARGIN_S = 3600.0  # a spent challenge is kept this long past its expiry (clock skew between replicas)
@@ -55,6 +67,36 @@ class AccountRow:
     batches: int
     answer_s: float
     ledger: list | None
+    credit: float = 0.0  # work paid beyond the prices of the batches answered so far (spent on the next)
+    priced: float = 0.0  # work of all answered batches' prices
+    weight: float = 0.0  # the summed per-query weights of the answered queries
+
+
+@dataclass(frozen=True)
+class Owed:
+    """A batch answered but sealed: `owed` more work must be paid (a top-up) before its answer leaves."""
+    token: str
+    owed: float
+    paid: float
+    expires: float
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """A sealed batch as stored: the answer, the batch's ledger delta and what pricing it needs."""
+    token: str
+    account: str
+    queries: int
+    request: str
+    response: dict
+    sealed: dict
+    paid: float
+    owed: float
+    expires: float
+
+
+class TooManyPending(Exception):
+    """An account holds MAX_PENDING sealed batches already (a 429 for the client)."""
 
 
 @dataclass(frozen=True)
@@ -119,8 +161,34 @@ class Store:
         with self._write() as cur:
             for statement in SCHEMA:
                 cur.execute(statement)
+            have = self._columns(cur, "accounts")
+            for name, kind in ACCOUNT_COLUMNS:
+                if name not in have:
+                    cur.execute(f"ALTER TABLE accounts ADD COLUMN {name} {kind}")
             for statement in SCHEMA_CHECK:
                 cur.execute(statement)
+
+    def _columns(self, cur, table: str) -> set:
+        raise NotImplementedError
+
+    # -- settings every replica shares ----------------------------------------------------------------
+    def shared(self, name: str, value: str) -> str:
+        """The value stored under `name`; `value` is stored first when there is none (the first replica's
+        wins, and every later one reads it)."""
+        with self._write() as cur:
+            cur.execute(self._sql("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING"),
+                        (name, value))
+            cur.execute(self._sql("SELECT value FROM meta WHERE name = ?"), (name,))
+            return cur.fetchone()[0]
+
+    def shared_value(self, name: str) -> str | None:
+        rows = self._read("SELECT value FROM meta WHERE name = ?", (name,))
+        return rows[0][0] if rows else None
+
+    def set_shared(self, name: str, value: str) -> None:
+        with self._write() as cur:
+            cur.execute(self._sql("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE "
+                                  "SET value = excluded.value"), (name, value))
 
     # -- users ---------------------------------------------------------------------------------------
     def add_user(self, name: str, key_hash: str, account: str) -> None:
@@ -152,47 +220,113 @@ class Store:
         return User(rows[0][0], rows[0][1], bool(rows[0][2]), float(rows[0][3])) if rows else None
 
     # -- accounts and the spent set ------------------------------------------------------------------
+    _ACCOUNT = "SELECT queries, batches, answer_s, ledger, credit, priced, weight FROM accounts WHERE account = ?"
+
+    @staticmethod
+    def _row(account: str, row) -> AccountRow:
+        q, b, s, ledger, credit, priced, weight = row
+        return AccountRow(account, int(q), int(b), float(s), json.loads(ledger) if ledger else None, float(credit),
+                          float(priced), float(weight))
+
     def account(self, account: str) -> AccountRow:
-        rows = self._read("SELECT queries, batches, answer_s, ledger FROM accounts WHERE account = ?", (account,))
+        rows = self._read(self._ACCOUNT, (account,))
+        return self._row(account, rows[0]) if rows else AccountRow(account, 0, 0, 0.0, None)
+
+    def sealed(self, token: str) -> Sealed | None:
+        rows = self._read("SELECT account, queries, request, response, sealed, paid, owed, expires FROM pending "
+                          "WHERE token = ?", (token,))
         if not rows:
-            return AccountRow(account, 0, 0, 0.0, None)
-        q, b, s, ledger = rows[0]
-        return AccountRow(account, int(q), int(b), float(s), json.loads(ledger) if ledger else None)
+            return None
+        a, q, req, resp, sealed, paid, owed, expires = rows[0]
+        return Sealed(token, a, int(q), req, json.loads(resp), json.loads(sealed), float(paid), float(owed),
+                      float(expires))
+
+    def pending_count(self, account: str | None = None) -> int:
+        if account is None:
+            return int(self._read("SELECT COUNT(*) FROM pending")[0][0])
+        return int(self._read("SELECT COUNT(*) FROM pending WHERE account = ?", (account,))[0][0])
 
     def spent(self, token: str) -> Spent | None:
         rows = self._read("SELECT account, queries, request, response FROM spent WHERE token = ?", (token,))
         return Spent(token, rows[0][0], int(rows[0][1]), rows[0][2], json.loads(rows[0][3])) if rows else None
 
     def spent_count(self) -> int:
-        return int(self._read("SELECT COUNT(*) FROM spent")[0][0])
+        """Spent challenges that paid for batches (top-ups not counted)."""
+        return int(self._read("SELECT COUNT(*) FROM spent WHERE request <> 'topup'")[0][0])
 
-    def commit(self, *, token: str, expires: float, account: str, queries: int, answer_s: float, merge,
-               request: str, response: dict) -> AccountRow | Spent:
-        """Spend `token` and charge `account` for `queries`, in one transaction. `merge(ledger or None) ->
-        ledger` adds the batch's costs to the stored ledger. Returns the account after the batch, or, when
-        the token was spent already (a lost race), that earlier Spent and nothing is charged."""
+    def settle(self, *, token: str, expires: float, account: str, queries: int, answer_s: float, merge, price,
+               paid: float, request: str, response: dict, sealed: dict, paid_token: str | None = None,
+               paid_expires: float | None = None) -> AccountRow | Spent | Owed:
+        """Answer a batch if what was paid for it covers its price, in one transaction.
+
+        The account row is locked first; `price(row) -> (work, weight)` prices the batch against the
+        account as it is now (the batch's own costs included), so no challenge fetched earlier, and no
+        request racing this one, pays a price other than the one current at this commit. `paid` (the
+        challenge's work, or a top-up's) adds to what earlier calls paid for this batch; `paid_token`,
+        when given, is a top-up's own token, spent here once (a top-up sent twice pays once). The
+        account's credit (work paid beyond earlier prices) counts too. When the batch is covered, its
+        token is spent with the answer and the account charged; else the batch stays sealed (pending)
+        and Owed says how much more work its answer needs. A token spent already returns that Spent.
+        An account that holds MAX_PENDING sealed batches gets TooManyPending for a new one."""
         with self._write() as cur:
-            cur.execute(self._sql("INSERT INTO spent (token, expires, account, queries, request, response) "
-                                  "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (token) DO NOTHING"),
-                        (token, float(expires), account, int(queries), request, json.dumps(response)))
-            if cur.rowcount != 1:
-                cur.execute(self._sql("SELECT account, queries, request, response FROM spent WHERE token = ?"), (token,))
-                row = cur.fetchone()
+            cur.execute(self._sql("SELECT account, queries, request, response FROM spent WHERE token = ?"), (token,))
+            row = cur.fetchone()
+            if row is not None:
                 return Spent(token, row[0], int(row[1]), row[2], json.loads(row[3]))
             cur.execute(self._sql("INSERT INTO accounts (account, queries, batches, answer_s) VALUES (?, 0, 0, 0) "
                                   "ON CONFLICT (account) DO NOTHING"), (account,))
-            cur.execute(self._sql("SELECT queries, batches, answer_s, ledger FROM accounts WHERE account = ?"
-                                  + self._for_update), (account,))
-            q, b, s, ledger = cur.fetchone()
-            merged = merge(json.loads(ledger) if ledger else None)
-            row = AccountRow(account, int(q) + int(queries), int(b) + 1, float(s) + float(answer_s), merged)
-            cur.execute(self._sql("UPDATE accounts SET queries = ?, batches = ?, answer_s = ?, ledger = ?, updated = ? "
-                                  "WHERE account = ?"),
-                        (row.queries, row.batches, row.answer_s, json.dumps(merged), time.time(), account))
-            self._commits += 1
-            if self._commits % PRUNE_EVERY == 0:
-                cur.execute(self._sql("DELETE FROM spent WHERE expires < ?"), (time.time() - PRUNE_MARGIN_S,))
-        return row
+            cur.execute(self._sql(self._ACCOUNT + self._for_update), (account,))
+            before = self._row(account, cur.fetchone())
+            if paid_token is not None:
+                cur.execute(self._sql("INSERT INTO spent (token, expires, account, queries, request, response) "
+                                      "VALUES (?, ?, ?, 0, 'topup', '{}') ON CONFLICT (token) DO NOTHING"),
+                            (paid_token, float(paid_expires or expires), account))
+                if cur.rowcount != 1:
+                    paid = 0.0  # this top-up paid already
+            cur.execute(self._sql("SELECT paid, request FROM pending WHERE token = ?"), (token,))
+            prior = cur.fetchone()
+            if prior is not None and prior[1] != request:  # another batch sealed under this challenge first
+                return Spent(token, account, 0, prior[1], {})
+            if prior is not None and paid_token is None:
+                paid = 0.0  # the same batch again: its challenge's work was counted when it was sealed
+            if prior is None:
+                cur.execute(self._sql("SELECT COUNT(*) FROM pending WHERE account = ? AND expires >= ?"),
+                            (account, time.time()))
+                if int(cur.fetchone()[0]) >= MAX_PENDING:
+                    raise TooManyPending(account)
+            total = float(paid) + (float(prior[0]) if prior is not None else 0.0)
+            need, weight = price(before)
+            if total + before.credit >= need:
+                cur.execute(self._sql("INSERT INTO spent (token, expires, account, queries, request, response) "
+                                      "VALUES (?, ?, ?, ?, ?, ?)"),
+                            (token, float(expires), account, int(queries), request, json.dumps(response)))
+                cur.execute(self._sql("DELETE FROM pending WHERE token = ?"), (token,))
+                merged = merge(before.ledger)
+                after = AccountRow(account, before.queries + int(queries), before.batches + 1,
+                                   before.answer_s + float(answer_s), merged, before.credit + total - need,
+                                   before.priced + need, before.weight + float(weight))
+                cur.execute(self._sql("UPDATE accounts SET queries = ?, batches = ?, answer_s = ?, ledger = ?, "
+                                      "updated = ?, credit = ?, priced = ?, weight = ? WHERE account = ?"),
+                            (after.queries, after.batches, after.answer_s, json.dumps(merged), time.time(),
+                             after.credit, after.priced, after.weight, account))
+                self._commits += 1
+                if self._commits % PRUNE_EVERY == 0:
+                    self._prune(cur)
+                return after
+            owed = need - total - before.credit
+            if prior is None:
+                cur.execute(self._sql("INSERT INTO pending (token, expires, account, queries, request, response, "
+                                      "sealed, paid, owed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+                            (token, float(expires), account, int(queries), request, json.dumps(response),
+                             json.dumps(sealed), total, owed))
+            else:
+                cur.execute(self._sql("UPDATE pending SET paid = ?, owed = ? WHERE token = ?"), (total, owed, token))
+            return Owed(token, owed, total, float(expires))
+
+    def _prune(self, cur) -> None:
+        cutoff = time.time() - PRUNE_MARGIN_S
+        cur.execute(self._sql("DELETE FROM spent WHERE expires < ?"), (cutoff,))
+        cur.execute(self._sql("DELETE FROM pending WHERE expires < ?"), (time.time(),))
 
     _for_update = ""
 
@@ -201,20 +335,27 @@ class SQLiteStore(Store):
     """The embedded default: one file in WAL mode; every thread has its own connection, and a write takes
     the database's write lock first (BEGIN IMMEDIATE), so commits from threads and processes serialise."""
 
-    def __init__(self, path):
+    def __init__(self, path, *, durable: bool = True):
         super().__init__()
-        self.path = Path(path)
+        self.path, self.durable = Path(path), durable
         if not self.path.parent.is_dir():
             raise UserError(f"the folder of the state database {self.path} does not exist; create it first "
                             f"({STATE_HELP})")
+        if not self.path.exists():  # keys' hashes and accounts: readable by the server's user only
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         self.describe = f"sqlite:///{self.path}"
 
     def _connect(self):
         conn = sqlite3.connect(str(self.path), timeout=LOCK_TIMEOUT_S, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")  # a committed batch survives a crash of the machine too
+        # FULL: a committed batch survives a crash of the machine too; a simulation (sybil) needs no fsync
+        conn.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'OFF'}")
         conn.execute(f"PRAGMA busy_timeout={LOCK_TIMEOUT_S * 1000}")
         return conn
+
+    def _columns(self, cur, table: str) -> set:
+        cur.execute(f"PRAGMA table_info({table})")
+        return {row[1] for row in cur.fetchall()}
 
     class _Tx:
         def __init__(self, conn):
@@ -280,13 +421,18 @@ class PostgresStore(Store):
     def _write(self):
         return self._Tx(self._conn())
 
+    def _columns(self, cur, table: str) -> set:
+        cur.execute("SELECT column_name FROM information_schema.columns WHERE table_name = %s "
+                    "AND table_schema = current_schema()", (table,))
+        return {row[0] for row in cur.fetchall()}
 
-def open_store(url: str) -> Store:
+
+def open_store(url: str, *, durable: bool = True) -> Store:
     """The store named by --state, with its tables created."""
     if not isinstance(url, str) or not url:
         raise UserError(f"no state database given; use {STATE_HELP}")
     if url.startswith("sqlite:///"):
-        store = SQLiteStore(os.path.expanduser(url[len("sqlite:///"):]))
+        store = SQLiteStore(os.path.expanduser(url[len("sqlite:///"):]), durable=durable)
     elif url.startswith(("postgresql://", "postgres://")):
         store = PostgresStore(url)
     else:

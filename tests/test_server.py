@@ -43,7 +43,9 @@ def parts(victim_path, tmp_path_factory):
     path = tmp_path_factory.mktemp("baseline") / "baseline.csv"
     path.write_text(BASELINE)
     calibrator = calibration.create(calibration.CalibrationConfig(), calibration.load_baseline(path, cost_measure="entropy"))
-    return {"victim": victim, "make_ledger": make_ledger, "calibrator": calibrator,
+    legit = make_ledger().add(victim.log_probs(splits.eval_x))["entropy_cost"]
+    weights = calibration.QueryWeights(legit, max_weight=calibrator.max_factor / calibrator.budget)
+    return {"victim": victim, "make_ledger": make_ledger, "calibrator": calibrator, "weights": weights,
             "images": splits.pool_x[:200].numpy()}
 
 
@@ -56,10 +58,15 @@ class Clock:
         return self.now
 
 
-def make_service(parts, url, *, rate=1e5, clock=None, **config):
+def make_service(parts, url, *, rate=1e5, clock=None, account_factor=4.0, rate_limit=None, **config):
     store = open_store(url)
+    if rate_limit is not None:
+        config["rate"], config["burst"] = rate_limit
+    anonymous = bool(config.get("anonymous"))
+    pricer = calibration.SplitProofPricer(parts["calibrator"], parts["weights"], account_factor=account_factor,
+                                          anonymous=anonymous)
     service = PredictionService(victim=parts["victim"], item_shape=ITEM, make_ledger=parts["make_ledger"],
-                                calibrator=parts["calibrator"], pricer=PuzzlePricer("sha256", rate=rate),
+                                pricer=pricer, puzzle_pricer=PuzzlePricer("sha256", rate=rate),
                                 store=store, key=KEY, clock=clock or Clock(),
                                 config=ServiceConfig(puzzle="sha256", max_batch=64, **config))
     return service
@@ -110,6 +117,19 @@ def post(http, key, payload):
     return http.post("/v1/predict", json=payload, headers={"X-API-Key": key})
 
 
+def buy(http, key, x, batch=None):
+    """Answers for x, paying its challenge and every top-up: (the 200 reply, the challenges' work, trips)."""
+    solution, ch = paid(http, key, x, batch)
+    work, trips = ch["work"], 1
+    r = post(http, key, body(solution, x))
+    while r.status_code == 402:
+        due = r.json()["topup"]
+        work, trips = work + due["work"], trips + 1
+        r = http.post("/v1/topup", json={"solution": solution, "topup": solve(due["challenge"])},
+                      headers={"X-API-Key": key})
+    return r, work, trips
+
+
 # -- the protocol ----------------------------------------------------------------------------------------
 
 def test_a_paid_batch_is_answered_charged_and_priced_from_its_account(http, service, parts):
@@ -133,14 +153,20 @@ def test_a_paid_batch_is_answered_charged_and_priced_from_its_account(http, serv
 def test_an_attacker_pays_more_per_batch_than_a_legitimate_user(http, service, parts):
     legit, thief = add_user(service, "legit"), add_user(service, "thief")
     rng = np.random.default_rng(0)
+    work = {"legit": 0.0, "thief": 0.0}
     for i in range(3):
-        post(http, legit, body(paid(http, legit, parts["images"][64 * i:64 * (i + 1)])[0], parts["images"][64 * i:64 * (i + 1)]))
+        r, w, _ = buy(http, legit, parts["images"][64 * i:64 * (i + 1)])
+        assert r.status_code == 200
+        work["legit"] += w
         noise = rng.integers(0, 256, size=(64, *ITEM), dtype=np.uint8)  # out-of-distribution: costly
-        post(http, thief, body(paid(http, thief, noise)[0], noise))
+        r, w, trips = buy(http, thief, noise)
+        assert r.status_code == 200 and (i > 0 or trips == 2)  # its first batch is sealed until topped up
+        work["thief"] += w
     a = http.get("/v1/account", headers={"X-API-Key": legit}).json()
     b = http.get("/v1/account", headers={"X-API-Key": thief}).json()
     assert b["costs"]["entropy_cost"] > 3 * a["costs"]["entropy_cost"]
     assert b["next"]["work"] > 3 * a["next"]["work"]
+    assert work["thief"] > 50 * work["legit"] and b["priced"] <= work["thief"] + 1e-6
 
 
 def test_openapi_documents_the_versioned_protocol(http):
@@ -310,10 +336,7 @@ def test_missing_unknown_and_revoked_keys_are_refused(http, service, parts):
 
 
 def test_a_key_over_its_rate_gets_429(parts, tmp_path):
-    svc = PredictionService(victim=parts["victim"], item_shape=ITEM, make_ledger=parts["make_ledger"],
-                            calibrator=parts["calibrator"], pricer=PuzzlePricer("sha256", rate=1e5),
-                            store=open_store(state_url("sqlite", tmp_path)), key=KEY,
-                            config=ServiceConfig(puzzle="sha256", max_batch=64, rate=1.0, burst=3))
+    svc = make_service(parts, state_url("sqlite", tmp_path), rate_limit=(1.0, 3))
     try:
         key = add_user(svc, "fast")
         with TestClient(create_app(svc, max_body_bytes=0)) as http:
@@ -335,15 +358,30 @@ def test_checks_run_in_order_spent_before_solution(http, service, parts):
     assert r.status_code == 409 and r.json()["error"] == "replayed"
 
 
-def test_a_challenge_fetched_cheap_is_refused_once_the_price_has_risen(http, service, parts):
+def test_a_hoarded_cheap_challenge_pays_the_price_current_at_its_commit(http, service, parts):
     key = add_user(service, "hoarder")
     rng = np.random.default_rng(1)
-    hoard = [paid(http, key, parts["images"][:64]) for _ in range(2)]
-    for _ in range(12):  # out-of-distribution batches raise the account's price
+    x = parts["images"][:64]
+    buy(http, key, x)
+    hoard = [paid(http, key, x) for _ in range(2)]  # cheap: fetched while the account looked legitimate
+    for _ in range(6):  # out-of-distribution batches raise the account's price
         noise = rng.integers(0, 256, size=(64, *ITEM), dtype=np.uint8)
-        assert post(http, key, body(paid(http, key, noise)[0], noise)).status_code == 200
-    r = post(http, key, body(hoard[0][0], parts["images"][:64]))
-    assert r.status_code == 409 and r.json()["error"] == "stale_price", r.text
+        assert buy(http, key, noise)[0].status_code == 200
+    before = service.store.account("hoarder")
+    x = rng.integers(0, 256, size=(64, *ITEM), dtype=np.uint8)  # the hoarded challenge pays for a costly batch
+    r = post(http, key, body(hoard[0][0], x))
+    assert r.status_code == 402 and r.json()["error"] == "payment_required", r.text
+    owed = r.json()["owed"]
+    assert owed > 10 * hoard[0][1]["work"]
+    again = post(http, key, body(hoard[0][0], x))  # a resend: the same sealed batch, the same debt
+    assert again.status_code == 402 and again.json()["owed"] == pytest.approx(owed)
+    done = http.post("/v1/topup", json={"solution": hoard[0][0], "topup": solve(r.json()["topup"]["challenge"])},
+                     headers={"X-API-Key": key})
+    assert done.status_code == 200, done.text
+    after = service.store.account("hoarder")
+    paid_now = hoard[0][1]["work"] + r.json()["topup"]["work"]
+    assert after.priced - before.priced <= paid_now + before.credit + 1e-6  # paid in full: the price at commit
+    assert after.priced - before.priced >= owed
 
 
 # -- races, on both stores ---------------------------------------------------------------------------------
@@ -369,8 +407,10 @@ def test_sixteen_threads_race_one_challenge_and_exactly_one_wins(parts, tmp_path
             t.start()
         for t in threads:
             t.join()
-        assert sorted(results) == [200] + [409] * 15
-        assert svc.store.account("racer").queries == 8 and svc.store.spent_count() == 1
+        winners = [r for r in results if r in (200, 402)]  # 402: answered, sealed until its top-up is paid
+        assert len(winners) == 1 and sorted(results).count(409) == 15, results
+        charged = svc.store.account("racer").queries
+        assert (charged, svc.store.spent_count()) == ((8, 1) if winners == [200] else (0, 0))
     finally:
         svc.store.close()
 
@@ -384,7 +424,7 @@ def test_concurrent_batches_of_one_account_all_add_up(parts, tmp_path, kind):
         def go(i):
             for j in range(3):
                 x = parts["images"][(12 * i + 4 * j) % 190:(12 * i + 4 * j) % 190 + 4]
-                svc.predict(users[i], solve(svc.challenge(users[i], 4)["challenge"]), tensors.encode(x))
+                pay_direct(svc, users[i], x)
 
         threads = [threading.Thread(target=go, args=(i,)) for i in range(4)]
         for t in threads:
@@ -395,6 +435,24 @@ def test_concurrent_batches_of_one_account_all_add_up(parts, tmp_path, kind):
         assert row.queries == 48 and row.batches == 12 and svc.store.spent_count() == 12
     finally:
         svc.store.close()
+
+
+def pay_direct(svc, user, x):
+    """Answers for x through the service itself, solving the challenge and every top-up."""
+    solution = solve(svc.challenge(user, len(x))["challenge"])
+    try:
+        return svc.predict(user, solution, tensors.encode(x))
+    except ApiError as exc:
+        if exc.status != 402:
+            raise
+        due = exc.extra["topup"]
+    while True:
+        try:
+            return svc.topup(user, solution, solve(due["challenge"]))
+        except ApiError as exc:
+            if exc.status != 402:
+                raise
+            due = exc.extra["topup"]
 
 
 # -- the codec and verifier, property-based ------------------------------------------------------------------
