@@ -307,7 +307,7 @@ class QueryPriceConfig:
     query_quantile: float = 0.9
     query_share: float = 0.5
     query_smoothing: float = 4.0
-    account_factor: float = 4.0
+    account_factor: float = 2.0
 
     @classmethod
     def of(cls, values: dict) -> "QueryPriceConfig":
@@ -381,8 +381,9 @@ class SplitProofPricer:
         seconds = t_q * sum_i min(max_factor, budget * w(c_i) * F),
         F = 1 (anonymous), else min(account_factor, base ** excess(queries, cost))
 
-    where c_i is each query's own cost, w the QueryWeights, t_q the server's answering time per query of
-    this batch (never below MIN_TIME_SHARE of the baseline's), and excess the relative calibration's
+    where c_i is each query's own cost, w the QueryWeights, t_q the server's typical answering time per
+    query for batches of this size (the baseline's before it has answered any; never below MIN_TIME_SHARE
+    of the baseline's), and excess the relative calibration's
     excess of the account's cumulative cost *including this batch*. The per-query part is a plain sum
     over queries, so no split over keys or batches changes it; the account factor F >= 1 can only add,
     and adds at most account_factor times. Hence any split of a query stream pays at least

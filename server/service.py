@@ -6,8 +6,9 @@ Protocol v2. A batch is priced after the server has seen it, by its own queries'
   2. POST /v1/predict {solution, inputs}: the server answers the batch and prices it (SplitProofPricer:
      each query's own cost, times the account's cumulative factor, the batch included), then, in one
      transaction with the account row locked, either the work paid (the challenge's plus the account's
-     credit) covers the price, and the answer is returned (200), or the answer is sealed in the store
-     and a 402 carries a pow3 top-up challenge for the difference, bound to this batch;
+     credit) covers at least 1 - SLACK of the price, and the answer is returned (200; what is left owing
+     is a debt the account's next challenge adds), or the answer is sealed in the store and a 402
+     carries a pow3 top-up challenge for the difference, bound to this batch;
   3. POST /v1/topup {solution, topup}: the same check with the top-up's work added; 200 with the answer,
      or another 402 if the price rose meanwhile (other batches of the account committed first).
 A legitimate batch mostly takes one round trip (step 2); an overpayment becomes credit for the next.
@@ -42,6 +43,7 @@ from server.keys import hash_api_key
 from server.store import AccountRow, Owed, Spent, TooManyPending
 
 MARGIN = 0.25  # after its first batch, a challenge asks this share more than the expected price (kept as credit)
+SLACK = 0.5  # a batch may leave its account owing up to this share of its price; the next challenge adds it
 RECENT = 64  # answered batches of each size whose answering time prices a newcomer's first challenge
 
 class ApiError(Exception):
@@ -173,6 +175,14 @@ class PredictionService:
             raise ValueError(f"an account's cost is {cost}; refusing to price it")
         return cost
 
+    def typical_answer_s(self, batch: int) -> float | None:
+        """This server's answering time for a batch of this size: the median of its latest RECENT such
+        batches (None before the first: the baseline's time). Quotes and prices both use it, so a batch's
+        price moves with its queries' weights, not with the jitter of one measurement."""
+        with self._recent_lock:
+            recent = list(self._recent.get(batch, ()))
+        return float(np.median(recent)) if recent else None
+
     def _work(self, seconds: float) -> float:
         return min(max(0.0, seconds) * self.puzzle_pricer.rate, puzzles.MAX_WORK)
 
@@ -181,10 +191,7 @@ class PredictionService:
         its own mean weight per query so far (a newcomer: a legitimate query's, 1), at its factor now."""
         totals = self._totals(row.ledger) if totals is None else totals
         cost = self._cost(totals)
-        with self._recent_lock:  # a newcomer: this server's time for such batches of late
-            recent = list(self._recent.get(batch, ()))
-        answer_s = (row.answer_s / row.queries * batch if row.queries
-                    else float(np.median(recent)) if recent else None)
+        answer_s = self.typical_answer_s(batch)
         weight = row.weight / row.queries if row.queries else 1.0
         seconds = self.pricer.expected_seconds(batch, queries=row.queries, cost=cost, answer_s=answer_s,
                                                weight=weight)
@@ -270,10 +277,11 @@ class PredictionService:
         if not np.isfinite(costs).all() or not all(math.isfinite(float(v)) for v in ledger.totals().values()):
             raise ApiError(422, "bad_inputs", "these inputs' costs are not finite numbers; nothing was charged")
         answer_s = time.perf_counter() - start
+        typical = self.typical_answer_s(len(x))
         with self._recent_lock:
             self._recent[len(x)].append(answer_s)
         response = {"output": self.victim.output, "queries": len(x), "answers": _answers(answer)}
-        sealed = {"delta": ledger.state_dict(), "costs": costs.tolist(), "answer_s": answer_s}
+        sealed = {"delta": ledger.state_dict(), "costs": costs.tolist(), "answer_s": answer_s, "typical_s": typical}
         expires = max(float(ch.expires), self.clock() + self.config.ttl_s)  # time to pay a top-up
         reply = self._settle(user, token, expires, len(x), request, response, sealed, paid=ch.work)
         self.timings.append({"inference_s": inferred - start, "accountant_s": answer_s - (inferred - start),
@@ -304,6 +312,7 @@ class PredictionService:
     def _settle(self, user, token, expires, queries, request, response, sealed, *, paid, **topup) -> dict:
         costs = np.asarray(sealed["costs"], dtype=np.float64)
         answer_s = float(sealed["answer_s"])
+        typical = sealed.get("typical_s")
 
         def merge(stored):
             if stored is None:
@@ -315,13 +324,13 @@ class PredictionService:
 
         def price(row: AccountRow) -> tuple:
             cost = self._cost(self._totals(merge(row.ledger)))
-            seconds = self.pricer.seconds(costs, queries=row.queries + queries, cost=cost, answer_s=answer_s)
+            seconds = self.pricer.seconds(costs, queries=row.queries + queries, cost=cost, answer_s=typical)
             return self._work(seconds), float(self.pricer.weights(costs).sum())
 
         try:
             result = self.store.settle(token=token, expires=expires, account=user.account, queries=queries,
                                        answer_s=answer_s, merge=merge, price=price, paid=paid, request=request,
-                                       response=response, sealed=sealed, **topup)
+                                       response=response, sealed=sealed, slack=SLACK, **topup)
         except TooManyPending:
             raise ApiError(429, "too_many_sealed", "this account holds too many sealed batches; pay their top-ups "
                                                    "or let them expire", retry_after=self.config.ttl_s) from None

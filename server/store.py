@@ -256,7 +256,7 @@ class Store:
 
     def settle(self, *, token: str, expires: float, account: str, queries: int, answer_s: float, merge, price,
                paid: float, request: str, response: dict, sealed: dict, paid_token: str | None = None,
-               paid_expires: float | None = None) -> AccountRow | Spent | Owed:
+               paid_expires: float | None = None, slack: float = 0.0) -> AccountRow | Spent | Owed:
         """Answer a batch if what was paid for it covers its price, in one transaction.
 
         The account row is locked first; `price(row) -> (work, weight)` prices the batch against the
@@ -264,19 +264,23 @@ class Store:
         request racing this one, pays a price other than the one current at this commit. `paid` (the
         challenge's work, or a top-up's) adds to what earlier calls paid for this batch; `paid_token`,
         when given, is a top-up's own token, spent here once (a top-up sent twice pays once). The
-        account's credit (work paid beyond earlier prices) counts too. When the batch is covered, its
+        account's credit (work paid beyond earlier prices) counts too, and the batch may leave the account
+        owing up to `slack` of its price (negative credit, which the next challenge adds). When the batch is
+        covered, its
         token is spent with the answer and the account charged; else the batch stays sealed (pending)
         and Owed says how much more work its answer needs. A token spent already returns that Spent.
         An account that holds MAX_PENDING sealed batches gets TooManyPending for a new one."""
         with self._write() as cur:
-            cur.execute(self._sql("SELECT account, queries, request, response FROM spent WHERE token = ?"), (token,))
-            row = cur.fetchone()
-            if row is not None:
-                return Spent(token, row[0], int(row[1]), row[2], json.loads(row[3]))
+            # the account row is locked first: every settle of this token (bound to this account's user)
+            # waits here, so the spent and sealed reads below see whatever a racing settle committed
             cur.execute(self._sql("INSERT INTO accounts (account, queries, batches, answer_s) VALUES (?, 0, 0, 0) "
                                   "ON CONFLICT (account) DO NOTHING"), (account,))
             cur.execute(self._sql(self._ACCOUNT + self._for_update), (account,))
             before = self._row(account, cur.fetchone())
+            cur.execute(self._sql("SELECT account, queries, request, response FROM spent WHERE token = ?"), (token,))
+            row = cur.fetchone()
+            if row is not None:
+                return Spent(token, row[0], int(row[1]), row[2], json.loads(row[3]))
             if paid_token is not None:
                 cur.execute(self._sql("INSERT INTO spent (token, expires, account, queries, request, response) "
                                       "VALUES (?, ?, ?, 0, 'topup', '{}') ON CONFLICT (token) DO NOTHING"),
@@ -296,7 +300,7 @@ class Store:
                     raise TooManyPending(account)
             total = float(paid) + (float(prior[0]) if prior is not None else 0.0)
             need, weight = price(before)
-            if total + before.credit >= need:
+            if total + before.credit >= need * (1.0 - slack):
                 cur.execute(self._sql("INSERT INTO spent (token, expires, account, queries, request, response) "
                                       "VALUES (?, ?, ?, ?, ?, ?)"),
                             (token, float(expires), account, int(queries), request, json.dumps(response)))
@@ -313,7 +317,7 @@ class Store:
                 if self._commits % PRUNE_EVERY == 0:
                     self._prune(cur)
                 return after
-            owed = need - total - before.credit
+            owed = need * (1.0 - slack) - total - before.credit
             if prior is None:
                 cur.execute(self._sql("INSERT INTO pending (token, expires, account, queries, request, response, "
                                       "sealed, paid, owed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"),
