@@ -52,8 +52,8 @@ def build(victim_path: str, state: str, threads: int):
                           "--device", "cpu", "--state", state, "--rate", "100000", "--burst", "100000",
                           "--timing_table", "measured", "--timing_csv", str(_timing(baseline.parent))])
     store = open_store(state)
-    service, describe = build_service(s, store, b"b" * 32)
-    service.pricer = PuzzlePricer("sha256", rate=1e-9)  # every challenge: work 1 (solving excluded)
+    # every challenge: work 1, and every price below it (solving excluded; verification included)
+    service, describe = build_service(s, store, b"b" * 32, puzzle_pricer=PuzzlePricer("sha256", rate=1e-9))
     threads, _ = size_threads(threads)
     app = create_app(service, max_body_bytes=body_limit(service.item_shape, 256), threads=threads)
 
@@ -76,7 +76,7 @@ def build(victim_path: str, state: str, threads: int):
         import hashlib
         if service.store.spent(hashlib.sha256(text.encode()).hexdigest()) is not None or ch.unsolved(nonces):
             raise ApiError(409, "bench", "refused")
-        service.price(service.store.account(user.account), ch.batch)
+        service.quote(service.store.account(user.account), ch.batch)
         x = tensors.decode(payload["inputs"], item_shape=service.item_shape, max_batch=ch.batch)
         logp = service.victim.log_probs(torch.from_numpy(x.copy()))
         return {"answers": service.victim.answer(logp).tolist()}
@@ -97,7 +97,9 @@ def _timing(folder: Path) -> Path:
 def serve(args) -> None:
     import uvicorn
     app, _ = build(args.victim_path, args.state, args.threads)
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+    from server.app import MAX_HEAD_BYTES, guarded_protocol
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False,
+                http=guarded_protocol(), h11_max_incomplete_event_size=MAX_HEAD_BYTES)
 
 
 def percentile(values, q):

@@ -97,7 +97,7 @@ class PaymentOut(ErrorOut):
     owed: float = Field(description="work its price still lacks")
 
 
-ERRORS = {code: {"model": ErrorOut} for code in (400, 401, 403, 408, 409, 410, 413, 422, 429)}
+ERRORS = {code: {"model": ErrorOut} for code in (400, 401, 403, 408, 409, 410, 413, 422, 429, 431)}
 PAYMENT = {**ERRORS, 402: {"model": PaymentOut, "description": "the batch is answered but sealed: pay the top-up"}}
 
 
@@ -112,7 +112,15 @@ class Guard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
+        raw_headers = scope.get("headers") or []
+        if sum(len(k) + len(v) + 4 for k, v in raw_headers) > MAX_HEAD_BYTES:
+            return await _send_json(send, 431, {"error": "headers_too_large", "detail": f"the request's headers "
+                                                f"exceed {MAX_HEAD_BYTES} bytes; send fewer or shorter ones"},
+                                    {"connection": "close"})
+        if any(b < 32 and b != 9 or b == 127 for _, v in raw_headers for b in v):
+            return await _send_json(send, 400, {"error": "bad_http", "detail": "a header value holds a control "
+                                                "character; send printable header values"}, {"connection": "close"})
+        headers = dict(raw_headers)
         if scope.get("path", "").startswith(f"/{API_VERSION}/"):
             import anyio.to_thread
 

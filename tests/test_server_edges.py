@@ -1,0 +1,132 @@
+"""The server's edges, over real sockets against uvicorn with the guarded protocol: each one bounded and
+answered in JSON (slow bodies, slow heads, huge heads, malformed heads, too many connections, bodies of
+clients not yet authenticated)."""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+import server.app as app_module
+from tests.server_helpers import state_url
+from tests.test_server import add_user, make_service, parts  # noqa: F401
+
+
+@pytest.fixture
+def live(parts, tmp_path, monkeypatch):
+    import uvicorn
+
+    monkeypatch.setattr(app_module, "BODY_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(app_module, "HEAD_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(app_module, "MAX_CONNECTIONS", 4)
+    svc = make_service(parts, state_url("sqlite", tmp_path))
+    app = app_module.create_app(svc, max_body_bytes=200_000)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="error", http=app_module.guarded_protocol(),
+                                           h11_max_incomplete_event_size=app_module.MAX_HEAD_BYTES))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.02)
+    try:
+        yield {"port": sock.getsockname()[1], "key": add_user(svc, "edge"), "svc": svc}
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+        svc.store.close()
+
+
+def connect(live) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", live["port"]), timeout=5)
+    return s
+
+
+def reply(s: socket.socket, timeout: float = 5.0) -> tuple:
+    """(status, JSON body) of one response; (None, None) when the server closed without one."""
+    s.settimeout(timeout)
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                return None, None
+            data += chunk
+        head, rest = data.split(b"\r\n\r\n", 1)
+        length = int([h.split(b":")[1] for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")][0])
+        while len(rest) < length:
+            rest += s.recv(65536)
+    except (ConnectionResetError, TimeoutError, socket.timeout):
+        return None, None
+    status = int(head.split(b" ")[1])
+    assert b"application/json" in head.lower(), head
+    return status, json.loads(rest[:length])
+
+
+def test_a_stalled_body_is_answered_408_in_json(live):
+    s = connect(live)
+    try:
+        s.sendall(f"POST /v1/predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nx-api-key: {live['key']}"
+                  f"\r\ncontent-length: 5000\r\n\r\n{{\"solution\"".encode())
+        start = time.time()
+        status, body = reply(s)
+        assert status == 408 and body["error"] == "body_timeout" and time.time() - start < 4
+    finally:
+        s.close()
+
+
+def test_a_body_is_not_read_before_its_client_is_authenticated(live):
+    s = connect(live)
+    try:  # a large body announced, none sent: the answer comes at once, from the headers alone
+        s.sendall(b"POST /v1/predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                  b"content-length: 150000\r\n\r\n")
+        status, body = reply(s, timeout=3)
+        assert status == 401 and body["error"] == "missing_api_key"
+    finally:
+        s.close()
+
+
+def test_a_silent_connection_is_closed_after_the_head_deadline(live):
+    s = connect(live)
+    try:
+        s.settimeout(5)
+        start = time.time()
+        assert s.recv(100) == b"" and time.time() - start < 4  # closed by the server, no request ever began
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("raw", [
+    b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 100_000 + b"\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-bad: a\x01b\r\n\r\n",
+    b"POST /v1/account HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab",
+], ids=["huge-head", "control-character", "duplicate-content-length"])
+def test_a_head_the_parser_refuses_gets_a_json_400(live, raw):
+    s = connect(live)
+    try:
+        s.sendall(raw)
+        status, body = reply(s)
+        assert (status, body["error"]) in ((400, "bad_http"), (431, "headers_too_large"))
+    finally:
+        s.close()
+
+
+def test_connections_over_the_cap_get_a_json_429(live):
+    held = [connect(live) for _ in range(4)]
+    try:
+        time.sleep(0.2)
+        extra = connect(live)
+        try:
+            status, body = reply(extra)
+            assert status == 429 and body["error"] == "too_many_connections"
+        finally:
+            extra.close()
+    finally:
+        for s in held:
+            s.close()
