@@ -184,51 +184,83 @@ async def _send_json(send, status: int, body: dict, headers: dict | None = None)
     await send({"type": "http.response.body", "body": raw})
 
 
-def guarded_protocol():
-    """uvicorn's h11 protocol with the connection's guards: a JSON 400 for what the parser rejects, a
-    deadline for each request head, and a cap on open connections (answered with a JSON 429)."""
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
+def _raw(status: int, body: dict) -> bytes:
+    """A whole JSON response that closes the connection, below the ASGI app."""
+    data = json.dumps(body).encode()
+    reason = {400: "Bad Request", 429: "Too Many Requests", 431: "Request Header Fields Too Large"}[status]
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(data)}\r\n"
+            f"connection: close\r\n\r\n").encode() + data
 
-    def _raw(status: int, body: dict) -> bytes:
-        data = json.dumps(body).encode()
-        reason = {400: "Bad Request", 429: "Too Many Requests"}[status]
-        return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(data)}\r\n"
-                f"connection: close\r\n\r\n").encode() + data
 
-    class GuardedH11Protocol(H11Protocol):
-        def connection_made(self, transport):
-            super().connection_made(transport)
-            if len(self.connections) > MAX_CONNECTIONS:
-                transport.write(_raw(429, {"error": "too_many_connections",
-                                           "detail": "the server holds too many connections; retry shortly"}))
-                transport.close()
-                return
-            self._arm_head_timer()
+class _Guards:
+    """The connection's guards, mixed into a uvicorn protocol class: a cap on open connections (the next
+    is answered 429 and closed), a deadline for each request head, a cap on its size (431), and JSON for
+    what the HTTP parser rejects (400)."""
+    HEAD_SLICE = 8192  # while a head is arriving, bytes are fed to the parser this many at a time
 
-        def _arm_head_timer(self):
-            cycle = self.cycle
-            self.loop.call_later(HEAD_TIMEOUT_S, self._head_timeout, cycle)
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        if len(self.connections) > MAX_CONNECTIONS:
+            transport.write(_raw(429, {"error": "too_many_connections",
+                                       "detail": "the server holds too many connections; retry shortly"}))
+            transport.close()
+            return
+        self._expect_head()
 
-        def _head_timeout(self, cycle):
-            if self.cycle is cycle and not self.transport.is_closing():  # no request began since
-                self.transport.close()
+    def _expect_head(self):
+        self._head_bytes, self._in_head = 0, True
+        self.loop.call_later(HEAD_TIMEOUT_S, self._head_timeout, self.cycle)
 
-        def on_response_complete(self):
-            super().on_response_complete()
-            if not self.transport.is_closing():
-                self._arm_head_timer()
-
-        def send_400_response(self, msg: str) -> None:
-            self.transport.write(_raw(400, {"error": "bad_http", "detail": f"{msg}; send a well-formed "
-                                                                          f"HTTP/1.1 request"}))
-            try:
-                self.conn.send(h11.ConnectionClosed())
-            except h11.LocalProtocolError:
-                pass
+    def _head_timeout(self, cycle):
+        if self.cycle is cycle and not self.transport.is_closing():  # no request began since
             self.transport.close()
 
-    return GuardedH11Protocol
+    def on_response_complete(self):
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._expect_head()
+
+    def data_received(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view and getattr(self, "_in_head", False) and not self.transport.is_closing():
+            part, view = view[:self.HEAD_SLICE], view[self.HEAD_SLICE:]
+            self._head_bytes += len(part)
+            if self._head_bytes > MAX_HEAD_BYTES + self.HEAD_SLICE:
+                self.transport.write(_raw(431, {"error": "headers_too_large", "detail": f"the request head "
+                                                f"exceeds {MAX_HEAD_BYTES} bytes; send fewer or shorter headers"}))
+                self.transport.close()
+                return
+            super().data_received(bytes(part))
+        if view and not self.transport.is_closing():
+            super().data_received(bytes(view))
+
+    def _head_done(self):
+        self._in_head = False
+
+    def send_400_response(self, msg: str) -> None:
+        self.transport.write(_raw(400, {"error": "bad_http", "detail": f"{msg}; send a well-formed HTTP/1.1 "
+                                                                      f"request"}))
+        self.transport.close()
+
+
+def guarded_protocol():
+    """uvicorn's HTTP protocol (httptools where installed, else h11) with the connection's guards."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings httptools
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+
+        class GuardedH11Protocol(_Guards, H11Protocol):
+            def data_received(self, data: bytes) -> None:  # h11 bounds the head itself (serve sets the size)
+                H11Protocol.data_received(self, data)
+        return GuardedH11Protocol
+
+    class GuardedHttpToolsProtocol(_Guards, HttpToolsProtocol):
+        def on_headers_complete(self):
+            self._head_done()
+            super().on_headers_complete()
+
+    return GuardedHttpToolsProtocol
 
 
 def create_app(service: PredictionService, *, max_body_bytes: int, threads: int | None = None,
@@ -241,6 +273,11 @@ def create_app(service: PredictionService, *, max_body_bytes: int, threads: int 
         if threads:
             import anyio.to_thread
             anyio.to_thread.current_default_thread_limiter().total_tokens = threads
+        import gc
+        # the model, the libraries and the service are loaded: keep them out of the collector's full
+        # passes, which otherwise stop every request thread for 200 ms or more now and then
+        gc.collect()
+        gc.freeze()
         yield
 
     app = FastAPI(title="Calibrated proof-of-work prediction API", version="1",

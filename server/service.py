@@ -43,6 +43,7 @@ from server.keys import hash_api_key
 from server.store import AccountRow, Owed, Spent, TooManyPending
 
 MARGIN = 0.25  # after its first batch, a challenge asks this share more than the expected price (kept as credit)
+FRESH = 0.5  # the least share of its expected price that a challenge asks, whatever the account's credit
 SLACK = 0.5  # a batch may leave its account owing up to this share of its price; the next challenge adds it
 RECENT = 64  # answered batches of each size whose answering time prices a newcomer's first challenge
 
@@ -204,7 +205,9 @@ class PredictionService:
         row = self.store.account(user.account)
         quote = self.quote(row, batch)
         margin = MARGIN if row.queries else 0.0  # a newcomer pays its first batch's expected price exactly
-        work = min(max(1.0, (1.0 + margin) * quote["work"] - row.credit), puzzles.MAX_WORK)
+        # credit lowers a challenge, but never below FRESH of the expected price: challenges can be fetched
+        # many times, and each batch the server computes must have cost its client fresh work
+        work = min(max(1.0, FRESH * quote["work"], (1.0 + margin) * quote["work"] - row.credit), puzzles.MAX_WORK)
         return self._issue(user, work, batch)
 
     def _issue(self, user, work: float, batch: int, bind: str | None = None) -> dict:
@@ -243,6 +246,7 @@ class PredictionService:
             raise ApiError(403, "invalid_solution", reason)
 
     def predict(self, user, solution, inputs: dict) -> dict:
+        entered = time.perf_counter()
         ch, nonces = self._challenge_of(user, solution, (puzzles.VERSION2,))
         token = puzzles.token_of(ch.text)
         request = hashlib.sha256(repr((solution, inputs.get("dtype"), inputs.get("shape"),
@@ -284,8 +288,10 @@ class PredictionService:
         sealed = {"delta": ledger.state_dict(), "costs": costs.tolist(), "answer_s": answer_s, "typical_s": typical}
         expires = max(float(ch.expires), self.clock() + self.config.ttl_s)  # time to pay a top-up
         reply = self._settle(user, token, expires, len(x), request, response, sealed, paid=ch.work)
+        done = time.perf_counter()
         self.timings.append({"inference_s": inferred - start, "accountant_s": answer_s - (inferred - start),
-                             "commit_s": time.perf_counter() - start - answer_s})
+                             "commit_s": done - start - answer_s, "checks_s": start - entered,
+                             "total_s": done - entered})
         return reply
 
     def topup(self, user, solution, topup) -> dict:

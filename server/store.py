@@ -342,6 +342,7 @@ class SQLiteStore(Store):
     def __init__(self, path, *, durable: bool = True):
         super().__init__()
         self.path, self.durable = Path(path), durable
+        self._write_lock = threading.Lock()
         if not self.path.parent.is_dir():
             raise UserError(f"the folder of the state database {self.path} does not exist; create it first "
                             f"({STATE_HELP})")
@@ -362,23 +363,35 @@ class SQLiteStore(Store):
         return {row[1] for row in cur.fetchall()}
 
     class _Tx:
-        def __init__(self, conn):
-            self.conn = conn
+        """One write transaction. Threads of this process queue on a lock first: SQLite's own busy
+        handler sleeps in growing steps (up to 100 ms) while another connection writes, which gave the
+        server a p99 of 200 ms under load; other processes still meet the busy handler."""
+
+        def __init__(self, conn, lock):
+            self.conn, self.lock = conn, lock
 
         def __enter__(self):
-            self.conn.execute("BEGIN IMMEDIATE")
-            self.cur = self.conn.cursor()
+            self.lock.acquire()
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+                self.cur = self.conn.cursor()
+            except BaseException:
+                self.lock.release()
+                raise
             return self.cur
 
         def __exit__(self, exc_type, *exc):
             try:
-                self.cur.close()
+                try:
+                    self.cur.close()
+                finally:
+                    self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
             finally:
-                self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+                self.lock.release()
             return False
 
     def _write(self):
-        return self._Tx(self._conn())
+        return self._Tx(self._conn(), self._write_lock)
 
 
 class PostgresStore(Store):
