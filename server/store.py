@@ -300,7 +300,8 @@ class Store:
                     raise TooManyPending(account)
             total = float(paid) + (float(prior[0]) if prior is not None else 0.0)
             need, weight = price(before)
-            if total + before.credit >= need * (1.0 - slack):
+            due = need * (1.0 - slack) - 1e-9 * max(1.0, need)  # a top-up of exactly the owed work covers it,
+            if total + before.credit >= due:                     # whatever the floating-point rounding
                 cur.execute(self._sql("INSERT INTO spent (token, expires, account, queries, request, response) "
                                       "VALUES (?, ?, ?, ?, ?, ?)"),
                             (token, float(expires), account, int(queries), request, json.dumps(response)))

@@ -27,7 +27,8 @@ def test_sybil_splits_copycat_and_the_split_does_not_bring_it_to_the_legitimate_
     assert set(table["transport"]) == {transport}
     assert sorted(set(zip(table["keys"], table["batch"]))) == [(1, 16), (1, 32), (4, 16), (4, 32)]
     copycat = table[table["mode"] == "copycat"]
-    assert (copycat["attacker_over_legit"] > 20).all(), copycat  # photo crops stay dear under every split
+    # photo crops stay dear under every split (the old protocol let 16 keys bring copycat to 2.4x)
+    assert (copycat["attacker_over_legit"] > 10).all(), copycat
     assert (table["queries"] == 128).all() and (table["pow_s"] > 0).all()
     assert json.loads((tmp_path / "sybil.params.json").read_text())["command"] == "sybil"
     assert (tmp_path / "sybil.png").stat().st_size > 0
