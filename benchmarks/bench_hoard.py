@@ -12,11 +12,9 @@ time against the client's PoW seconds.
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,27 +25,16 @@ RATE = 2e4  # the declared solve rate: puzzles stay small, their seconds are wor
 
 
 def replica(s, state: str, key: bytes):
-    import uvicorn
-
     from commands.serve import body_limit, build_service
     from pow.timing import PuzzlePricer
-    from server.app import MAX_HEAD_BYTES, create_app, guarded_protocol
+    from server.app import ThreadedServer, create_app
     from server.store import open_store
 
     store = open_store(state)
     service, _ = build_service(s, store, key, puzzle_pricer=PuzzlePricer("sha256", rate=RATE))
     app = create_app(service, max_body_bytes=body_limit(service.item_shape, 256), threads=THREADS)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(256)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="error", http=guarded_protocol(),
-                                           h11_max_incomplete_event_size=MAX_HEAD_BYTES))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    return {"url": f"http://127.0.0.1:{sock.getsockname()[1]}", "server": server, "thread": thread, "sock": sock,
-            "service": service, "store": store}
+    http = ThreadedServer(app)
+    return {"url": http.url, "http": http, "service": service, "store": store}
 
 
 def run(replicas: int, tmp: Path, s) -> dict:
@@ -122,9 +109,7 @@ def run(replicas: int, tmp: Path, s) -> dict:
     finally:
         admin.close()
         for node in nodes:
-            node["server"].should_exit = True
-            node["thread"].join(timeout=30)
-            node["sock"].close()
+            node["http"].close()
             node["store"].close()
     hoarded = sum(w for _, w in hoard)
     priced = after.priced - before.priced

@@ -18,7 +18,6 @@ query over the legitimate user's, under the same split.
 from __future__ import annotations
 
 import tempfile
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -224,14 +223,10 @@ class _Http:
     sharing one solver, solve every challenge and top-up."""
 
     def __init__(self, s, tmp: Path):
-        import socket
-
-        import uvicorn
-
-        from commands.serve import build_service, body_limit
+        from commands.serve import body_limit, build_service
         from pow.solver import Solver
         from pow.timing import PuzzlePricer
-        from server.app import MAX_HEAD_BYTES, create_app, guarded_protocol
+        from server.app import ThreadedServer, create_app
         from server.store import open_store
 
         self.store = open_store(f"sqlite:///{tmp / 'http.db'}", durable=False)
@@ -239,22 +234,13 @@ class _Http:
         self.service, _ = build_service(settings, self.store, b"h" * 32,
                                         puzzle_pricer=PuzzlePricer("sha256", rate=HTTP_RATE))
         self.describe = {**self.service.pricer.describe(), "declared_solve_rate": HTTP_RATE}
-        app = create_app(self.service, max_body_bytes=body_limit(self.service.item_shape, 256), threads=2)
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(256)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
-                                                    http=guarded_protocol(),
-                                                    h11_max_incomplete_event_size=MAX_HEAD_BYTES))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
+        self.http = ThreadedServer(create_app(self.service, max_body_bytes=body_limit(self.service.item_shape, 256),
+                                              threads=2))
+        self.url = self.http.url
         self.solver = Solver(1).__enter__()
         self.count = 0
 
     def price(self, x: torch.Tensor, *, keys: int, batch: int, tag: str) -> dict:
-        import time
-
         from server.client import ApiClient
         from server.keys import hash_api_key, new_api_key
 
@@ -265,9 +251,6 @@ class _Http:
                 key = new_api_key()
                 self.store.add_user(f"h{self.count}-{i}", hash_api_key(key), f"h{self.count}-{i}")
                 clients.append(ApiClient(self.url, key, solver=self.solver))
-            deadline = time.time() + 30
-            while not self.server.started and time.time() < deadline:
-                time.sleep(0.05)
             for b, start in enumerate(range(0, len(x), batch)):
                 client = clients[b % keys]
                 client.max_batch = batch
@@ -283,11 +266,9 @@ class _Http:
 
     def close(self) -> None:
         try:
-            self.server.should_exit = True
-            self.thread.join(timeout=30)
+            self.http.close()
         finally:
             self.solver.__exit__(None, None, None)
-            self.sock.close()
             self.store.close()
 
 

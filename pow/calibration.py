@@ -414,13 +414,18 @@ class SplitProofPricer:
 
     def seconds(self, costs, *, queries, cost, answer_s: float | None) -> float:
         """PoW seconds for a batch with per-query `costs`, the account at (queries, cost) after it."""
+        return self.price(costs, queries=queries, cost=cost, answer_s=answer_s)[0]
+
+    def price(self, costs, *, queries, cost, answer_s: float | None) -> tuple:
+        """(seconds, the batch's summed query weights): seconds() and what an account records of it."""
         costs = np.asarray(costs, dtype=np.float64).ravel()
         c = self.calibrator
-        per = np.minimum(c.max_factor, c.budget * self.weights(costs) * self.factor(queries, cost))
+        weights = self.weights(costs)
+        per = np.minimum(c.max_factor, c.budget * weights * self.factor(queries, cost))
         seconds = float(per.sum()) * self.per_query_time(answer_s, len(costs))
         if not (math.isfinite(seconds) and seconds >= 0):
             raise ValueError(f"a batch was priced at {seconds} s; refusing to answer it")
-        return seconds
+        return seconds, float(weights.sum())
 
     def expected_seconds(self, n: int, *, queries, cost, answer_s: float | None, weight: float = 1.0) -> float:
         """What n more queries are expected to cost before the server has seen them: `weight` per query

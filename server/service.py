@@ -320,18 +320,23 @@ class PredictionService:
         answer_s = float(sealed["answer_s"])
         typical = sealed.get("typical_s")
 
+        merged: dict = {}  # the account's ledger with this batch added, made once per stored ledger
+
         def merge(stored):
-            if stored is None:
-                return sealed["delta"]
-            total = self.make_ledger()
-            total.load_state_dict(stored)
-            total.absorb(sealed["delta"])
-            return total.state_dict()
+            key = repr(stored)
+            if key not in merged:
+                total = self.make_ledger()
+                if stored is not None:
+                    total.load_state_dict(stored)
+                total.absorb(sealed["delta"])
+                merged[key] = (total.state_dict(), total.totals())
+            return merged[key][0]
 
         def price(row: AccountRow) -> tuple:
-            cost = self._cost(self._totals(merge(row.ledger)))
-            seconds = self.pricer.seconds(costs, queries=row.queries + queries, cost=cost, answer_s=typical)
-            return self._work(seconds), float(self.pricer.weights(costs).sum())
+            merge(row.ledger)
+            cost = self._cost(merged[repr(row.ledger)][1])
+            seconds, weight = self.pricer.price(costs, queries=row.queries + queries, cost=cost, answer_s=typical)
+            return self._work(seconds), weight
 
         try:
             result = self.store.settle(token=token, expires=expires, account=user.account, queries=queries,

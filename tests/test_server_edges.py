@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 
 import pytest
@@ -17,29 +16,15 @@ from tests.test_server import add_user, make_service, parts  # noqa: F401
 
 @pytest.fixture
 def live(parts, tmp_path, monkeypatch):
-    import uvicorn
-
     monkeypatch.setattr(app_module, "BODY_TIMEOUT_S", 1.0)
     monkeypatch.setattr(app_module, "HEAD_TIMEOUT_S", 1.0)
     monkeypatch.setattr(app_module, "MAX_CONNECTIONS", 4)
     svc = make_service(parts, state_url("sqlite", tmp_path))
-    app = app_module.create_app(svc, max_body_bytes=200_000)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="error", http=app_module.guarded_protocol(),
-                                           h11_max_incomplete_event_size=app_module.MAX_HEAD_BYTES))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started and time.time() < deadline:
-        time.sleep(0.02)
+    server = app_module.ThreadedServer(app_module.create_app(svc, max_body_bytes=200_000))
     try:
-        yield {"port": sock.getsockname()[1], "key": add_user(svc, "edge"), "svc": svc}
+        yield {"port": server.port, "key": add_user(svc, "edge"), "svc": svc}
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+        server.close()
         svc.store.close()
 
 

@@ -21,8 +21,8 @@ from server.app import create_app
 from server.service import ApiError, address_range
 from server.store import open_store
 from tests.server_helpers import BASELINE, state_url
-from tests.test_server import (ITEM, Clock, add_user, body, buy, kind, make_service, paid, parts,  # noqa: F401
-                               pay_direct, post, solve)
+from tests.test_server import (ITEM, Clock, add_user, body, buy, http, kind, make_service, paid,  # noqa: F401
+                               parts, pay_direct, post, service, solve)
 
 
 # -- the split property, on the pricer alone -------------------------------------------------------------
@@ -95,32 +95,19 @@ def noise(seed, n=64):
     return np.random.default_rng(seed).integers(0, 256, size=(n, *ITEM), dtype=np.uint8)
 
 
-@pytest.fixture
-def svc(parts, tmp_path):
-    service = make_service(parts, state_url("sqlite", tmp_path))
-    yield service
-    service.store.close()
-
-
-@pytest.fixture
-def http(svc):
-    with TestClient(create_app(svc, max_body_bytes=400_000), raise_server_exceptions=False) as client:
-        yield client
-
-
-def test_a_costly_batch_is_sealed_and_its_402_reveals_no_answer(http, svc):
-    key = add_user(svc, "eve")
+def test_a_costly_batch_is_sealed_and_its_402_reveals_no_answer(http, service):
+    key = add_user(service, "eve")
     solution, ch = paid(http, key, noise(0))
     r = post(http, key, body(solution, noise(0)))
     assert r.status_code == 402, r.text
     reply = r.json()
     assert "answers" not in reply and reply["topup"]["challenge"].startswith("pow3|sha256|")
     assert reply["owed"] > 10 * ch["work"] and reply["paid"] == pytest.approx(ch["work"])
-    assert svc.store.account("eve").queries == 0 and svc.store.pending_count("eve") == 1
+    assert service.store.account("eve").queries == 0 and service.store.pending_count("eve") == 1
 
 
-def test_a_top_up_pays_only_its_own_batch_and_only_once(http, svc):
-    key = add_user(svc, "eve")
+def test_a_top_up_pays_only_its_own_batch_and_only_once(http, service):
+    key = add_user(service, "eve")
     sol_a, _ = paid(http, key, noise(1))
     sol_b, _ = paid(http, key, noise(2))
     due_a = post(http, key, body(sol_a, noise(1))).json()["topup"]
@@ -132,7 +119,7 @@ def test_a_top_up_pays_only_its_own_batch_and_only_once(http, svc):
     assert ok.status_code == 200 and len(ok.json()["answers"]) == 64
     again = http.post("/v1/topup", json={"solution": sol_a, "topup": topup_a}, headers={"X-API-Key": key})
     assert again.status_code == 200 and again.json()["redelivered"] and again.json()["answers"] == ok.json()["answers"]
-    row = svc.store.account("eve")
+    row = service.store.account("eve")
     assert row.queries == 64 and row.batches == 1  # charged once
 
 
@@ -157,8 +144,8 @@ def test_a_top_up_sent_twice_to_a_still_sealed_batch_pays_once(parts, tmp_path):
         svc.store.close()
 
 
-def test_a_resend_of_a_sealed_batch_gets_the_same_debt_and_another_batch_is_refused(http, svc):
-    key = add_user(svc, "eve")
+def test_a_resend_of_a_sealed_batch_gets_the_same_debt_and_another_batch_is_refused(http, service):
+    key = add_user(service, "eve")
     solution, _ = paid(http, key, noise(4))
     first = post(http, key, body(solution, noise(4)))
     again = post(http, key, body(solution, noise(4)))
@@ -219,8 +206,8 @@ def test_an_account_cannot_hoard_unpaid_sealed_batches(parts, tmp_path, monkeypa
         svc.store.close()
 
 
-def test_a_legitimate_batch_mostly_takes_one_round_trip(http, svc, parts):
-    key = add_user(svc, "legit")
+def test_a_legitimate_batch_mostly_takes_one_round_trip(http, service, parts):
+    key = add_user(service, "legit")
     trips = [buy(http, key, parts["images"][i:i + 64])[2] for i in range(0, 192, 64)]
     trips += [buy(http, key, parts["images"][i:i + 64])[2] for i in range(0, 192, 64)]
     assert sum(t == 1 for t in trips) >= len(trips) - 1, trips
