@@ -376,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests per second per API key, sustained (default: 50)")
     p.add_argument("--burst", type=_num(int, 1, 10 ** 6), default=None, help="requests per API key at once (default: 100)")
     p.add_argument("--threads", type=_num(int, 1, 1024), default=None,
-                   help="request threads; torch gets cores / threads each (default: all cores)")
+                   help="request threads; torch gets cores / threads each, at least 1 (default: twice the cores)")
     _split_price(p)
     p.add_argument("--log_costs", default=None, type=_list(_choice(COST_MEASURES, "cost measure"), "cost measure"),
                    help="comma-separated measures the server also accounts (and shows in /v1/account) beside the "

@@ -142,12 +142,17 @@ def body_limit(spec_shape: tuple, max_batch: int) -> int:
     return int(max_batch * np.prod(spec_shape) * 4 * 4 / 3) + 256 * 1024
 
 
+ROUTES_PER_CORE = 2  # request threads per core, by default
+
+
 def size_threads(threads: int | None) -> tuple:
-    """(route threads, torch threads per route): together no more than the cores."""
+    """(route threads, torch threads per route). By default twice the cores, one torch thread each: a
+    route waiting on its commit's fsync, or for its next request, leaves a core to another (on 2 cores
+    this served 70% of bare inference's requests/s where one route per core served 63%)."""
     import torch
 
     cores = os.cpu_count() or 1
-    threads = threads or cores
+    threads = threads or ROUTES_PER_CORE * cores
     per = max(1, cores // threads)
     torch.set_num_threads(per)
     return threads, per

@@ -47,6 +47,14 @@ FRESH = 0.5  # the least share of its expected price that a challenge asks, what
 SLACK = 0.5  # a batch may leave its account owing up to this share of its price; the next challenge adds it
 RECENT = 64  # answered batches of each size whose answering time prices a newcomer's first challenge
 
+def _request_digest(solution: str, inputs: dict) -> str:
+    """What tells a resend from another batch under the same challenge: the solution and the inputs."""
+    digest = hashlib.sha256(repr((solution, inputs.get("dtype"), inputs.get("shape"))).encode())
+    data = inputs.get("data")
+    digest.update(data.encode() if isinstance(data, str) else repr(data).encode())
+    return digest.hexdigest()
+
+
 class ApiError(Exception):
     """A rejected request: HTTP status, a short code and a message saying what to do."""
 
@@ -249,8 +257,7 @@ class PredictionService:
         entered = time.perf_counter()
         ch, nonces = self._challenge_of(user, solution, (puzzles.VERSION2,))
         token = puzzles.token_of(ch.text)
-        request = hashlib.sha256(repr((solution, inputs.get("dtype"), inputs.get("shape"),
-                                       inputs.get("data"))).encode()).hexdigest()
+        request = _request_digest(solution, inputs)
         prior = self.store.spent(token)
         if prior is not None:
             return self._redeliver(prior, request)

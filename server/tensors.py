@@ -21,6 +21,8 @@ class TensorError(ValueError):
 
 
 def encode(x) -> dict:
+    """The smallest exact encoding of `x`: float pixels that are all whole steps of 1/255 (images read
+    from 8-bit files) travel as uint8, a quarter of the bytes, and decode to the same float32 values."""
     x = np.asarray(x)
     name = {np.dtype("uint8"): "uint8", np.dtype("float32"): "float32"}.get(x.dtype)
     if name is None:
@@ -28,8 +30,21 @@ def encode(x) -> dict:
             x, name = x.astype(np.float32), "float32"
         else:
             raise TensorError(f"inputs must be uint8 or floating-point arrays, not {x.dtype}")
+    if name == "float32" and x.size:
+        pixels = _as_pixels(x)
+        if pixels is not None:
+            x, name = pixels, "uint8"
     data = np.ascontiguousarray(x, dtype=DTYPES[name])
     return {"dtype": name, "shape": list(x.shape), "data": base64.b64encode(data.tobytes()).decode("ascii")}
+
+
+def _as_pixels(x: np.ndarray) -> np.ndarray | None:
+    """uint8 p with p / 255 == x exactly (float32, as the server divides), or None."""
+    with np.errstate(invalid="ignore"):
+        if not (np.isfinite(x).all() and x.min() >= 0.0 and x.max() <= 1.0):
+            return None
+    pixels = np.rint(x * np.float32(255)).astype(np.uint8)
+    return pixels if np.array_equal(pixels.astype(np.float32) / np.float32(255), x) else None
 
 
 def decode(payload: dict, *, item_shape: tuple, max_batch: int) -> np.ndarray:

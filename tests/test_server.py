@@ -15,7 +15,7 @@ import torch
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from data.registry import load_splits
+from data.registry import load_splits, to_float
 from models.checkpoint import load_victim
 from models.oracle import Victim
 from pow import calibration, puzzles
@@ -459,6 +459,19 @@ def pay_direct(svc, user, x):
 
 
 # -- the codec and verifier, property-based ------------------------------------------------------------------
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 255), min_size=784, max_size=784), st.integers(-1, 783))
+def test_eight_bit_floats_travel_as_uint8_and_decode_to_the_same_floats(pixels, nudged):
+    x = np.asarray(pixels, dtype=np.float32).reshape(1, 1, 28, 28) / np.float32(255)
+    if nudged >= 0:  # one pixel off the 1/255 grid: the batch must travel as float32, unchanged
+        x.reshape(-1)[nudged] = np.nextafter(x.reshape(-1)[nudged], np.float32(0.5))
+    payload = tensors.encode(x)
+    assert payload["dtype"] == ("float32" if nudged >= 0 else "uint8")
+    decoded = torch.from_numpy(tensors.decode(payload, item_shape=(1, 28, 28), max_batch=1).copy())
+    assert torch.equal(to_float(decoded), torch.from_numpy(x))
+
+
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(max_size=300))
