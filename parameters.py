@@ -50,7 +50,7 @@ DEFAULTS = dict(
     victim_output="labels", mode="standard", budget=1024, query_batch=64, batches_per_round=4,
     stolen_arch=None, out_dir=None, ood_pool="photos", cost_measure="entropy", cap_rdp=False,
     rdp_conversion="classic", calibration=None, calibration_mode="relative", base=None, pow_budget=1.0,
-    tolerance=3.0, max_factor=1000.0, min_s=0.1, max_s=2948.467908, fresh=False, votes=None, log=None,
+    tolerance=3.0, deficit_tolerance=None, max_factor=1000.0, min_s=0.1, max_s=2948.467908, fresh=False, votes=None, log=None,
     out=None, runs=None, queries=1000, sigmas="28,10", datasets="mnist-5k,fashion-mnist", epochs=None, bases=None,
     budgets=None, pow="simulated", puzzle="scrypt", pow_subs=1, solver="python", workers=None,
     timing_table="live", timing_csv="results/pow_timing.csv", stamp=None, solution=None, challenge=None,
@@ -201,6 +201,10 @@ def _calibration(p: argparse.ArgumentParser) -> None:
                    help="relative: a legitimate user's PoW time as a share of their query time (default: 1.0)")
     p.add_argument("--tolerance", type=_NONNEG_FLOAT, default=None,
                    help="relative: excess ignored, in legitimate-spread standard deviations (default: 3.0)")
+    p.add_argument("--deficit_tolerance", type=_NONNEG_FLOAT, default=None,
+                   help="relative: also price a cumulative cost BELOW the legitimate line by more than this many "
+                        "standard deviations (the two-sided rule, as the paper's |cost - expected|); "
+                        "default: off, one-sided (see the README's frontier)")
     p.add_argument("--max_factor", type=_POS_FLOAT, default=None,
                    help="relative: most PoW time per batch, in legitimate query times per batch (default: 1000)")
     p.add_argument("--min_s", type=_POS_FLOAT, default=None, help="paper: least extra seconds per step (default: 0.1)")

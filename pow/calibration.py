@@ -21,7 +21,8 @@ relative  (this project's default; holds on any hardware and under any load) a c
           the standard deviation of one legitimate batch's cost. The excess is counted in legitimate
           batches' worth of cost, so it means the same on every dataset and cost measure, and a
           legitimate user (within `tolerance` standard deviations of the line) pays exactly `budget`
-          times their query time: at most (1 + budget)x in time.
+          times their query time: at most (1 + budget)x in time. With --deficit_tolerance T the rule
+          is two-sided: a cost below the line by more than T standard deviations counts as excess too.
 """
 from __future__ import annotations
 
@@ -165,8 +166,11 @@ class RelativeCalibrator:
     name = "relative"
 
     def __init__(self, baseline: Baseline, *, base: float = 1.05, budget: float = 1.0, tolerance: float = 3.0,
-                 max_factor: float = 1000.0, batch_size: int = 64):
+                 max_factor: float = 1000.0, batch_size: int = 64, deficit_tolerance: float | None = None):
         base = checks.finite("base", base, lo=1, lo_open=True)
+        if deficit_tolerance is not None:
+            deficit_tolerance = checks.finite("deficit_tolerance", deficit_tolerance, lo=0)
+        self.deficit_tolerance = deficit_tolerance
         budget = checks.finite("pow_budget", budget, lo=0, lo_open=True)
         tolerance = checks.finite("tolerance", tolerance, lo=0)
         max_factor = checks.finite("max_factor (at least pow_budget)", max_factor, lo=budget)
@@ -194,10 +198,19 @@ class RelativeCalibrator:
         return self.slope * np.asarray(queries, float)
 
     def excess(self, queries, cost):
-        """Cost above the legitimate band, in legitimate batches' worth of cost (0 inside the band)."""
+        """Cost outside the legitimate band, in legitimate batches' worth of cost (0 inside the band).
+
+        One-sided (deficit_tolerance None, the default): only cost above the line's upper band counts.
+        Two-sided: cost below the line by more than deficit_tolerance standard deviations counts too,
+        as the paper's |cost - expected| does (an attacker whose queries are cheaper than a legitimate
+        user's, such as jacobian's or entropyrev's, pays for the gap)."""
         q = np.asarray(queries, float)
-        band = self.tolerance * self.batch_sd * np.sqrt(q / self.batch_size)
-        return np.maximum(0.0, np.asarray(cost, float) - self.expected(q) - band) / self.unit
+        spread = self.batch_sd * np.sqrt(q / self.batch_size)
+        gap = np.asarray(cost, float) - self.expected(q)
+        out = np.maximum(0.0, gap - self.tolerance * spread)
+        if self.deficit_tolerance is not None:
+            out = out + np.maximum(0.0, -gap - self.deficit_tolerance * spread)
+        return out / self.unit
 
     def batch_seconds(self, queries, cost):
         """PoW seconds for one batch answered at (queries, cost)."""
@@ -232,7 +245,9 @@ class RelativeCalibrator:
 
     def describe(self) -> dict:
         return {"calibration_mode": self.name, "base": self.base, "budget": self.budget,
-                "tolerance": self.tolerance, "max_factor": self.max_factor, "slope": self.slope,
+                "tolerance": self.tolerance, "deficit_tolerance": self.deficit_tolerance,
+                "rule": "one-sided" if self.deficit_tolerance is None else "two-sided",
+                "max_factor": self.max_factor, "slope": self.slope,
                 "unit": self.unit, "batch_sd": self.batch_sd, "batch_time_s": self.batch_time_s}
 
 
@@ -248,6 +263,7 @@ class CalibrationConfig:
     min_s: float = 0.1
     max_s: float = 2948.467908
     one_sided: bool = False
+    deficit_tolerance: float | None = None  # relative: None is one-sided; T prices deficits beyond T sd
 
     @classmethod
     def of(cls, values: dict) -> "CalibrationConfig":
@@ -264,7 +280,7 @@ def create(config: CalibrationConfig, baseline: Baseline) -> PaperCalibrator | R
     if config.calibration_mode == "relative":
         return RelativeCalibrator(baseline, base=config.base, budget=config.pow_budget,
                                   tolerance=config.tolerance, max_factor=config.max_factor,
-                                  batch_size=config.query_batch)
+                                  batch_size=config.query_batch, deficit_tolerance=config.deficit_tolerance)
     raise unknown_name("calibration mode", config.calibration_mode, CALIBRATIONS)
 
 

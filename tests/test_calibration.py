@@ -59,6 +59,32 @@ def test_relative_attacker_pays_exponentially_then_capped():
     assert below == pytest.approx(legit)  # one-sided: a cheaper client is not slowed down
 
 
+@pytest.mark.parametrize("deficit_tolerance", [0.0, 3.0, 6.0])
+def test_relative_two_sided_prices_a_deficit_beyond_its_tolerance_only(deficit_tolerance):
+    base = line_baseline(sd=2.0)
+    one = RelativeCalibrator(base, tolerance=3.0)
+    two = RelativeCalibrator(base, tolerance=3.0, deficit_tolerance=deficit_tolerance)
+    q = 6400.0
+    spread = two.batch_sd * np.sqrt(q / two.batch_size)
+    e = float(two.expected(q))
+    inside = e - deficit_tolerance * spread * 0.99
+    assert float(two.multiplier(q, inside)) == pytest.approx(1.0)
+    gap = 4 * two.unit  # four legitimate batches' worth of cost below the band: base ** 4
+    below = e - deficit_tolerance * spread - gap
+    assert float(one.multiplier(q, below)) == pytest.approx(1.0)  # one-sided: a cheaper client is not slowed
+    assert float(two.multiplier(q, below)) == pytest.approx(1.05 ** 4)
+    above = e + 3.0 * spread + gap  # the excess side is the same under both rules
+    assert float(two.multiplier(q, above)) == pytest.approx(1.05 ** 4)
+    assert float(one.multiplier(q, above)) == pytest.approx(1.05 ** 4)
+    assert two.describe()["rule"] == "two-sided" and one.describe()["rule"] == "one-sided"
+
+
+def test_relative_deficit_tolerance_must_be_a_finite_non_negative_number():
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(Exception, match="deficit_tolerance"):
+            RelativeCalibrator(line_baseline(), deficit_tolerance=bad)
+
+
 def test_read_cost_log_rejects_other_layouts(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b\n1,2\n")
