@@ -1,4 +1,8 @@
 """worstcase: an attacker who knows the defence and sends its cheapest queries first, to look legitimate.
+worstcaseood: the same knowledge with copycat's data: it holds no in-distribution image, only a natural
+out-of-distribution pool (--ood_pool), --worstcaseood_candidates images of it, and sends the cheapest first,
+in turn across the classes its stolen model predicts for them (the cheapest images alone are mostly of
+one class, which teaches a copy nothing).
 
 It knows the defender's cost measure and its parameters (--cost_measure, k, sigma, delta), not the
 victim's data or answers to unsent queries. So it prices each unqueried candidate of its in-distribution
@@ -10,9 +14,17 @@ This is the attack the defence must be judged against.
 """
 from __future__ import annotations
 
-import torch
+import math
+from dataclasses import dataclass, field
 
-from attacks.base import ScoredPoolAttack, register
+import torch
+import torch.nn.functional as F
+
+from attacks.base import MAX_POOL_BYTES, ScoredPoolAttack, register
+from common import checks
+from common.errors import UserError
+from data.ood import ood_capacity, ood_pool
+from models.training import predict_logits
 from privacy.accountants import PATE_MEASURES, EntropyAccountant, GapAccountant, knn_costs
 
 
@@ -37,3 +49,45 @@ class WorstCaseAttack(ScoredPoolAttack):
     def score(self, logprobs):
         p = dict(self.ctx.cost_params)
         return -surrogate_cost(logprobs, self.ctx.cost_measure, **p)
+
+
+@dataclass(frozen=True)
+class WorstCaseOODOptions:
+    worstcaseood_candidates: int = field(default=8192, metadata={
+        "help": "out-of-distribution candidates held, the cheapest sent first (a dataset pool gives at most all it "
+                "holds; fixed, so a resumed run chooses as the whole run did)"})
+
+    def __post_init__(self):
+        checks.whole("--worstcaseood_candidates", self.worstcaseood_candidates, lo=1, hi=10 ** 7)
+
+
+@register
+class WorstCaseOODAttack(WorstCaseAttack):
+    name = "worstcaseood"
+    Options = WorstCaseOODOptions
+
+    def build_pool(self) -> torch.Tensor:
+        ctx = self.ctx
+        want = (ctx.options or WorstCaseOODOptions()).worstcaseood_candidates
+        if want * math.prod(ctx.spec.input_shape) > MAX_POOL_BYTES:
+            raise UserError(f"--worstcaseood_candidates {want} images of {ctx.spec.name} would need more than "
+                            f"{MAX_POOL_BYTES / 2 ** 30:.0f} GiB; lower it")
+        held = ood_capacity(ctx.ood_pool, ctx.data_dir)
+        return ood_pool(ctx.ood_pool, want if held is None else min(want, held), ctx.spec, seed=ctx.seed,
+                        data_dir=ctx.data_dir)
+
+    def select(self, n: int, stolen: torch.nn.Module) -> torch.Tensor:
+        free = (~self.used).nonzero().flatten()
+        logprobs = F.log_softmax(predict_logits(stolen, self.images[free], self.ctx.device), dim=1)
+        scores = torch.nan_to_num(self.score(logprobs).double(), nan=-math.inf)
+        classes = logprobs.argmax(1)
+        order = torch.sort(scores, descending=True, stable=True).indices  # cheapest first
+        rank = torch.empty_like(order)  # each candidate's place among the candidates of its class
+        for c in classes.unique():
+            members = order[classes[order] == c]
+            rank[members] = torch.arange(len(members))
+        # first every class's cheapest, then every class's second cheapest, ...; cheaper first within a turn
+        turn = torch.sort(rank[order], stable=True).indices
+        chosen = free[order[turn][:n]]
+        self.used[chosen] = True
+        return self.images[chosen]

@@ -89,6 +89,14 @@ OOD_POOLS = {
 }
 
 
+def ood_capacity(name: str, data_dir="data") -> int | None:
+    """How many distinct images the named pool holds (None: as many as asked, the photos' crops)."""
+    if name == "photos" or name not in OOD_POOLS:
+        return None
+    splits = load_splits(name, data_dir)
+    return len(splits.pool_x) + len(splits.eval_x) + len(splits.victim_x)
+
+
 def ood_pool(name: str, n: int, spec: DatasetSpec, *, seed: int, data_dir="data") -> torch.Tensor:
     """n natural non-problem-domain images for the victim `spec`, from the named source."""
     return ood_pool_grouped(name, n, spec, seed=seed, data_dir=data_dir)[0]
