@@ -9,6 +9,7 @@ import sys
 def _commands():
     from commands.costs import cost_separation, privacy_cost
     from commands.demo import demo
+    from commands.frontier import frontier
     from commands.pow_cmds import pow_calibrate, pow_check, pow_mint
     from commands.pow_table import pow_table
     from commands.reproduce import reproduce
@@ -38,7 +39,7 @@ def _commands():
             "pow-time": pow_time, "cost-separation": cost_separation, "pow-mint": pow_mint,
             "pow-check": pow_check, "pow-calibrate": pow_calibrate, "pow-table": pow_table,
             "train-teachers": train_teachers, "summarize": summarize, "serve": serve, "serve-admin": serve_admin,
-            "query": query, "sybil": sybil, "reproduce": reproduce}
+            "query": query, "sybil": sybil, "frontier": frontier, "reproduce": reproduce}
 
 
 def attack_script(mode: str, argv=None) -> int:

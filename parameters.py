@@ -14,6 +14,7 @@ from attacks.knockoff import SAMPLINGS
 from common import checks
 from common.errors import ConfigError
 from data.ood import OOD_POOLS
+from data.profiles import PROFILES
 from data.registry import DATASETS
 from models.architectures import ARCHITECTURES
 from models.oracle import OUTPUTS
@@ -69,6 +70,24 @@ DEFAULTS.update({f.name: f.default for f in dataclasses.fields(QueryPriceConfig)
 MODE_OPTIONS = {f.name: (name, f) for name, cls in sorted(ATTACKS.items()) if cls.Options is not None
                 for f in dataclasses.fields(cls.Options)}
 DEFAULTS.update({key: f.default for key, (_, f) in MODE_OPTIONS.items()})
+
+
+#: the frontier's own defaults (a smaller grid than sybil's; every attacker and rule)
+FRONTIER_DEFAULTS = dict(
+    attackers="copycat,knockoff,dfme,worstcaseood,worstcase,entropyrev,jacobian,jacobiantr,mixmatch",
+    profiles=",".join(PROFILES), deficit_tolerances="off,6,3", budget=2048, accounts="1,16,256",
+    batches="1,64,256", stolen_epochs=1, out_dir="results/frontier")
+
+
+def _tolerance(text):
+    """An argparse type: 'off' or a finite non-negative number."""
+    if text == "off":
+        return text
+    try:
+        return _NONNEG_FLOAT(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"'{text}' is neither 'off' (one-sided) nor a number of standard "
+                                         f"deviations: {exc}") from None
 
 
 def _num(cast, lo=None, hi=None, *, lo_open=False, hi_open=False):
@@ -429,6 +448,40 @@ def build_parser() -> argparse.ArgumentParser:
                         "them) (default: OUT's folder/sybil-runs)")
     p.add_argument("--out", default=None, help="CSV of the table (default: results/sybil.csv; plot beside it)")
 
+    p = sub.add_parser("frontier", help="the defence frontier: each attacker's stolen accuracy against its price "
+                                        "under every split, and every legitimate profile's price, per rule")
+    p.add_argument("--datasets", default=None, type=_NAMES_DATASETS,
+                   help="comma-separated (default: mnist-5k,fashion-mnist)")
+    p.add_argument("--data_dir", default=None, help="(default: data)")
+    p.add_argument("--seed", type=_NONNEG_INT, default=None,
+                   help="the streams' seed; the baseline is recorded with seed + 1 (default: 0)")
+    p.add_argument("--device", default=None, help="(default: auto)")
+    p.add_argument("--victim_dir", default=None,
+                   help="folder of DATASET-victim.pt checkpoints, trained there when missing (default: checkpoints)")
+    _accountant(p)
+    _calibration(p)
+    _split_price(p)
+    p.add_argument("--attackers", default=None, type=_list(_choice(ATTACKS, "mode"), "mode"),
+                   help=f"comma-separated attack modes (default: {FRONTIER_DEFAULTS['attackers']})")
+    p.add_argument("--profiles", default=None, type=_list(_choice(PROFILES, "profile"), "profile"),
+                   help=f"comma-separated legitimate profiles; standard always runs (default: all: {','.join(PROFILES)})")
+    p.add_argument("--deficit_tolerances", default=None, type=_list(_tolerance, "rule"),
+                   help="comma-separated rules: off (one-sided) or T, two-sided with deficits beyond T standard "
+                        f"deviations priced (default: {FRONTIER_DEFAULTS['deficit_tolerances']})")
+    p.add_argument("--budget", type=_POS_INT, default=None,
+                   help=f"queries of each stream; pool-ranking attacks send at most their pool "
+                        f"(default: {FRONTIER_DEFAULTS['budget']})")
+    p.add_argument("--accounts", default=None, type=_list(_num(int, 1, 4096), "count"),
+                   help=f"comma-separated numbers of API keys (default: {FRONTIER_DEFAULTS['accounts']})")
+    p.add_argument("--batches", default=None, type=_list(_num(int, 1, 256), "batch size"),
+                   help=f"comma-separated batch sizes (default: {FRONTIER_DEFAULTS['batches']})")
+    p.add_argument("--ood_pool", default=None, choices=sorted(OOD_POOLS), help="the attackers' images (default: photos)")
+    p.add_argument("--sampling", default=None, choices=SAMPLINGS, help="knockoff: random or adaptive (default: random)")
+    p.add_argument("--stolen_epochs", type=_NONNEG_INT, default=None,
+                   help="the attacks' copies' epochs per round as they query (default: 1)")
+    p.add_argument("--out_dir", default=None,
+                   help="where frontier.csv, .png, .md, the baselines and the streams go (default: results/frontier)")
+
     p = sub.add_parser("reproduce", help="the paper's grid (datasets x modes x seeds), resumable, then DIR/report.md")
     p.add_argument("--out_dir", default=None, help="where the runs, the report and its figures go")
     p.add_argument("--quick", action="store_true", default=None,
@@ -540,6 +593,9 @@ def resolve(args: argparse.Namespace) -> Settings:
         for key in ("budget", "datasets"):  # each cell's own default; the datasets found offline
             if key not in given:
                 values[key] = None
+    if command == "frontier":
+        values.update({k: v for k, v in FRONTIER_DEFAULTS.items() if k not in given})
+        values["given_flags"] = sorted(given)
     if command == "pow-table" and "calibration_mode" not in given:
         values["calibration_mode"] = "paper"
     if values.get("base") is None:

@@ -118,12 +118,11 @@ def _victim_id(path) -> str:
 
 
 def _legit_stream(s) -> torch.Tensor:
+    from data.profiles import profile_stream
     from data.registry import load_splits
 
-    pool = load_splits(s.dataset, s.data_dir).pool_x
-    generator = torch.Generator().manual_seed(s.seed)
-    order = torch.cat([torch.randperm(len(pool), generator=generator) for _ in range(-(-s.budget // len(pool)))])
-    return pool[order[:s.budget]]
+    splits = load_splits(s.dataset, s.data_dir)
+    return profile_stream("standard", splits.pool_x, splits.pool_y, int(s.budget), seed=int(s.seed))
 
 
 def _attack_stream(s, mode: str, runs: Path) -> tuple:

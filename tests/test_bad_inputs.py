@@ -252,12 +252,28 @@ CASES = {
     "serve-account-factor-below-1": ["serve", *SERVE, "--key_file", "{in}/server.key", "--account_factor", "0.5"],
     "serve-paper-mode": ["serve", *SERVE, "--key_file", "{in}/server.key", "--calibration_mode", "paper"],
     "serve-log-costs-bogus": ["serve", *SERVE, "--key_file", "{in}/server.key", "--log_costs", "bogus"],
+    "extract-deficit-tolerance-negative": EXTRACT + ["--deficit_tolerance", "-1"],
+    "extract-deficit-tolerance-nan": EXTRACT + ["--deficit_tolerance", "nan"],
+    "extract-worstcaseood-candidates-zero": EXTRACT + ["--mode", "worstcaseood", "--worstcaseood_candidates", "0"],
+    "frontier-tolerance-word": ["frontier", "--deficit_tolerances", "off,x", "--out_dir", "{out}/f"],
+    "frontier-profile-bogus": ["frontier", "--profiles", "bogus", "--out_dir", "{out}/f"],
+    "frontier-attacker-bogus": ["frontier", "--attackers", "bogus", "--out_dir", "{out}/f"],
+    "frontier-batches-zero": ["frontier", "--batches", "0", "--out_dir", "{out}/f"],
+    "frontier-out-dir-is-a-file": ["frontier", "--out_dir", "{in}/notes.txt", "--victim_dir", "{in}"],
     "separation-no-victims": ["cost-separation", "--datasets", "mnist-5k", "--victim_dir", "{in}/adir",
                               "--queries", "10", "--out", "{out}/s.csv"],
 }
 
 #: what each case's error line must say: proof that it failed where its name says
 NEEDLES = {
+    'extract-deficit-tolerance-negative': '--deficit_tolerance: the value must be a finite number >= 0',
+    'extract-deficit-tolerance-nan': '--deficit_tolerance: the value must be a finite number >= 0, got nan',
+    'extract-worstcaseood-candidates-zero': '--worstcaseood_candidates must be a whole number >= 1',
+    'frontier-tolerance-word': "'x' is neither 'off' (one-sided) nor a number",
+    'frontier-profile-bogus': "unknown profile 'bogus'",
+    'frontier-attacker-bogus': "unknown mode 'bogus'",
+    'frontier-batches-zero': '--batches: the value must be a whole number >= 1',
+    'frontier-out-dir-is-a-file': 'notes.txt is a file, not a folder',
     'calibrate-max-seconds-nan': '--max_seconds: the value must be a finite number',
     'calibrate-out-under-file': 'is a file, not a folder',
     'calibrate-puzzles-bogus': "unknown puzzle 'bogus'",
