@@ -64,6 +64,11 @@ class Attack:
     def __init__(self, ctx: AttackContext):
         self.ctx = ctx
 
+    @classmethod
+    def max_budget(cls, pool_size: int) -> int | None:
+        """The most queries this attack can send given an in-distribution pool of pool_size (None: no limit)."""
+        return None
+
     def state_dict(self) -> dict:
         return {}
 
@@ -179,6 +184,10 @@ class ScoredPoolAttack(PoolAttack):
 
     def build_pool(self) -> torch.Tensor:
         return self.ctx.pool_x
+
+    @classmethod
+    def max_budget(cls, pool_size: int) -> int | None:
+        return pool_size if cls.build_pool is ScoredPoolAttack.build_pool else None
 
     def score(self, logprobs: torch.Tensor) -> torch.Tensor:
         """Higher is chosen first; logprobs is the stolen model's log-softmax of each candidate."""

@@ -91,11 +91,15 @@ class MixMatchAttack(TrainingAttack):
     def default_arch(spec) -> str | None:
         return "wrn28_2" if spec.channels == 3 else None
 
+    @classmethod
+    def max_budget(cls, pool_size: int) -> int | None:
+        return pool_size - 1  # at least one pool image stays unlabelled
+
     def __init__(self, ctx):
         super().__init__(ctx)
         self.opts = ctx.options or MixMatchOptions()
         pool = ctx.pool_x
-        if ctx.budget >= len(pool):
+        if ctx.budget > self.max_budget(len(pool)):
             raise UserError(f"'{self.name}' labels part of its pool and learns from the rest, but --budget "
                             f"{ctx.budget} would label all {len(pool)} pool images; lower --budget")
         order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(ctx.seed))

@@ -135,13 +135,11 @@ def _price_all(replay, dataset, rule, streams, legit, keys_list, batches) -> lis
 
 
 def _capacity(mode: str, splits) -> int:
-    """The most distinct queries `mode` can send: the in-distribution pool for attacks that only rank it."""
-    from attacks.base import ATTACKS, ScoredPoolAttack
+    """The most queries `mode` can send from this dataset's in-distribution pool."""
+    from attacks.base import ATTACKS
 
-    cls = ATTACKS[mode]
-    if issubclass(cls, ScoredPoolAttack) and cls.build_pool is ScoredPoolAttack.build_pool:
-        return len(splits.pool_x)
-    return 10 ** 9
+    cap = ATTACKS[mode].max_budget(len(splits.pool_x))
+    return 10 ** 9 if cap is None else cap
 
 
 def _ensure_victim(s) -> None:

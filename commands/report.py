@@ -39,7 +39,7 @@ def collect(grid: dict, out: Path) -> tuple:
 
     s = _settings()
     rows, logs, cals = [], {}, {}
-    runs = [c for c in cells(grid, out) if c.kind != "victim"]
+    runs = [c for c in cells(grid, out) if c.kind in ("baseline", "attack")]
     for d in grid["datasets"]:
         for seed in range(grid["seeds"]):
             mine = {c.name.split("/")[1].split("-b")[0]: c.folder for c in runs
@@ -233,6 +233,15 @@ def figures(logs: dict, cals: dict, grid: dict, folder: Path, cost_column: str) 
     return paths
 
 
+def frontier_section(out: Path) -> list:
+    """The frontier's own report (DIR/frontier/frontier.md), its headings one level down, and its figure."""
+    text = out / "frontier" / "frontier.md"
+    if not text.is_file():
+        return []
+    body = [("#" + line) if line.startswith("#") else line for line in text.read_text().splitlines()]
+    return [*body, "", "![frontier](frontier/frontier.png)", ""]
+
+
 def write_report(grid: dict, out: Path) -> Path:
     """DIR/report.md, DIR/summary.csv (mean and sd per dataset and mode) and DIR/figures/*.png."""
     from commands.reproduce import cells
@@ -255,7 +264,7 @@ def write_report(grid: dict, out: Path) -> Path:
     cost = cost_column(_settings().cost_measure)
     cross = cross_seed_legit(logs, cals, grid["datasets"], grid["seeds"], cost)
     lines += ["## Verdicts", "", *[f"- {v}" for v in verdicts(summary, cross)], ""]
-    missing = [c.name for c in cells(grid, out) if c.kind != "victim" and finished(c.folder) is None]
+    missing = [c.name for c in cells(grid, out) if c.kind in ("baseline", "attack") and finished(c.folder) is None]
     if missing:
         lines += [f"## Missing runs ({len(missing)} of the grid's cells have not finished; the tables leave them "
                   f"out)", "", *[f"- {name}" for name in missing], ""]
@@ -272,6 +281,7 @@ def write_report(grid: dict, out: Path) -> Path:
                                    "time_pow_s", "ratio"]), ""]
     paths = figures(logs, cals, grid, out / "figures", cost)
     lines += ["## Figures", ""] + [f"![{k}](figures/{p.name})" for k, p in paths.items()] + [""]
+    lines += frontier_section(out)
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path

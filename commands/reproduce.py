@@ -9,7 +9,9 @@ before the attacks priced against it. Runs share one cache of the victim's embed
     without its state) is moved aside to NAME.broken-N and redone from scratch, never read;
   * --jobs N runs N cells at a time as processes (victims, then baselines, then attacks);
   * --list prints the grid as shell commands in dependency order; --slurm writes job arrays for sbatch
-    (victims, then baselines, then attacks, each array depending on the one before);
+    (victims, then baselines, then attacks, then the frontier, each array depending on the one before);
+  * last, the defence frontier (`main.py frontier`) over the grid's mnist-5k and Fashion-MNIST, into
+    DIR/frontier (a --quick grid runs a small one); the report includes it;
   * --report_only DIR rebuilds DIR/report.md and its figures from the finished runs.
 """
 from __future__ import annotations
@@ -33,6 +35,9 @@ FULL_BUDGETS = {"mnist-5k": 1024, "fashion-mnist": 10_000, "mnist": 10_000, "svh
 FULL_DFME = {"mnist-5k": 100_000, "fashion-mnist": 2_000_000, "mnist": 2_000_000, "svhn": 2_000_000,
              "cifar10": 2_000_000}
 QUICK_BUDGET, QUICK_DFME = 512, 2240  # --quick: every mode at a small budget on mnist-5k
+FRONTIER_DATASETS = ("mnist-5k", "fashion-mnist")  # the frontier's (`main.py frontier`) datasets in a grid
+FRONTIER_BUDGET = 2048  # the frontier's streams, at most (and no more than the grid's attack budgets)
+FRONTIER_FLAGS = {"full": [], "quick": ["--accounts", "1,8", "--batches", "16,64", "--deficit_tolerances", "off,3"]}
 #: per-mode extract flags: DFME's own batch and round sizes (its iteration is 7 batches)
 MODE_FLAGS = {"full": {"dfme": ["--query_batch", "256", "--batches_per_round", "70"]},
               "quick": {"dfme": ["--query_batch", "32", "--batches_per_round", "70"],
@@ -138,7 +143,22 @@ def cells(grid: dict, out: Path) -> list:
                 else:
                     argv += ["--calibration", str(base / "log.csv")]
                     runs.append(Cell("attack", d, name, argv, folder))
-    return victims + baselines + runs
+    return victims + baselines + runs + frontier_cells(grid, out)
+
+
+def frontier_cells(grid: dict, out: Path) -> list:
+    """The defence frontier over the grid's datasets that it covers (mnist-5k, Fashion-MNIST), last."""
+    datasets = [d for d in grid["datasets"] if d in FRONTIER_DATASETS]
+    attackers = [m for m in grid["modes"] if m != "standard"]
+    if not datasets or not attackers:
+        return []
+    budgets = [b for key, b in grid["budgets"].items() if key.split("/")[0] in datasets and key.split("/")[1]
+               not in ("standard", "dfme")] or [FRONTIER_BUDGET]
+    argv = ["frontier", "--datasets", ",".join(datasets), "--attackers", ",".join(attackers),
+            "--budget", str(min(FRONTIER_BUDGET, *budgets)), "--victim_dir", grid["victim_dir"],
+            "--out_dir", str(out / "frontier"), "--data_dir", grid["data_dir"], "--device", grid["device"],
+            *FRONTIER_FLAGS[grid["profile"]]]
+    return [Cell("frontier", ",".join(datasets), "frontier", argv, out / "frontier")]
 
 
 def _done(cell: Cell) -> bool:
@@ -147,6 +167,8 @@ def _done(cell: Cell) -> bool:
 
     if cell.kind == "victim":
         return Path(cell.name).is_file()
+    if cell.kind == "frontier":
+        return (cell.folder / "frontier.csv").is_file() and (cell.folder / "frontier.params.json").is_file()
     mark = finished(cell.folder)
     argv = dict(zip(cell.argv[1::2], cell.argv[2::2]))
     return mark is not None and (mark.get("dataset"), mark.get("mode"), str(mark.get("seed")), str(mark.get("budget"))) \
@@ -167,7 +189,7 @@ def _set_aside_if_broken(cell: Cell) -> None:
     A run that fails for any other reason (a lock, Ctrl-C, bad settings) leaves its folder as it is."""
     from extraction.state import broken
 
-    if cell.kind == "victim":
+    if cell.kind in ("victim", "frontier"):  # a frontier resumes its streams and baselines itself
         return
     why = broken(cell.folder)
     if why:
@@ -184,6 +206,10 @@ def _run_in_process(cell: Cell) -> None:
     settings = parameters.parse(cell.argv)
     if cell.kind == "victim":
         train_victim(settings, progress=False)
+        return
+    if cell.kind == "frontier":
+        from commands.frontier import frontier
+        frontier(settings)
         return
     _set_aside_if_broken(cell)
     run_extraction(settings, progress=False)
@@ -230,6 +256,8 @@ def _line(cell: Cell) -> str:
 
     if cell.kind == "victim":
         return f"  victim {cell.name}: ready"
+    if cell.kind == "frontier":
+        return f"  frontier ({cell.dataset}): {cell.folder / 'frontier.md'}"
     final = (finished(cell.folder) or {}).get("final", {})
     return (f"  {cell.name}: {final.get('queries')} queries, accuracy {final.get('accuracy', float('nan')):.1f}%, "
             f"fidelity {final.get('fidelity', float('nan')):.1f}%")
@@ -243,7 +271,7 @@ def run_grid(grid: dict, out: Path, *, jobs: int, progress: bool = True) -> list
     said = []
     bar = tqdm(total=len(todo), unit="run", desc="reproduce", disable=not progress)
     try:
-        for kind in ("victim", "baseline", "attack"):
+        for kind in ("victim", "baseline", "attack", "frontier"):
             stage = [c for c in todo if c.kind == kind]
             skipped = [c for c in stage if _done(c)]
             bar.update(len(skipped))
@@ -278,7 +306,7 @@ def slurm_scripts(grid: dict, out: Path) -> Path:
     folder = out / "slurm"
     folder.mkdir(parents=True, exist_ok=True)
     stages = {}
-    for kind in ("victim", "baseline", "attack"):
+    for kind in ("victim", "baseline", "attack", "frontier"):
         lines = [c.command() for c in cells(grid, out) if c.kind == kind]
         stages[kind] = len(lines)
         atomic_write_text(folder / f"{kind}s.txt", "".join(line + "\n" for line in lines))
@@ -300,13 +328,14 @@ cd {shlex.quote(str(ROOT))}
 python3 main.py reproduce --report_only {shlex.quote(str(out))}
 """)
     atomic_write_text(folder / "submit.sh", f"""#!/bin/bash
-# Submit the grid to SLURM: victims, then baselines (afterok), then attacks (afterok), then the report.
+# Submit the grid to SLURM: victims, then baselines (afterok), then attacks (afterok), then the frontier
+# (afterok), then the report.
 set -euo pipefail
 cd {shlex.quote(str(folder))}
 mkdir -p log
 dep=""  # the first stage waits for nothing
 last=""
-for stage in victims:{stages['victim']} baselines:{stages['baseline']} attacks:{stages['attack']}; do
+for stage in victims:{stages['victim']} baselines:{stages['baseline']} attacks:{stages['attack']} frontiers:{stages['frontier']}; do
   name=${{stage%%:*}}; count=${{stage##*:}}
   [ "$count" -gt 0 ] || continue
   id=$(sbatch --parsable --kill-on-invalid-dep=yes ${{dep:+"$dep"}} --output="$PWD/log/%x-%A_%a.out" --array=0-$((count - 1)) job.sh "$PWD/$name.txt")
@@ -361,5 +390,7 @@ def _validate(grid: dict, out: Path) -> None:
     from extraction.loop import validate
 
     for cell in cells(grid, out):
-        if cell.kind != "victim":
+        if cell.kind == "frontier":
+            parameters.parse(cell.argv)  # its flags parse; it checks its own inputs as it starts
+        elif cell.kind != "victim":
             validate(parameters.parse(cell.argv).replace(calibration=None))  # the baseline is made later

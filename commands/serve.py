@@ -119,8 +119,8 @@ def build_service(s, store, key: bytes, *, check_solution=None, puzzle_pricer=No
     if json.loads(store.shared("ledger", json.dumps(columns))) != columns:
         raise UserError(f"{store.describe} keeps accounts of the costs {store.shared('ledger', '')}, not {columns}; "
                         f"serve it with the --cost_measure and --log_costs it was made with, or give a new --state")
-    torch.set_grad_enabled(False)
-    held_out = legit_costs(victim, splits.eval_x, make_ledger, per_query_column(column))
+    with torch.no_grad():  # not set_grad_enabled(False): sybil and frontier train attacks in this thread after
+        held_out = legit_costs(victim, splits.eval_x, make_ledger, per_query_column(column))
     weights = calibration.QueryWeights(held_out, max_weight=calibrator.max_factor / calibrator.budget,
                                        config=calibration.QueryPriceConfig.of(s.as_dict()))
     pricer = calibration.SplitProofPricer(calibrator, weights, account_factor=s.account_factor,

@@ -57,6 +57,9 @@ def test_a_tiny_grid_reports_what_its_logs_say(tmp_path, victims):
     for figure in ("accuracy_vs_time", "costs_vs_queries", "calibration_curve"):
         assert (out / "figures" / f"{figure}.png").stat().st_size > 1000
     assert list((out / ".cache").glob("*.reps.pt")), "the runs share the cached embedding"
+    frontier = pd.read_csv(out / "frontier" / "frontier.csv")  # the grid's last cell, and the report's last part
+    assert set(frontier[frontier["kind"] == "attacker"]["mode"]) == {"copycat"} and frontier["queries"].max() == 64
+    assert "### mnist-5k, one-sided" in report and "![frontier](frontier/frontier.png)" in report
 
 
 def test_an_interrupted_grid_resumes_without_redoing_a_finished_run(tmp_path, victims, monkeypatch):
@@ -79,7 +82,7 @@ def test_an_interrupted_grid_resumes_without_redoing_a_finished_run(tmp_path, vi
     ran = []
     monkeypatch.setattr(grid_module, "_run_in_process", lambda cell: (ran.append(cell.name), real(cell)))
     grid_module.reproduce(grid(out, victims), progress=False)
-    assert calls[0] not in ran and ran == ["mnist-5k/copycat-b64-s0"]
+    assert calls[0] not in ran and ran == ["mnist-5k/copycat-b64-s0", "frontier"]
     assert (first / "state.pt").stat().st_mtime_ns == stamp
 
 
@@ -105,8 +108,10 @@ def test_list_and_slurm_cover_every_cell_in_dependency_order(tmp_path, victims):
                           "--budget", "64", "--out_dir", str(out), "--victim_dir", str(victims), "--list"])
     _, text = grid_module.reproduce(s, progress=False)
     lines = text.splitlines()
-    kinds = ["victim" if "train-victim" in ln else "baseline" if "--mode standard" in ln else "attack" for ln in lines]
-    assert kinds == ["victim"] + ["baseline"] * 2 + ["attack"] * 4
+    kinds = ["victim" if "train-victim" in ln else "baseline" if "--mode standard" in ln else
+             "frontier" if "main.py frontier" in ln else "attack" for ln in lines]
+    assert kinds == ["victim"] + ["baseline"] * 2 + ["attack"] * 4 + ["frontier"]
+    assert "--attackers copycat,knockoff --budget 64" in lines[-1] and f"--out_dir {out}/frontier" in lines[-1]
     for seed in (0, 1):
         base = next(ln for ln in lines if "--mode standard" in ln and f"--seed {seed}" in ln)
         folder = re.search(r"--out_dir (\S+)", base).group(1)
@@ -116,11 +121,12 @@ def test_list_and_slurm_cover_every_cell_in_dependency_order(tmp_path, victims):
     s = s.replace(list=False, slurm=True)
     submit, _ = grid_module.reproduce(s, progress=False)
     slurm = out / "slurm"
-    assert [len((slurm / f"{k}.txt").read_text().splitlines()) for k in ("victims", "baselines", "attacks")] == [1, 2, 4]
-    assert (slurm / "victims.txt").read_text().splitlines() + (slurm / "baselines.txt").read_text().splitlines() \
-        + (slurm / "attacks.txt").read_text().splitlines() == lines
+    stages = ("victims", "baselines", "attacks", "frontiers")
+    assert [len((slurm / f"{k}.txt").read_text().splitlines()) for k in stages] == [1, 2, 4, 1]
+    assert [ln for k in stages for ln in (slurm / f"{k}.txt").read_text().splitlines()] == lines
     script = submit.read_text()
-    assert script.index("victims:1") < script.index("baselines:2") < script.index("attacks:4")
+    assert script.index("victims:1") < script.index("baselines:2") < script.index("attacks:4") \
+        < script.index("frontiers:1")
     assert "--dependency=afterok:$id" in script and "report.sh" in script
 
 
