@@ -18,7 +18,7 @@ from commands import reproduce as grid_module
 from extraction.state import finished
 from tests.conftest import ROOT
 
-TINY = ["--modes", "copycat", "--datasets", "mnist-5k", "--budget", "64", "--device", "cpu"]
+TINY = ["--quick", "--modes", "copycat", "--datasets", "mnist-5k", "--budget", "64", "--device", "cpu"]
 
 
 @pytest.fixture
