@@ -43,6 +43,7 @@ PRESETS = {
     "fashion-mnist": {**_MNIST_LIKE, "victim_epochs": 12},
     "svhn": {**_RGB, "victim_epochs": 50, "delta": 1e-6},
     "cifar10": {**_RGB, "victim_epochs": 200},
+    "folder": {**_RGB, "victim_epochs": 30},
 }
 
 #: global defaults (flags whose default does not depend on the dataset)
@@ -77,6 +78,14 @@ FRONTIER_DEFAULTS = dict(
     attackers="copycat,knockoff,dfme,worstcaseood,worstcase,entropyrev,jacobian,jacobiantr,mixmatch",
     profiles=",".join(PROFILES), deficit_tolerances="off,6,3", budget=2048, accounts="1,16,256",
     batches="1,64,256", stolen_epochs=1, out_dir="results/frontier")
+
+
+def _ood_pool(text):
+    """An argparse type: a named out-of-distribution pool, or a folder of images."""
+    if text in OOD_POOLS or Path(text).is_dir():
+        return text
+    raise argparse.ArgumentTypeError(f"'{text}' is neither a pool ({', '.join(sorted(OOD_POOLS))}) nor a folder of "
+                                     f"images")
 
 
 def _tolerance(text):
@@ -278,8 +287,9 @@ def _extraction(p: argparse.ArgumentParser) -> None:
                    help=_preset_help("stolen_epochs") + "; epochs on all answers so far, each round")
     p.add_argument("--victim_output", default=None, choices=OUTPUTS,
                    help="what the API answers (default: labels; probs for knockoff, which trains on them)")
-    p.add_argument("--ood_pool", default=None, choices=sorted(OOD_POOLS),
-                   help="natural out-of-distribution images for copycat and knockoff (default: photos)")
+    p.add_argument("--ood_pool", default=None, type=_ood_pool,
+                   help="natural out-of-distribution images for copycat and knockoff: a pool name, or a folder of "
+                        "images (e.g. CIFAR-10's JPEGs; turned to the victim's channels and size) (default: photos)")
     p.add_argument("--jacobian_cap", type=_POS_INT, default=None,
                    help="jacobian: most points augmented per generation, a seeded random subset (default: all)")
     p.add_argument("--sampling", default=None, choices=SAMPLINGS,
@@ -436,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated numbers of API keys (default: 1,16,256,1024)")
     p.add_argument("--batches", default=None, type=_list(_num(int, 1, 256), "batch size"),
                    help="comma-separated batch sizes (default: 1,16,64,256)")
-    p.add_argument("--ood_pool", default=None, choices=sorted(OOD_POOLS), help="copycat's and knockoff's images (default: photos)")
+    p.add_argument("--ood_pool", default=None, type=_ood_pool, help="copycat's and knockoff's images (default: photos)")
     p.add_argument("--sampling", default=None, choices=SAMPLINGS, help="knockoff: random or adaptive (default: random)")
     p.add_argument("--stolen_epochs", type=_NONNEG_INT, default=None,
                    help=_preset_help("stolen_epochs") + "; the attacks' own copies train as they query")
@@ -475,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated numbers of API keys (default: {FRONTIER_DEFAULTS['accounts']})")
     p.add_argument("--batches", default=None, type=_list(_num(int, 1, 256), "batch size"),
                    help=f"comma-separated batch sizes (default: {FRONTIER_DEFAULTS['batches']})")
-    p.add_argument("--ood_pool", default=None, choices=sorted(OOD_POOLS), help="the attackers' images (default: photos)")
+    p.add_argument("--ood_pool", default=None, type=_ood_pool, help="the attackers' images (default: photos)")
     p.add_argument("--sampling", default=None, choices=SAMPLINGS, help="knockoff: random or adaptive (default: random)")
     p.add_argument("--stolen_epochs", type=_NONNEG_INT, default=None,
                    help="the attacks' copies' epochs per round as they query (default: 1)")
@@ -567,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of DATASET-victim.pt checkpoints (default: checkpoints)")
     p.add_argument("--queries", type=_POS_INT, default=None, help="queries per client (default: 1000)")
     p.add_argument("--sigmas", default=None, type=_list(_num(float, MIN_SIGMA, 1e6), "sigma"), help="comma-separated private-kNN sigmas (default: 28,10)")
-    p.add_argument("--ood_pool", default=None, choices=sorted(OOD_POOLS), help="(default: photos)")
+    p.add_argument("--ood_pool", default=None, type=_ood_pool, help="(default: photos)")
     p.add_argument("--pate_sigma", type=_num(float, MIN_SIGMA, 1e6), default=None,
                    help="GNMax noise over the votes of DATASET-teachers.pt in --victim_dir (default: 0.04 per teacher)")
     p.add_argument("--out", default=None, help="CSV of the table (default: results/cost_separation.csv)")

