@@ -105,8 +105,8 @@ def test_frontier_runs_end_to_end_and_writes_its_report(victim_path, tmp_path):
     victims.mkdir()
     shutil.copy(victim_path, victims / "mnist-5k-victim.pt")
     out = tmp_path / "frontier"
-    s = parameters.parse(["frontier", "--datasets", "mnist-5k", "--attackers", "copycat,entropyrev",
-                          "--profiles", "easy,hard", "--budget", "192", "--accounts", "1,2", "--batches", "32,64",
+    s = parameters.parse(["frontier", "--datasets", "mnist-5k", "--attackers", "copycat",
+                          "--profiles", "hard", "--budget", "128", "--accounts", "1,2", "--batches", "32,64",
                           "--deficit_tolerances", "off,0", "--victim_dir", str(victims), "--out_dir", str(out),
                           "--device", "cpu"])
     table, text = frontier(s)
@@ -114,7 +114,7 @@ def test_frontier_runs_end_to_end_and_writes_its_report(victim_path, tmp_path):
     assert list(written.columns) == COLUMNS and len(written) == len(table)
     assert set(written["rule"]) == {"one-sided", "two-sided 0"}
     legit = written[written["kind"] == "legitimate"]
-    assert set(legit["mode"]) == {"standard", "easy", "hard"} and set(legit["keys"]) == {1}
+    assert set(legit["mode"]) == {"standard", "hard"} and set(legit["keys"]) == {1}
     attackers = written[written["kind"] == "attacker"]
     assert set(zip(attackers["keys"], attackers["batch"])) == {(1, 32), (1, 64), (2, 32), (2, 64)}
     copycat = attackers[attackers["mode"] == "copycat"]
