@@ -101,7 +101,7 @@ def _dataset_rows(s, sy, dataset, attackers, profiles, tolerances, keys_list, ba
     streams = {}
     for mode in tqdm(attackers, desc=f"{dataset}: attack streams", unit="mode"):
         cap = _capacity(mode, splits)
-        streams[mode] = sy._stream(ds.replace(budget=min(int(s.budget), cap)), mode, runs)
+        streams[mode] = sy.record_stream(ds.replace(budget=min(int(s.budget), cap)), mode, runs)
     difficulty = _difficulty(ds, splits) if set(profiles) & set(NEEDS_DIFFICULTY) else None
     legit = {p: profile_stream(p, splits.pool_x, splits.pool_y, int(s.budget), seed=int(s.seed),
                                difficulty=difficulty) for p in profiles}
@@ -110,7 +110,7 @@ def _dataset_rows(s, sy, dataset, attackers, profiles, tolerances, keys_list, ba
         rule = rule_name(tolerance)
         priced = ds.replace(calibration=str(baseline), deficit_tolerance=tolerance)
         with tempfile.TemporaryDirectory(prefix="frontier-") as tmp:
-            replay = sy._InProcess(priced, Path(tmp))
+            replay = sy.InProcessReplay(priced, Path(tmp))
             try:
                 rows += _price_all(replay, dataset, rule, streams, legit, keys_list, batches)
             finally:

@@ -53,10 +53,10 @@ def sybil(s) -> tuple:
                         f"--budget to at least {min(keys_list) * min(batches)}")
     from commands.serve import check_serve
     check_serve(s.replace(puzzle="sha256", log_costs=None))  # the pricing settings, before any run
-    streams = {mode: _stream(s, mode, runs) for mode in modes}
+    streams = {mode: record_stream(s, mode, runs) for mode in modes}
     rows = []
     with tempfile.TemporaryDirectory(prefix="sybil-") as tmp:
-        replay = _Http(s, Path(tmp)) if s.server == "local" else _InProcess(s, Path(tmp))
+        replay = _Http(s, Path(tmp)) if s.server == "local" else InProcessReplay(s, Path(tmp))
         try:
             bar = tqdm(total=len(modes) * len(splits), unit="split", desc="sybil")
             for keys, batch in splits:
@@ -89,7 +89,7 @@ def sybil(s) -> tuple:
 
 
 # -- the query streams ------------------------------------------------------------------------------
-def _stream(s, mode: str, runs: Path) -> dict:
+def record_stream(s, mode: str, runs: Path) -> dict:
     """{"x": uint8 queries in the order sent, "accuracy": the attack's stolen accuracy} for `mode`."""
     key = {"mode": mode, "dataset": s.dataset, "budget": int(s.budget), "seed": int(s.seed),
            "ood_pool": s.ood_pool, "sampling": s.sampling, "stolen_epochs": s.stolen_epochs,
@@ -150,7 +150,7 @@ def _attack_stream(s, mode: str, runs: Path) -> tuple:
 
 
 # -- replaying a stream under one split ---------------------------------------------------------------
-class _InProcess:
+class InProcessReplay:
     """Each split on a fresh SQLite store (no fsync), through PredictionService; puzzles are trusted."""
 
     def __init__(self, s, tmp: Path):
