@@ -37,7 +37,8 @@ FULL_DFME = {"mnist-5k": 100_000, "fashion-mnist": 2_000_000, "mnist": 2_000_000
 QUICK_BUDGET, QUICK_DFME = 512, 2240  # --quick: every mode at a small budget on mnist-5k
 FRONTIER_DATASETS = ("mnist-5k", "fashion-mnist")  # the frontier's (`main.py frontier`) datasets in a grid
 FRONTIER_BUDGET = 2048  # the frontier's streams, at most (and no more than the grid's attack budgets)
-FRONTIER_FLAGS = {"full": [], "quick": ["--accounts", "1,8", "--batches", "16,64", "--deficit_tolerances", "off,3"]}
+FRONTIER_FLAGS = {"full": [], "quick": ["--accounts", "1,8", "--batches", "64", "--deficit_tolerances", "off,3",
+                                        "--profiles", "oneclass,hard"]}
 #: per-mode extract flags: DFME's own batch and round sizes (its iteration is 7 batches)
 MODE_FLAGS = {"full": {"dfme": ["--query_batch", "256", "--batches_per_round", "70"]},
               "quick": {"dfme": ["--query_batch", "32", "--batches_per_round", "70"],

@@ -19,7 +19,7 @@ from commands.victim import train_victim  # noqa: E402
 #: of 16 (an iteration of 112 queries); mixmatch's epoch is a pass over the whole unlabelled pool, so it
 #: trains 1 of them a round, whatever the test's --stolen_epochs (the flags come last and win)
 SMALL_STEPS = {"dfme": ["--query_batch", "16", "--dfme_nz", "16"], "mixmatch": ["--stolen_epochs", "1"],
-               "worstcaseood": ["--worstcaseood_candidates", "1024"]}
+               "worstcaseood": ["--worstcaseood_candidates", "512"]}
 
 
 @pytest.fixture(scope="session")
