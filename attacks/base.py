@@ -199,11 +199,14 @@ class ScoredPoolAttack(PoolAttack):
         scores = self.score(logprobs).double()
         if not torch.isfinite(scores).all():
             scores = torch.nan_to_num(scores, nan=-math.inf)
-        # stable order: ties go to the lower pool index, so a run repeats exactly
-        order = torch.sort(scores, descending=True, stable=True).indices[:n]
-        chosen = free[order]
+        chosen = free[self.order(scores, logprobs)[:n]]
         self.used[chosen] = True
         return self.images[chosen]
+
+    def order(self, scores: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
+        """The free candidates' indices, first chosen first: highest score first; stable, so ties go to
+        the lower pool index and a run repeats exactly."""
+        return torch.sort(scores, descending=True, stable=True).indices
 
     def state_dict(self) -> dict:
         return {"used": self.used.clone()}

@@ -18,13 +18,11 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from attacks.base import MAX_POOL_BYTES, ScoredPoolAttack, register
 from common import checks
 from common.errors import UserError
 from data.ood import ood_capacity, ood_pool
-from models.training import predict_logits
 from privacy.accountants import PATE_MEASURES, EntropyAccountant, GapAccountant, knn_costs
 
 
@@ -80,18 +78,13 @@ class WorstCaseOODAttack(WorstCaseAttack):
         return ood_pool(ctx.ood_pool, want if held is None else min(want, held), ctx.spec, seed=ctx.seed,
                         data_dir=ctx.data_dir)
 
-    def select(self, n: int, stolen: torch.nn.Module) -> torch.Tensor:
-        free = (~self.used).nonzero().flatten()
-        logprobs = F.log_softmax(predict_logits(stolen, self.images[free], self.ctx.device), dim=1)
-        scores = torch.nan_to_num(self.score(logprobs).double(), nan=-math.inf)
+    def order(self, scores: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
+        """Every class's cheapest first, then every class's second cheapest, ...; cheaper first within a turn
+        (the classes the stolen model predicts)."""
         classes = logprobs.argmax(1)
-        order = torch.sort(scores, descending=True, stable=True).indices  # cheapest first
+        order = super().order(scores, logprobs)  # cheapest first
         rank = torch.empty_like(order)  # each candidate's place among the candidates of its class
         for c in classes.unique():
             members = order[classes[order] == c]
             rank[members] = torch.arange(len(members))
-        # first every class's cheapest, then every class's second cheapest, ...; cheaper first within a turn
-        turn = torch.sort(rank[order], stable=True).indices
-        chosen = free[order[turn][:n]]
-        self.used[chosen] = True
-        return self.images[chosen]
+        return order[torch.sort(rank[order], stable=True).indices]

@@ -23,7 +23,6 @@ import math
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -169,7 +168,8 @@ def _baseline(s, folder: Path) -> Path:
     argv = ["extract", "--mode", "standard", "--dataset", s.dataset, "--data_dir", s.data_dir,
             "--seed", str(int(s.seed) + 1), "--victim_path", s.victim_path, "--out_dir", str(folder),
             "--budget", str(queries), "--device", s.device, "--cost_measure", s.cost_measure]
-    if not log.is_file() or len(pd.read_csv(log)) == 0 or pd.read_csv(log)["queries"].iloc[-1] < queries:
+    done = pd.read_csv(log)["queries"] if log.is_file() else pd.Series(dtype=float)
+    if done.empty or done.iloc[-1] < queries:
         run_extraction(parameters.parse(argv), progress=False)
     return log
 

@@ -16,6 +16,7 @@ before the attacks priced against it. Runs share one cache of the victim's embed
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -73,6 +74,7 @@ def available_datasets(data_dir: str) -> list:
     return found
 
 
+@functools.lru_cache(maxsize=None)  # planning and checking the grid both ask; a dataset loads once
 def pool_size(dataset: str, data_dir: str) -> int | None:
     """The attacker's in-distribution pool of `dataset` (None where its files are not here: the grid's
     check before training says so)."""
@@ -100,7 +102,7 @@ def grid_settings(s) -> dict:
         modes = ["standard", *modes]  # every attack is priced against it
     budgets = {}
     for d in datasets:
-        pool = pool_size(d, s.data_dir)
+        pool = pool_size(d, str(Path(s.data_dir).resolve()))
         for m in modes:
             if s.budget is not None:
                 budgets[f"{d}/{m}"] = int(s.budget)  # as asked: _validate refuses one that does not fit

@@ -82,9 +82,10 @@ def load_image_folder(root) -> tuple:
     if not train_paths or not test_paths:
         raise UserError(f"{root} has {len(train_paths)} training and {len(test_paths)} test images; both splits need "
                         f"images ({', '.join(sorted(EXTENSIONS))})")
+    from PIL import Image
+
     modes, heights = set(), collections.Counter()
-    for path in train_paths:
-        from PIL import Image
+    for path in train_paths:  # headers only: nothing is decoded here
         try:
             with Image.open(path) as img:
                 modes.add(img.mode)

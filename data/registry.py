@@ -40,7 +40,7 @@ class DatasetSpec:
     num_classes: int
     mean: tuple
     std: tuple
-    loader: Callable[[Path], tuple]
+    loader: Callable[[Path], tuple]  # (train x, y, test x, y[, the spec the files give])
     description: str
     expected_files: str
 
@@ -185,6 +185,16 @@ def _load_cifar10(spec: DatasetSpec, data_dir: Path) -> tuple:
     return _torchvision(spec, data_dir, build)
 
 
+def _load_folder(spec: DatasetSpec, data_dir: Path) -> tuple:
+    """Your own images (data/folder.py); the spec is the folder's: channels, size, classes, mean and std."""
+    xtr, ytr, xte, yte, meta = load_image_folder(data_dir)
+    found = dataclasses.replace(spec, channels=meta["channels"], size=meta["size"], num_classes=len(meta["classes"]),
+                                mean=meta["mean"], std=meta["std"],
+                                description=f"{spec.description}; here {data_dir}: {len(meta['classes'])} classes "
+                                            f"({', '.join(meta['classes'][:10])})")
+    return xtr, ytr, xte, yte, found
+
+
 _MNIST_FILES = ", ".join(IDX_FILES)
 
 DATASETS = {
@@ -201,7 +211,7 @@ DATASETS = {
                                  f"'apt-get install dataset-fashion-mnist'"),
     "svhn": DatasetSpec("svhn", 3, 32, 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), _load_svhn,
                         "SVHN through torchvision", "train_32x32.mat and test_32x32.mat"),
-    "folder": DatasetSpec("folder", 3, 32, 10, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), None,
+    "folder": DatasetSpec("folder", 3, 32, 10, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), _load_folder,
                           "your own images in --data_dir: ROOT/train/CLASS/* and ROOT/test/CLASS/*; channels, size, "
                           "classes, mean and std read from them", LAYOUT),
     "cifar10": DatasetSpec("cifar10", 3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
@@ -245,14 +255,8 @@ def load_splits(name: str, data_dir="data") -> Splits:
     """
     spec = create(name)
     data_dir = Path(data_dir)
-    if name == "folder":  # the spec is the folder's own
-        xtr, ytr, xte, yte, meta = load_image_folder(data_dir)
-        spec = dataclasses.replace(spec, channels=meta["channels"], size=meta["size"],
-                                   num_classes=len(meta["classes"]), mean=meta["mean"], std=meta["std"],
-                                   description=f"{spec.description}; here {data_dir}: {len(meta['classes'])} classes "
-                                               f"({', '.join(meta['classes'][:10])})")
-    else:
-        xtr, ytr, xte, yte = spec.loader(spec, data_dir)
+    xtr, ytr, xte, yte, *read = spec.loader(spec, data_dir)  # a loader may return the spec its files give
+    spec = read[0] if read else spec
     _check(name, xtr, ytr, spec)
     if xte is None:
         if len(ytr) < sum(MNIST5K_SIZES):
