@@ -7,7 +7,7 @@ import sys
 
 
 def _commands():
-    from commands.costs import cost_separation, privacy_cost
+    from commands.costs import cost_growth, cost_separation, privacy_cost
     from commands.demo import demo
     from commands.frontier import frontier
     from commands.pow_cmds import pow_calibrate, pow_check, pow_mint
@@ -36,7 +36,7 @@ def _commands():
         return result, text
 
     return {"demo": demo, "train-victim": train_victim, "extract": extract, "privacy-cost": privacy_cost,
-            "pow-time": pow_time, "cost-separation": cost_separation, "pow-mint": pow_mint,
+            "pow-time": pow_time, "cost-separation": cost_separation, "cost-growth": cost_growth, "pow-mint": pow_mint,
             "pow-check": pow_check, "pow-calibrate": pow_calibrate, "pow-table": pow_table,
             "train-teachers": train_teachers, "summarize": summarize, "serve": serve, "serve-admin": serve_admin,
             "query": query, "sybil": sybil, "frontier": frontier, "reproduce": reproduce}

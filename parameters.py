@@ -17,8 +17,9 @@ from data.ood import OOD_POOLS
 from data.profiles import PROFILES
 from data.registry import DATASETS
 from models.architectures import ARCHITECTURES
+from extraction.cost_growth import GrowthConfig
 from models.oracle import OUTPUTS
-from models.training import MAX_LR
+from models.training import LR_SCHEDULES, MAX_LR
 from pow.calibration import CALIBRATIONS, QueryPriceConfig
 from pow.pricing import POW_MODES
 from pow.solver import SOLVERS
@@ -39,7 +40,9 @@ _RGB = dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, batch_size
 #: per-dataset presets: training hyper-parameters and the private-kNN accountant (the paper's values)
 PRESETS = {
     "mnist-5k": {**_MNIST_LIKE, "victim_epochs": 20},
-    "mnist": {**_MNIST_LIKE, "victim_epochs": 8},
+    # the paper's MNIST victim: SGD 0.1/0.5/1e-4, batch 64, ReduceLROnPlateau, no augmentation; at most
+    # the authors' 50 epochs, stopping once the loss has plateaued at two successive rates
+    "mnist": {**_MNIST_LIKE, "victim_epochs": 50, "lr_schedule": "plateau", "victim_shift": 0},
     "fashion-mnist": {**_MNIST_LIKE, "victim_epochs": 12},
     "svhn": {**_RGB, "victim_epochs": 50, "delta": 1e-6},
     "cifar10": {**_RGB, "victim_epochs": 200},
@@ -59,12 +62,12 @@ DEFAULTS = dict(
     resource="client", bits=None, work=None, key=None, min_work=1.0, puzzles="hashcash,sha256,scrypt",
     max_seconds=1.0, trials=20, attacks=None, plot=None, one_sided=False, victim_dir="checkpoints",
     insecure_dev_key=False, overwrite=False, sampling="random", jacobian_cap=None, teachers_path=None,
-    pate_sigma=None, num_models=None,
+    pate_sigma=None, num_models=None, lr_schedule="cosine", plateau_patience=2,
     host="127.0.0.1", port=8000, state="sqlite:///server-state.db", key_file=None, max_batch=256, ttl_s=600.0,
     rate=50.0, burst=100, threads=None, server=None, api_key=None, input=None, action=None, name=None, group=None,
     accounts="1,16,256,1024", batches="1,16,64,256", anonymous=False, log_costs=None, sybil_runs=None,
     reps_cache=None, quick=False, modes=None, seeds=1, jobs=1, list=False, slurm=False,
-    report_only=None,
+    report_only=None, victims=None, ood_pools=None, dfme_budget=None,
 )
 DEFAULTS.update({f.name: f.default for f in dataclasses.fields(QueryPriceConfig)})
 #: every attack's own options (Options dataclasses): their defaults join DEFAULTS, their flags join extract
@@ -346,7 +349,16 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _victim(p)
     _training(p)
-    p.add_argument("--epochs", type=_POS_INT, default=None, help=_preset_help("victim_epochs"))
+    p.add_argument("--epochs", type=_POS_INT, default=None,
+                   help=_preset_help("victim_epochs") + "; with --lr_schedule plateau, the most")
+    p.add_argument("--lr_schedule", default=None, choices=LR_SCHEDULES,
+                   help="cosine: anneal over --epochs; plateau: cut the rate tenfold when the loss stalls for "
+                        "--plateau_patience epochs, and stop after the second cut (default: " + ", ".join(
+                            f"{n}: {p.get('lr_schedule', DEFAULTS['lr_schedule'])}" for n, p in PRESETS.items()) + ")")
+    p.add_argument("--plateau_patience", type=_NONNEG_INT, default=None,
+                   help=f"epochs without a lower loss before a cut (default: {DEFAULTS['plateau_patience']})")
+    p.add_argument("--victim_shift", type=_NONNEG_INT, default=None,
+                   help="augmentation: random shifts of up to this many pixels; " + _preset_help("victim_shift"))
     p.add_argument("--overwrite", action="store_true", default=None,
                    help="replace an existing victim checkpoint at --victim_path (default: refuse)")
 
@@ -504,6 +516,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=_POS_INT, default=None,
                    help="queries of every run (default: the paper's: 1,024 on mnist-5k, 10,000 elsewhere, DFME 100,000 "
                         "or 2M; --quick: 512, DFME 2,240)")
+    p.add_argument("--ood_pool", default=None, type=_ood_pool,
+                   help="copycat's, knockoff's and the other pool attacks' images: photos, a dataset, or a folder "
+                        "such as CIFAR-10's JPEGs (turned grey and resized for an MNIST victim) (default: photos)")
+    p.add_argument("--query_batch", type=_POS_INT, default=None,
+                   help=f"queries per batch of every mode but DFME (default: {DEFAULTS['query_batch']}, the paper's)")
+    p.add_argument("--dfme_budget", type=_POS_INT, default=None,
+                   help="DFME's queries in a full grid (default: 100,000, about 12 minutes on 2 cores; the paper's "
+                        "2,000,000 wants --device cuda or --slurm)")
     p.add_argument("--jobs", type=_num(int, 1, 256), default=None, help="runs at a time, as processes (default: 1)")
     p.add_argument("--list", action="store_true", default=None, help="print the grid's commands, in order, and stop")
     p.add_argument("--slurm", action="store_true", default=None,
@@ -581,6 +601,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pate_sigma", type=_num(float, MIN_SIGMA, 1e6), default=None,
                    help="GNMax noise over the votes of DATASET-teachers.pt in --victim_dir (default: 0.04 per teacher)")
     p.add_argument("--out", default=None, help="CSV of the table (default: results/cost_separation.csv)")
+
+    p = sub.add_parser("cost-growth",
+                       help="which victim, kNN set and pool make an OOD attacker's kNN cost grow faster, beside the "
+                            "paper's claim")
+    p.add_argument("--datasets", default=None, type=_NAMES_DATASETS,
+                   help="comma-separated kNN training sets (each dataset's victim split) (default: mnist-5k)")
+    p.add_argument("--victims", default=None,
+                   help="comma-separated victim checkpoints, each PATH or LABEL=PATH; every one must take the "
+                        "datasets' input shape (default: VICTIM_DIR/DATASET-victim.pt per dataset)")
+    p.add_argument("--ood_pools", default=None, type=_list(_ood_pool, "pool"),
+                   help="comma-separated out-of-distribution pools: names or image folders (default: photos)")
+    p.add_argument("--data_dir", default=None, help="(default: data)")
+    p.add_argument("--victim_dir", default=None, help="(default: checkpoints)")
+    p.add_argument("--seed", type=_NONNEG_INT, default=None, help="(default: 0)")
+    p.add_argument("--device", default=None, help="(default: auto)")
+    p.add_argument("--queries", type=_POS_INT, default=None,
+                   help=f"queries of each kind (default: {GrowthConfig.queries})")
+    _accountant(p)
+    p.add_argument("--out", default=None, help="CSV (default: results/cost_growth.csv; notes in .md beside it)")
     return parser
 
 
@@ -606,6 +645,9 @@ def resolve(args: argparse.Namespace) -> Settings:
     if command == "frontier":
         values.update({k: v for k, v in FRONTIER_DEFAULTS.items() if k not in given})
         values["given_flags"] = sorted(given)
+    if command == "cost-growth":
+        values.update({k: v for k, v in (("datasets", "mnist-5k"), ("ood_pools", "photos"),
+                                         ("queries", GrowthConfig.queries)) if k not in given})
     if command == "pow-table" and "calibration_mode" not in given:
         values["calibration_mode"] = "paper"
     if values.get("base") is None:

@@ -15,38 +15,7 @@ import pandas as pd
 from common.errors import UserError
 from common.io import atomic_savefig, atomic_write_csv, check_outputs, params_beside, read_csv_file, write_params_beside
 from pow import calibration
-
-BATCHES_PER_STEP = 16  # the paper's CSVs: 16 batches of 64 are counted as 1,000 queries
-ATTACK_COLUMNS = {"time (sec)": "time", "time": "time", "mode": "mode", "accuracy": "accuracy",
-                  "diff queries": "diff", "privacy cost": "cost", "privacy": "cost"}
-
-
-def read_attacks(path) -> pd.DataFrame:
-    """The paper's attack CSV as time / mode / accuracy / diff / cost / queries (cumulative per mode)."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"attack CSV {path} does not exist")
-    frame = read_csv_file(path, "attack CSV").rename(columns=ATTACK_COLUMNS)
-    need = {"time", "mode", "accuracy", "diff", "cost"}
-    if not need <= set(frame.columns):
-        raise UserError(f"{path} has columns {list(frame.columns)}; expected the paper's "
-                        f"'time (sec),mode,accuracy,diff queries,privacy cost'")
-    if frame.empty:
-        raise UserError(f"attack CSV {path} has a header but no rows")
-    numeric = frame[["time", "accuracy", "diff", "cost"]].apply(pd.to_numeric, errors="coerce")
-    if not np.isfinite(numeric.to_numpy(float)).all():
-        raise UserError(f"attack CSV {path}: time, accuracy, diff queries and privacy cost must be finite numbers "
-                        f"in every row")
-    if (numeric[["time", "diff", "cost"]] < 0).any().any():
-        raise UserError(f"attack CSV {path}: time, diff queries and privacy cost must be non-negative")
-    frame[numeric.columns] = numeric
-    last_time = frame.groupby("mode", sort=False)["time"].last()
-    if (last_time <= 0).any():
-        raise UserError(f"attack CSV {path}: mode(s) {', '.join(map(str, last_time[last_time <= 0].index))} end "
-                        f"with a time of 0 s; the ratio of times needs a positive time")
-    frame["queries"] = frame.groupby("mode", sort=False)["diff"].cumsum() * calibration.STEP_QUERIES / BATCHES_PER_STEP
-    return frame
-
+from pow.paper import read_attacks
 
 def price(frame: pd.DataFrame, cal) -> pd.DataFrame:
     """Per mode, the cumulative PoW time of each row."""

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from common.io import atomic_savefig, atomic_write_csv, atomic_write_text
+from common.tables import markdown
 
 PAPER_DIR = Path(__file__).resolve().parent.parent / "tests" / "data" / "paper"
 PAPER_DATA = {"mnist-5k": "mnist", "mnist": "mnist", "fashion-mnist": "mnist", "svhn": "svhn", "cifar10": "cifar10"}
@@ -24,6 +25,10 @@ METRICS = ["accuracy", "fidelity", "queries", "privacy_cost", "cost_growth", "en
 LEGIT_MAX_RATIO = 2.0  # the claim: a legitimate user pays at most 2x in time
 ATTACK_TARGET_RATIO = 100.0  # the claim: attackers pay up to 100x
 PAPER_GROWTH = 7.0  # the paper: attackers' privacy cost grows up to 7x faster
+SAME_DATA = {"mnist": "mnist", "svhn": "svhn", "cifar10": "cifar10"}  # our datasets that are the paper's own
+ACCURACY_POINTS = 5.0  # beside the paper: a larger accuracy difference is a disagreement to explain
+COST_SHARE = 0.25  # beside the paper: so is a larger relative difference in kNN cost per query
+POOL_MODES = ("copycat", "knockoff")  # the modes whose queries come from the out-of-distribution pool
 
 
 def _settings():
@@ -147,18 +152,109 @@ def paper_rows(datasets: list, modes: list) -> dict:
     return out
 
 
-def markdown(frame: pd.DataFrame, columns: list, fmt=None) -> str:
-    fmt = fmt or {}
-    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
-    body = "".join("| " + " | ".join(fmt.get(c, _cell)(row[c]) if c in row else "" for c in columns) + " |\n"
-                   for _, row in frame.iterrows())
-    return head + body
+def paper_calibration_ratios(logs: dict, grid: dict, out: Path) -> dict:
+    """{(dataset, mode, seed): the ratio of our run priced by the paper's calibration} (kNN cost, base 1.0075,
+    against its own seed's standard run), for the datasets the paper measured itself."""
+    from commands.reproduce import cells
+    from pow import calibration
+
+    config = calibration.CalibrationConfig(calibration_mode="paper", base=1.0075)
+    base = {(c.dataset, c.name.rsplit("-s", 1)[1]): c.folder / "log.csv" for c in cells(grid, out)
+            if c.kind == "baseline"}
+    ratios, cals = {}, {}
+    for (d, mode, seed), frame in logs.items():
+        key = (d, str(seed))
+        if d not in SAME_DATA or key not in base:
+            continue
+        if key not in cals:
+            cals[key] = calibration.create(config, calibration.load_baseline(base[key], cost_measure="knn"))
+        ratios[(d, mode, seed)] = calibration.ratio(calibration.add_pow_columns(frame, cals[key], cost="privacy_cost"))
+    return ratios
 
 
-def _cell(v) -> str:
-    if isinstance(v, (float, np.floating)):
-        return "" if math.isnan(v) else f"{v:.2f}"
-    return str(v)
+def beside_paper(summary: pd.DataFrame, rows: pd.DataFrame, logs: dict, grid: dict, out: Path) -> list:
+    """Per dataset the paper measured (MNIST, SVHN, CIFAR10): our row beside the authors' for each mode
+    both ran, and a computed verdict per mode with the measured reasons for a difference."""
+    from pow.paper import growth_claims
+
+    lines = []
+    paper_ratio = paper_calibration_ratios(logs, grid, out)
+    growth_notes = _growth_evidence(out)
+    for d, g in summary.groupby("dataset", sort=False):
+        if d not in SAME_DATA:
+            continue
+        name = SAME_DATA[d]
+        theirs = growth_claims(PAPER_DIR / f"time_privacy_cost_{name}.csv",
+                               PAPER_DIR / f"model_extraction_attack_accuracy_{name}.csv")
+        theirs["mode"] = theirs["mode"].replace(PAPER_MODES)
+        priced = paper_rows([d], list(theirs["mode"]))[name].set_index("mode")
+        theirs = theirs.set_index("mode")
+        ours = g.set_index("mode")
+        legit = ours.loc["standard", "privacy_cost"] / ours.loc["standard", "queries"] if "standard" in ours.index \
+            else float("nan")
+        table, verdict = [], []
+        for mode in [m for m in ours.index if m in theirs.index]:
+            o, t = ours.loc[mode], theirs.loc[mode]
+            per_query = o["privacy_cost"] / o["queries"]
+            ratios = [v for (dd, m, _), v in paper_ratio.items() if dd == d and m == mode]
+            table.append({"mode": mode, "accuracy": f"{o['accuracy']:.1f} / {t['accuracy']:.1f}",
+                          "queries": f"{o['queries']:,.0f} / {int(t['queries']):,}",
+                          "kNN cost per query": f"{per_query:.3f} / {t['cost_per_query']:.3f}",
+                          "cost growth": f"{per_query / legit:.2f}x / {t['growth_per_query']:.2f}x",
+                          "ratio, paper calibration": f"{_x(np.mean(ratios)) if ratios else '-'} / "
+                                                      f"{_x(priced.loc[mode, 'ratio'])}",
+                          "ratio, ours (relative, entropy)": _x(o["ratio"])})
+            verdict.append(_mode_verdict(d, mode, o, t, per_query, grid, growth_notes))
+        lines += [f"## {d} beside the paper (ours / the authors' CSVs)", "",
+                  markdown(pd.DataFrame(table), list(table[0]) if table else ["mode"]), "",
+                  "The authors' CSVs carry no entropy cost, so our calibration prices only our runs. Verdicts "
+                  f"(a difference above {ACCURACY_POINTS:g} accuracy points, or {COST_SHARE:.0%} in kNN cost per "
+                  "query, needs a reason):", "", *[f"- {v}" for v in verdict], ""]
+    return lines
+
+
+def _growth_evidence(out: Path) -> dict:
+    """From DIR/cost_growth.csv (the grid's cost-growth stage), where it exists: per pool, the mean growth
+    and the legitimate cost per query over every victim and kNN set."""
+    path = out / "cost_growth.csv"
+    if not path.is_file():
+        return {}
+    frame = pd.read_csv(path)
+    return {"pools": frame.groupby("pool")["growth"].mean().to_dict(),
+            "legit": frame.groupby(["victim", "knn_set"])["legit_eps_per_query"].mean().to_dict()}
+
+
+def _pool_name(pool: str) -> str:
+    """A named pool as it is; a folder by its last two parts (cifar10-jpeg/train)."""
+    parts = Path(pool).parts
+    return "/".join(parts[-2:]) if len(parts) > 1 else pool
+
+
+def _mode_verdict(d: str, mode: str, o, t, per_query: float, grid: dict, growth: dict) -> str:
+    gap = o["accuracy"] - t["accuracy"]
+    share = per_query / t["cost_per_query"] - 1
+    if abs(gap) <= ACCURACY_POINTS and abs(share) <= COST_SHARE:
+        return (f"{mode}: agrees (accuracy {gap:+.1f} points, kNN cost per query {share:+.0%})")
+    reasons = []
+    if o["queries"] < 0.9 * t["queries"]:
+        reasons.append(f"we sent {o['queries']:,.0f} queries to the authors' {int(t['queries']):,} (our pool holds 80% "
+                       f"of the test images)")
+    if mode in POOL_MODES:
+        pools = growth.get("pools", {})
+        ours = pools.get(grid["ood_pool"])
+        reasons.append(f"our pool is {_pool_name(grid['ood_pool'])}, the authors' ImageNet" +
+                       (f"; measured (cost_growth.md): growth {ours:.2f}x with it, "
+                        + ", ".join(f"{_pool_name(k)} {v:.2f}x" for k, v in pools.items() if k != grid["ood_pool"])
+                        if ours is not None else ""))
+    if abs(share) > COST_SHARE and growth.get("legit"):
+        legit = [v for (victim, knn), v in growth["legit"].items() if knn == d]
+        if legit:
+            reasons.append(f"an in-distribution query costs {np.mean(legit):.3f} through our victim's kNN "
+                           f"(cost_growth.md), where the authors' legitimate user paid "
+                           f"{t['cost_per_query'] / max(t['growth_per_query'], 1e-12):.3f}")
+    if not reasons:
+        reasons.append("no measured cause in this grid")
+    return (f"{mode}: differs (accuracy {gap:+.1f} points, kNN cost per query {share:+.0%}): " + "; ".join(reasons))
 
 
 def _pm(frame: pd.DataFrame, metric: str, digits: int = 2) -> pd.Series:
@@ -279,6 +375,10 @@ def write_report(grid: dict, out: Path) -> Path:
         lines += [f"## The paper's numbers ({name}, its own CSVs, paper calibration)", "",
                   markdown(frame, ["mode", "final_accuracy", "queries", "privacy_cost", "time_no_pow_s",
                                    "time_pow_s", "ratio"]), ""]
+    lines += beside_paper(summary, rows, logs, grid, out)
+    growth = out / "cost_growth.md"
+    if growth.is_file():
+        lines += [("#" + line) if line.startswith("#") else line for line in growth.read_text().splitlines()] + [""]
     paths = figures(logs, cals, grid, out / "figures", cost)
     lines += ["## Figures", ""] + [f"![{k}](figures/{p.name})" for k, p in paths.items()] + [""]
     lines += frontier_section(out)

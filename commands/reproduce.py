@@ -9,7 +9,11 @@ before the attacks priced against it. Runs share one cache of the victim's embed
     without its state) is moved aside to NAME.broken-N and redone from scratch, never read;
   * --jobs N runs N cells at a time as processes (victims, then baselines, then attacks);
   * --list prints the grid as shell commands in dependency order; --slurm writes job arrays for sbatch
-    (victims, then baselines, then attacks, then the frontier, each array depending on the one before);
+    (victims, cost growth, baselines, attacks, the frontier, each array depending on the one before);
+  * with the victims, where the grid holds mnist-5k or MNIST: what makes an attacker's kNN cost grow
+    faster (`main.py cost-growth`: every victim x kNN set x pool), into DIR/cost_growth.{csv,md};
+  * --ood_pool (photo crops, a dataset, or a folder of images such as CIFAR-10's) is every cell's pool;
+    DFME runs --dfme_budget queries (default 100,000; the paper's 2M is a GPU or SLURM recipe);
   * last, the defence frontier (`main.py frontier`) over the grid's mnist-5k and Fashion-MNIST, into
     DIR/frontier (a --quick grid runs a small one); the report includes it;
   * --report_only DIR rebuilds DIR/report.md and its figures from the finished runs.
@@ -33,8 +37,10 @@ ROOT = Path(__file__).resolve().parent.parent
 GRID = "grid.json"  # the grid's settings, written first: --report_only and --slurm read it
 #: the paper's query budgets (its CSVs: 10 steps of 1,000 queries; DFME from 2M), and mnist-5k's pool limit
 FULL_BUDGETS = {"mnist-5k": 1024, "fashion-mnist": 10_000, "mnist": 10_000, "svhn": 10_000, "cifar10": 10_000}
-FULL_DFME = {"mnist-5k": 100_000, "fashion-mnist": 2_000_000, "mnist": 2_000_000, "svhn": 2_000_000,
-             "cifar10": 2_000_000}
+#: DFME's default budget, what 2 CPU cores finish in about 12 minutes; the paper's 2M (PAPER_DFME) is a GPU
+#: or SLURM run: `--dfme_budget 2000000 --device cuda`, or `--slurm`
+FULL_DFME = 100_000
+PAPER_DFME = 2_000_000
 QUICK_BUDGET, QUICK_DFME = 512, 2240  # --quick: every mode at a small budget on mnist-5k
 FRONTIER_DATASETS = ("mnist-5k", "fashion-mnist")  # the frontier's (`main.py frontier`) datasets in a grid
 FRONTIER_BUDGET = 2048  # the frontier's streams, at most (and no more than the grid's attack budgets)
@@ -108,18 +114,29 @@ def grid_settings(s) -> dict:
                 budgets[f"{d}/{m}"] = int(s.budget)  # as asked: _validate refuses one that does not fit
                 continue
             if m == "dfme":
-                planned = QUICK_DFME if quick else FULL_DFME[d]
+                planned = QUICK_DFME if quick else int(s.dfme_budget or FULL_DFME)
             else:
                 planned = QUICK_BUDGET if quick else FULL_BUDGETS[d]
             cap = attacks.ATTACKS[m].max_budget(pool) if pool is not None else None
             budgets[f"{d}/{m}"] = planned if cap is None else min(planned, cap)  # what the pool allows
     return {"datasets": datasets, "modes": modes, "seeds": int(s.seeds), "budgets": budgets,
             "profile": "quick" if quick else "full", "data_dir": str(Path(s.data_dir).resolve()),
-            "victim_dir": str(Path(s.victim_dir).resolve()), "device": s.device}
+            "victim_dir": str(Path(s.victim_dir).resolve()), "device": s.device, "ood_pool": _pool(s.ood_pool),
+            "query_batch": int(s.query_batch)}
+
+
+def _pool(name: str) -> str:
+    """A named pool as it is; a folder as its absolute path (cells run from the project's root)."""
+    from data.ood import OOD_POOLS
+
+    return name if name in OOD_POOLS else str(Path(name).resolve())
 
 
 GRID_KEYS = {"datasets": list, "modes": list, "seeds": int, "budgets": dict, "profile": str, "data_dir": str,
-             "victim_dir": str, "device": str}
+             "victim_dir": str, "device": str, "ood_pool": str, "query_batch": int}
+STAGES = ("victim", "growth", "baseline", "attack", "frontier")  # run in this order, each after the one before
+GROWTH_DATASETS = ("mnist-5k", "mnist")  # the cost-growth stage (`main.py cost-growth`): MNIST's digits
+GROWTH_FLAGS = {"full": [], "quick": ["--queries", "256"]}
 
 
 def read_grid(out: Path) -> dict | None:
@@ -131,6 +148,9 @@ def read_grid(out: Path) -> dict | None:
         grid = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise UserError(f"{path} is not a grid record ({exc}); remove it, or use another --out_dir") from exc
+    if isinstance(grid, dict):
+        grid.setdefault("ood_pool", "photos")  # grids recorded before these were grid settings
+        grid.setdefault("query_batch", 64)
     if not isinstance(grid, dict) or any(not isinstance(grid.get(k), kind) for k, kind in GRID_KEYS.items()) \
             or grid["profile"] not in MODE_FLAGS:
         raise UserError(f"{path} is not a complete grid record (it needs {', '.join(GRID_KEYS)}); remove it, or "
@@ -143,6 +163,7 @@ def cells(grid: dict, out: Path) -> list:
     victims, baselines, runs = [], [], []
     flags = MODE_FLAGS[grid["profile"]]
     common = ["--data_dir", grid["data_dir"], "--device", grid["device"]]
+    pool = ["--ood_pool", grid["ood_pool"], "--query_batch", str(grid["query_batch"])]  # a mode's own flags follow
     for d in grid["datasets"]:
         victim = str(Path(grid["victim_dir"]) / f"{d}-victim.pt")
         victims.append(Cell("victim", d, victim, ["train-victim", "--dataset", d, "--victim_path", victim, *common]))
@@ -154,14 +175,27 @@ def cells(grid: dict, out: Path) -> list:
                 folder = out / "runs" / name
                 argv = ["extract", "--dataset", d, "--mode", mode, "--budget", str(budget), "--seed", str(seed),
                         "--victim_path", victim, "--out_dir", str(folder), "--reps_cache", str(out / ".cache"),
-                        *common, *flags.get(mode, [])]
+                        *common, *pool, *flags.get(mode, [])]
                 if mode == "standard":
                     base = folder
                     baselines.append(Cell("baseline", d, name, argv, folder))
                 else:
                     argv += ["--calibration", str(base / "log.csv")]
                     runs.append(Cell("attack", d, name, argv, folder))
-    return victims + baselines + runs + frontier_cells(grid, out)
+    return victims + growth_cells(grid, out) + baselines + runs + frontier_cells(grid, out)
+
+
+def growth_cells(grid: dict, out: Path) -> list:
+    """What makes an attacker's kNN cost grow faster (`main.py cost-growth`), over the grid's MNIST-digit
+    datasets: every victim with every kNN set, photo crops and the grid's pool. It needs only the victims."""
+    datasets = [d for d in grid["datasets"] if d in GROWTH_DATASETS]
+    if not datasets:
+        return []
+    victims = ",".join(f"{d}={Path(grid['victim_dir']) / f'{d}-victim.pt'}" for d in datasets)
+    argv = ["cost-growth", "--datasets", ",".join(datasets), "--victims", victims,
+            "--ood_pools", ",".join(dict.fromkeys(["photos", grid["ood_pool"]])), "--data_dir", grid["data_dir"],
+            "--device", grid["device"], "--out", str(out / "cost_growth.csv"), *GROWTH_FLAGS[grid["profile"]]]
+    return [Cell("growth", ",".join(datasets), "cost-growth", argv, out)]
 
 
 def frontier_cells(grid: dict, out: Path) -> list:
@@ -175,7 +209,7 @@ def frontier_cells(grid: dict, out: Path) -> list:
     argv = ["frontier", "--datasets", ",".join(datasets), "--attackers", ",".join(attackers),
             "--budget", str(min(FRONTIER_BUDGET, *budgets)), "--victim_dir", grid["victim_dir"],
             "--out_dir", str(out / "frontier"), "--data_dir", grid["data_dir"], "--device", grid["device"],
-            *FRONTIER_FLAGS[grid["profile"]]]
+            "--ood_pool", grid["ood_pool"], *FRONTIER_FLAGS[grid["profile"]]]
     return [Cell("frontier", ",".join(datasets), "frontier", argv, out / "frontier")]
 
 
@@ -187,10 +221,19 @@ def _done(cell: Cell) -> bool:
         return Path(cell.name).is_file()
     if cell.kind == "frontier":
         return (cell.folder / "frontier.csv").is_file() and (cell.folder / "frontier.params.json").is_file()
+    if cell.kind == "growth":
+        return all((out_file).is_file() for out_file in _growth_outputs(cell))
     mark = finished(cell.folder)
     argv = dict(zip(cell.argv[1::2], cell.argv[2::2]))
     return mark is not None and (mark.get("dataset"), mark.get("mode"), str(mark.get("seed")), str(mark.get("budget"))) \
         == (argv.get("--dataset"), argv.get("--mode"), argv.get("--seed"), argv.get("--budget"))
+
+
+def _growth_outputs(cell: Cell) -> list:
+    from common.io import params_beside
+
+    csv = Path(cell.argv[cell.argv.index("--out") + 1])
+    return [csv, params_beside(csv), csv.with_suffix(".md")]
 
 
 def _move_aside(folder: Path) -> Path:
@@ -207,6 +250,10 @@ def _set_aside_if_broken(cell: Cell) -> None:
     A run that fails for any other reason (a lock, Ctrl-C, bad settings) leaves its folder as it is."""
     from extraction.state import broken
 
+    if cell.kind == "growth":  # a half-written stage (some of its files) is redone whole
+        for stale in _growth_outputs(cell):
+            stale.unlink(missing_ok=True)
+        return
     if cell.kind in ("victim", "frontier"):  # a frontier resumes its streams and baselines itself
         return
     why = broken(cell.folder)
@@ -228,6 +275,11 @@ def _run_in_process(cell: Cell) -> None:
     if cell.kind == "frontier":
         from commands.frontier import frontier
         frontier(settings)
+        return
+    if cell.kind == "growth":
+        from commands.costs import cost_growth
+        _set_aside_if_broken(cell)
+        cost_growth(settings, progress=False)
         return
     _set_aside_if_broken(cell)
     run_extraction(settings, progress=False)
@@ -276,6 +328,8 @@ def _line(cell: Cell) -> str:
         return f"  victim {cell.name}: ready"
     if cell.kind == "frontier":
         return f"  frontier ({cell.dataset}): {cell.folder / 'frontier.md'}"
+    if cell.kind == "growth":
+        return f"  cost growth ({cell.dataset}): {_growth_outputs(cell)[2]}"
     final = (finished(cell.folder) or {}).get("final", {})
     return (f"  {cell.name}: {final.get('queries')} queries, accuracy {final.get('accuracy', float('nan')):.1f}%, "
             f"fidelity {final.get('fidelity', float('nan')):.1f}%")
@@ -289,7 +343,7 @@ def run_grid(grid: dict, out: Path, *, jobs: int, progress: bool = True) -> list
     said = []
     bar = tqdm(total=len(todo), unit="run", desc="reproduce", disable=not progress)
     try:
-        for kind in ("victim", "baseline", "attack", "frontier"):
+        for kind in STAGES:
             stage = [c for c in todo if c.kind == kind]
             skipped = [c for c in stage if _done(c)]
             bar.update(len(skipped))
@@ -324,7 +378,7 @@ def slurm_scripts(grid: dict, out: Path) -> Path:
     folder = out / "slurm"
     folder.mkdir(parents=True, exist_ok=True)
     stages = {}
-    for kind in ("victim", "baseline", "attack", "frontier"):
+    for kind in STAGES:
         lines = [c.command() for c in cells(grid, out) if c.kind == kind]
         stages[kind] = len(lines)
         atomic_write_text(folder / f"{kind}s.txt", "".join(line + "\n" for line in lines))
@@ -353,7 +407,7 @@ cd {shlex.quote(str(folder))}
 mkdir -p log
 dep=""  # the first stage waits for nothing
 last=""
-for stage in victims:{stages['victim']} baselines:{stages['baseline']} attacks:{stages['attack']} frontiers:{stages['frontier']}; do
+for stage in victims:{stages['victim']} growths:{stages['growth']} baselines:{stages['baseline']} attacks:{stages['attack']} frontiers:{stages['frontier']}; do
   name=${{stage%%:*}}; count=${{stage##*:}}
   [ "$count" -gt 0 ] || continue
   id=$(sbatch --parsable --kill-on-invalid-dep=yes ${{dep:+"$dep"}} --output="$PWD/log/%x-%A_%a.out" --array=0-$((count - 1)) job.sh "$PWD/$name.txt")
@@ -420,7 +474,7 @@ def _validate(grid: dict, out: Path) -> None:
         raise UserError(f"{len(too_big)} cell(s) would ask for more distinct queries than the attacker's pool holds: "
                         f"{'; '.join(too_big[:4])}; lower --budget (or leave it out: the grid plans budgets that fit)")
     for cell in cells(grid, out):
-        if cell.kind == "frontier":
+        if cell.kind in ("frontier", "growth"):
             parameters.parse(cell.argv)  # its flags parse; it checks its own inputs as it starts
         elif cell.kind != "victim":
             validate(parameters.parse(cell.argv).replace(calibration=None))  # the baseline is made later

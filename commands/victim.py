@@ -14,7 +14,7 @@ from common.runtime import resolve_device, set_seed
 from data.registry import load_splits
 from models import architectures
 from models.checkpoint import default_victim_arch, save_victim
-from models.training import accuracy, make_optimizer, random_shift, train_epochs
+from models.training import accuracy, make_optimizer, make_scheduler, plateaued, random_shift, train_epochs
 
 
 def check_target(path, *, overwrite: bool, flag: str = "--victim_path", command: str = "train-victim") -> Path:
@@ -39,18 +39,33 @@ def train_victim(s, *, progress: bool = True) -> tuple:
     model = architectures.create(arch, splits.spec).to(device)
     optimizer = make_optimizer(model, optimizer=s.optimizer, lr=s.lr, momentum=s.momentum,
                                weight_decay=s.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(s.epochs, 1))
+    scheduler = make_scheduler(optimizer, schedule=s.lr_schedule, epochs=s.epochs, patience=s.plateau_patience)
+    history, early = [], []  # per epoch: the training loss, the held-out accuracy and the learning rate
+
+    def after_epoch(epoch: int, loss: float) -> bool:
+        history.append({"epoch": epoch, "loss": round(loss, 5), "lr": optimizer.param_groups[0]["lr"],
+                        "test_accuracy": round(accuracy(model, splits.eval_x, splits.eval_y, device), 2)})
+        if s.lr_schedule == "plateau" and plateaued(optimizer, s.lr):
+            early.append(epoch)
+        return bool(early)
+
     start = time.perf_counter()
     train_epochs(model, splits.victim_x, splits.victim_y, optimizer=optimizer, epochs=s.epochs,
                  batch_size=s.batch_size, device=device, generator=torch.Generator().manual_seed(s.seed),
                  augment=random_shift(s.victim_shift) if s.victim_shift else None, scheduler=scheduler,
-                 progress="train victim" if progress else None)
+                 progress="train victim" if progress else None, after_epoch=after_epoch)
     seconds = time.perf_counter() - start
     acc = accuracy(model, splits.eval_x, splits.eval_y, device)
-    meta = {"dataset": s.dataset, "architecture": arch, "test_accuracy": round(acc, 2), "epochs": s.epochs,
-            "seed": s.seed, "train_size": len(splits.victim_y), "test_size": len(splits.eval_y),
-            "train_time_s": round(seconds, 1), "device": str(device)}
+    ran = len(history)
+    stopped = ("the learning rate was cut twice: the loss plateaued" if early else "ran every epoch")
+    meta = {"dataset": s.dataset, "architecture": arch, "test_accuracy": round(acc, 2), "epochs": ran,
+            "max_epochs": s.epochs, "stopped": stopped, "seed": s.seed, "train_size": len(splits.victim_y),
+            "test_size": len(splits.eval_y), "train_time_s": round(seconds, 1), "device": str(device),
+            "recipe": {"optimizer": s.optimizer, "lr": s.lr, "momentum": s.momentum,
+                       "weight_decay": s.weight_decay, "batch_size": s.batch_size, "lr_schedule": s.lr_schedule,
+                       "plateau_patience": s.plateau_patience, "shift": s.victim_shift},
+            "history": history}
     save_victim(model, s.victim_path, meta)
     report = (f"victim {arch} on {s.dataset}: test accuracy {acc:.2f}% on {len(splits.eval_y)} held-out images, "
-              f"{s.epochs} epochs in {seconds:.0f} s\nsaved {s.victim_path} and {s.victim_path}.json")
+              f"{ran} of at most {s.epochs} epochs ({stopped}) in {seconds:.0f} s\nsaved {s.victim_path} and {s.victim_path}.json")
     return meta, report

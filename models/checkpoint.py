@@ -37,6 +37,26 @@ def save_victim(model: torch.nn.Module, path, meta: dict) -> None:
     atomic_write_text(Path(str(path) + ".json"), json.dumps(meta, indent=2) + "\n")
 
 
+def _read(path: Path, make: str) -> tuple:
+    """(state dict, metadata or None for a raw state dict) of a checkpoint file; UserError otherwise."""
+    if not path.exists():
+        raise UserError(f"victim checkpoint {path} does not exist. Create it with: {make}")
+    if not path.is_file():
+        raise UserError(f"victim checkpoint {path} is not a file. Create one with: {make}")
+    blob = safe_torch_load(path, "victim checkpoint", f"it is corrupt or not a checkpoint. Recreate it with: {make}")
+    if isinstance(blob, dict) and isinstance(blob.get("state_dict"), dict) and isinstance(blob.get("meta"), dict):
+        return blob["state_dict"], dict(blob["meta"])
+    if isinstance(blob, dict) and blob and all(isinstance(v, torch.Tensor) for v in blob.values()):
+        return blob, None
+    raise UserError(f"{path} is not a victim checkpoint (no state dict inside). Create one with: {make}")
+
+
+def read_victim_meta(path) -> dict:
+    """A checkpoint's metadata (empty for a raw state dict); UserError for a missing or corrupt file."""
+    path = Path(path)
+    return _read(path, train_command("DATASET", path))[1] or {}
+
+
 def load_victim(path, spec, *, architecture: str | None = None, device=torch.device("cpu")):
     """Load a victim for dataset `spec`; returns (model in eval mode, metadata).
 
@@ -45,17 +65,9 @@ def load_victim(path, spec, *, architecture: str | None = None, device=torch.dev
     """
     path = Path(path)
     make = train_command(spec.name, path)
-    if not path.exists():
-        raise UserError(f"victim checkpoint {path} does not exist. Create it with: {make}")
-    if not path.is_file():
-        raise UserError(f"victim checkpoint {path} is not a file. Create one with: {make}")
-    blob = safe_torch_load(path, "victim checkpoint", f"it is corrupt or not a checkpoint. Recreate it with: {make}")
-    if isinstance(blob, dict) and isinstance(blob.get("state_dict"), dict) and isinstance(blob.get("meta"), dict):
-        state, meta = blob["state_dict"], dict(blob["meta"])
-    elif isinstance(blob, dict) and blob and all(isinstance(v, torch.Tensor) for v in blob.values()):
-        state, meta = blob, {"dataset": spec.name, "architecture": architecture or default_victim_arch(spec)}
-    else:
-        raise UserError(f"{path} is not a victim checkpoint (no state dict inside). Create one with: {make}")
+    state, meta = _read(path, make)
+    if meta is None:  # a raw state dict
+        meta = {"dataset": spec.name, "architecture": architecture or default_victim_arch(spec)}
     if meta.get("dataset") != spec.name:
         raise UserError(f"victim checkpoint {path} was trained on '{meta.get('dataset')}', not '{spec.name}'. "
                         f"Pass the right --victim_path, or create one with: {make}")

@@ -33,19 +33,44 @@ def make_optimizer(model: nn.Module, *, optimizer: str, lr: float, momentum: flo
     raise ConfigError(f"unknown optimizer '{optimizer}'; valid optimizers: adam, sgd")
 
 
+LR_SCHEDULES = ("cosine", "plateau")
+PLATEAU_FACTOR = 0.1  # ReduceLROnPlateau's cut
+PLATEAU_CUTS = 2  # a plateau run stops once its learning rate has been cut this many times
+
+
+def make_scheduler(optimizer, *, schedule: str, epochs: int, patience: int = 2):
+    """cosine: anneal to zero over `epochs`. plateau: cut the rate tenfold when the training loss has not
+    improved for `patience` epochs (ReduceLROnPlateau, as the paper's MNIST victim was trained)."""
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
+    if schedule == "plateau":
+        checks.whole("--plateau_patience", patience, lo=0)
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=PLATEAU_FACTOR,
+                                                          patience=patience)
+    raise ConfigError(f"unknown --lr_schedule '{schedule}'; valid: {', '.join(LR_SCHEDULES)}")
+
+
+def plateaued(optimizer, lr: float) -> bool:
+    """True once a plateau schedule has cut the learning rate PLATEAU_CUTS times: the loss has stopped
+    improving at two successive rates, and further epochs at a hundredth of the rate change little."""
+    return optimizer.param_groups[0]["lr"] <= lr * PLATEAU_FACTOR ** PLATEAU_CUTS * (1 + 1e-6)
+
+
 def train_epochs(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, *, optimizer, epochs: int,
                  batch_size: int, device: torch.device, generator: torch.Generator, augment=None,
-                 scheduler=None, progress: str | None = None) -> float:
-    """Train for `epochs` passes over (x, targets); returns the last epoch's mean loss.
+                 scheduler=None, progress: str | None = None, after_epoch=None) -> float:
+    """Train for at most `epochs` passes over (x, targets); returns the last epoch's mean loss.
 
     `targets` of dtype long are labels; float targets of shape (N, C) are probabilities.
     `augment(xb, generator)` may transform each float batch. `progress` names a tqdm bar.
+    A ReduceLROnPlateau scheduler steps on the epoch's mean loss, any other without arguments.
+    `after_epoch(epoch, loss)` runs after each epoch (counted from 1); training stops when it returns True.
     """
     soft = targets.is_floating_point()
-    model.train()
     last = float("nan")
-    bar = tqdm(range(epochs), desc=progress, leave=False, disable=progress is None)
-    for _ in bar:
+    bar = tqdm(range(1, epochs + 1), desc=progress, leave=False, disable=progress is None)
+    for epoch in bar:
+        model.train()  # after_epoch may have evaluated it
         order = torch.randperm(len(x), generator=generator)
         total, count = 0.0, 0
         for start in range(0, len(x), batch_size):
@@ -61,10 +86,14 @@ def train_epochs(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, *, op
             optimizer.step()
             total += float(loss.detach()) * len(idx)
             count += len(idx)
-        if scheduler is not None:
-            scheduler.step()
         last = total / max(count, 1)
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(last)
+        elif scheduler is not None:
+            scheduler.step()
         bar.set_postfix(loss=f"{last:.4f}")
+        if after_epoch is not None and after_epoch(epoch, last):
+            break
     return last
 
 

@@ -112,8 +112,10 @@ def test_list_and_slurm_cover_every_cell_in_dependency_order(tmp_path, victims):
     _, text = grid_module.reproduce(s, progress=False)
     lines = text.splitlines()
     kinds = ["victim" if "train-victim" in ln else "baseline" if "--mode standard" in ln else
-             "frontier" if "main.py frontier" in ln else "attack" for ln in lines]
-    assert kinds == ["victim"] + ["baseline"] * 2 + ["attack"] * 4 + ["frontier"]
+             "frontier" if "main.py frontier" in ln else "growth" if "main.py cost-growth" in ln else "attack"
+             for ln in lines]
+    assert kinds == ["victim", "growth"] + ["baseline"] * 2 + ["attack"] * 4 + ["frontier"]
+    assert f"--victims mnist-5k={victims}/mnist-5k-victim.pt --ood_pools photos " in lines[1]
     assert "--attackers copycat,knockoff --budget 64" in lines[-1] and f"--out_dir {out}/frontier" in lines[-1]
     for seed in (0, 1):
         base = next(ln for ln in lines if "--mode standard" in ln and f"--seed {seed}" in ln)
@@ -124,11 +126,11 @@ def test_list_and_slurm_cover_every_cell_in_dependency_order(tmp_path, victims):
     s = s.replace(list=False, slurm=True)
     submit, _ = grid_module.reproduce(s, progress=False)
     slurm = out / "slurm"
-    stages = ("victims", "baselines", "attacks", "frontiers")
-    assert [len((slurm / f"{k}.txt").read_text().splitlines()) for k in stages] == [1, 2, 4, 1]
+    stages = ("victims", "growths", "baselines", "attacks", "frontiers")
+    assert [len((slurm / f"{k}.txt").read_text().splitlines()) for k in stages] == [1, 1, 2, 4, 1]
     assert [ln for k in stages for ln in (slurm / f"{k}.txt").read_text().splitlines()] == lines
     script = submit.read_text()
-    assert script.index("victims:1") < script.index("baselines:2") < script.index("attacks:4") \
+    assert script.index("victims:1") < script.index("growths:1") < script.index("baselines:2") < script.index("attacks:4") \
         < script.index("frontiers:1")
     assert "--dependency=afterok:$id" in script and "report.sh" in script
 
@@ -184,8 +186,42 @@ def test_a_grid_plans_budgets_its_pools_allow_and_refuses_others_before_training
                           fixture, "--out_dir", str(tmp_path / "g"), "--victim_dir", str(victims)])
     budgets = grid_module.grid_settings(s)["budgets"]
     assert budgets == {"mnist/standard": 24, "mnist/copycat": 10_000, "mnist/entropy": 24, "mnist/mixmatch": 23}
+    dfme = grid_module.grid_settings(s.replace(modes="dfme"))["budgets"]["mnist/dfme"]
+    assert dfme == grid_module.FULL_DFME == 100_000, "DFME's default is what a CPU finishes; 2M is asked for"
+    assert grid_module.grid_settings(s.replace(modes="dfme", dfme_budget=2_000_000))["budgets"]["mnist/dfme"] \
+        == grid_module.PAPER_DFME
     asked = s.replace(budget=25)
     with pytest.raises(UserError, match=r"3 cell\(s\) would ask for more distinct queries.*mnist/standard \(25 "
                                         r"queries; its pool allows 24\)"):
         grid_module.reproduce(asked, progress=False)
     assert not (tmp_path / "g").exists() and not list(victims.glob("mnist-victim*")), "refused before anything was made"
+
+
+def test_an_mnist_grid_sets_each_mode_beside_the_paper_with_verdicts_and_the_cost_growth_stage(tmp_path, victims):
+    fixture = ROOT / "tests" / "data" / "mnist-idx"  # 60 training and 30 test digits in MNIST's layout
+    pool = ROOT / "tests" / "data" / "image-folder" / "train"  # a folder of images as the attackers' pool
+    out = tmp_path / "g"
+    s = parameters.parse(["reproduce", "--quick", "--datasets", "mnist", "--modes", "copycat,entropyrev",
+                          "--budget", "16", "--query_batch", "8", "--data_dir", str(fixture), "--ood_pool", str(pool), "--out_dir",
+                          str(out), "--victim_dir", str(victims), "--device", "cpu"])
+    grid_module.reproduce(s, progress=False)
+    assert json.loads((out / "grid.json").read_text())["ood_pool"] == str(pool)
+    victim = json.loads((victims / "mnist-victim.pt.json").read_text())
+    assert victim["recipe"]["lr_schedule"] == "plateau" and victim["recipe"]["shift"] == 0
+    assert len(victim["history"]) == victim["epochs"] <= 50
+    growth = pd.read_csv(out / "cost_growth.csv")
+    assert set(growth["pool"]) == {"photos", str(pool)} and set(growth["knn_set"]) == {"mnist"}
+    assert (growth["k"] == 60).all(), "k is capped at the 60 training images"
+    report = (out / "report.md").read_text()
+    assert "## mnist beside the paper (ours / the authors' CSVs)" in report
+    summary = pd.read_csv(out / "summary.csv").set_index("mode")
+    for mode, theirs in (("copycat", "93.5"), ("entropyrev", "98.3")):
+        mine = summary.loc[mode]
+        row = next(ln for ln in report.splitlines() if ln.startswith(f"| {mode} | {mine['accuracy']:.1f} / {theirs} |"))
+        assert f"{mine['privacy_cost'] / mine['queries']:.3f} / " in row
+        verdict = next(ln for ln in report.splitlines() if ln.startswith(f"- {mode}: "))
+        gap = mine["accuracy"] - float(theirs)
+        assert (("agrees" in verdict) == (abs(gap) <= 5 and "differs" not in verdict)) and f"{gap:+.1f} points" in verdict
+    copycat = next(ln for ln in report.splitlines() if ln.startswith("- copycat: "))
+    assert "we sent 16 queries to the authors' 11,000" in copycat and "our pool is image-folder/train, the authors' ImageNet" in copycat
+    assert "What makes an attacker's kNN cost grow faster" in report and "Only read as the cost of reaching" in report
