@@ -519,6 +519,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ood_pool", default=None, type=_ood_pool,
                    help="copycat's, knockoff's and the other pool attacks' images: photos, a dataset, or a folder "
                         "such as CIFAR-10's JPEGs (turned grey and resized for an MNIST victim) (default: photos)")
+    p.add_argument("--victim_arch", default=None, choices=sorted(ARCHITECTURES),
+                   help="the victims' architecture (default: mnistnet for 28x28, resnet34_8x for 32x32x3; "
+                        "mnistnet is CIFAR-10's CPU scale)")
+    p.add_argument("--stolen_arch", default=None, choices=sorted(ARCHITECTURES),
+                   help="the copies' architecture (default: mnistnet for 28x28, resnet18 for 32x32x3)")
+    p.add_argument("--victim_epochs", type=_POS_INT, default=None, help="the victims' epochs (default: the preset's)")
     p.add_argument("--query_batch", type=_POS_INT, default=None,
                    help=f"queries per batch of every mode but DFME (default: {DEFAULTS['query_batch']}, the paper's)")
     p.add_argument("--dfme_budget", type=_POS_INT, default=None,
@@ -639,7 +645,7 @@ def resolve(args: argparse.Namespace) -> Settings:
     if values.get("teachers_path") is None:
         values["teachers_path"] = str(Path("checkpoints") / f"{dataset}-teachers.pt")
     if command == "reproduce":
-        for key in ("budget", "datasets"):  # each cell's own default; the datasets found offline
+        for key in ("budget", "datasets", "victim_epochs"):  # each cell's own default; the datasets found offline
             if key not in given:
                 values[key] = None
     if command == "frontier":

@@ -141,8 +141,12 @@ def cost_growth(s, *, progress: bool = True) -> tuple:
     knn_sets = str(s.datasets).split(",")
     victims = _victims(s.victims, knn_sets, s.victim_dir)
     notes = out.with_suffix(".md")
-    check_outputs({"--out": out, "the settings record": params_beside(out), "the notes": notes},
-                  {f"victim {k}": v for k, v in victims.items()})
+    outputs = {"--out": out, "the settings record": params_beside(out), "the notes": notes}
+    check_outputs(outputs, {f"victim {k}": v for k, v in victims.items()})
+    there = [str(p) for p in outputs.values() if p.exists()]
+    if there:
+        raise UserError(f"{', '.join(there)} already exists; cost-growth never replaces a file unasked. Remove it, "
+                        f"or choose another --out")
     config = growth.GrowthConfig(queries=int(s.queries), k=int(s.k), sigma=float(s.sigma), delta=float(s.delta),
                                  seed=int(s.seed))
     pools = str(s.ood_pools).split(",")

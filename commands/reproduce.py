@@ -122,7 +122,7 @@ def grid_settings(s) -> dict:
     return {"datasets": datasets, "modes": modes, "seeds": int(s.seeds), "budgets": budgets,
             "profile": "quick" if quick else "full", "data_dir": str(Path(s.data_dir).resolve()),
             "victim_dir": str(Path(s.victim_dir).resolve()), "device": s.device, "ood_pool": _pool(s.ood_pool),
-            "query_batch": int(s.query_batch)}
+            "query_batch": int(s.query_batch), **{k: s.as_dict().get(k) for k in SCALE_KEYS}}
 
 
 def _pool(name: str) -> str:
@@ -134,6 +134,9 @@ def _pool(name: str) -> str:
 
 GRID_KEYS = {"datasets": list, "modes": list, "seeds": int, "budgets": dict, "profile": str, "data_dir": str,
              "victim_dir": str, "device": str, "ood_pool": str, "query_batch": int}
+#: a grid's scale, where it is not the preset's: the victim's and the copy's architectures and the victim's
+#: epochs (CPU scale: --victim_arch mnistnet --stolen_arch mnistnet --victim_epochs 30 on CIFAR-10)
+SCALE_KEYS = {"victim_arch": ("train-victim",), "stolen_arch": ("extract",), "victim_epochs": ("train-victim",)}
 STAGES = ("victim", "growth", "baseline", "attack", "frontier")  # run in this order, each after the one before
 GROWTH_DATASETS = ("mnist-5k", "mnist")  # the cost-growth stage (`main.py cost-growth`): MNIST's digits
 GROWTH_FLAGS = {"full": [], "quick": ["--queries", "256"]}
@@ -151,8 +154,11 @@ def read_grid(out: Path) -> dict | None:
     if isinstance(grid, dict):
         grid.setdefault("ood_pool", "photos")  # grids recorded before these were grid settings
         grid.setdefault("query_batch", 64)
+        for key in SCALE_KEYS:
+            grid.setdefault(key, None)
     if not isinstance(grid, dict) or any(not isinstance(grid.get(k), kind) for k, kind in GRID_KEYS.items()) \
-            or grid["profile"] not in MODE_FLAGS:
+            or grid["profile"] not in MODE_FLAGS or any(not isinstance(grid[k], (str, int, type(None)))
+                                                        for k in SCALE_KEYS):
         raise UserError(f"{path} is not a complete grid record (it needs {', '.join(GRID_KEYS)}); remove it, or "
                         f"use another --out_dir")
     return grid
@@ -166,7 +172,8 @@ def cells(grid: dict, out: Path) -> list:
     pool = ["--ood_pool", grid["ood_pool"], "--query_batch", str(grid["query_batch"])]  # a mode's own flags follow
     for d in grid["datasets"]:
         victim = str(Path(grid["victim_dir"]) / f"{d}-victim.pt")
-        victims.append(Cell("victim", d, victim, ["train-victim", "--dataset", d, "--victim_path", victim, *common]))
+        victims.append(Cell("victim", d, victim, ["train-victim", "--dataset", d, "--victim_path", victim, *common,
+                                                  *_scale(grid, "train-victim")]))
         for seed in range(grid["seeds"]):
             base = None
             for mode in grid["modes"]:
@@ -175,7 +182,7 @@ def cells(grid: dict, out: Path) -> list:
                 folder = out / "runs" / name
                 argv = ["extract", "--dataset", d, "--mode", mode, "--budget", str(budget), "--seed", str(seed),
                         "--victim_path", victim, "--out_dir", str(folder), "--reps_cache", str(out / ".cache"),
-                        *common, *pool, *flags.get(mode, [])]
+                        *common, *pool, *_scale(grid, "extract"), *flags.get(mode, [])]
                 if mode == "standard":
                     base = folder
                     baselines.append(Cell("baseline", d, name, argv, folder))
@@ -183,6 +190,13 @@ def cells(grid: dict, out: Path) -> list:
                     argv += ["--calibration", str(base / "log.csv")]
                     runs.append(Cell("attack", d, name, argv, folder))
     return victims + growth_cells(grid, out) + baselines + runs + frontier_cells(grid, out)
+
+
+def _scale(grid: dict, command: str) -> list:
+    """The grid's scale flags that `command` takes (none where the preset's are kept)."""
+    flag = {"victim_epochs": "--epochs"}
+    return [a for k, used in SCALE_KEYS.items() if command in used and grid.get(k) is not None
+            for a in (flag.get(k, f"--{k}"), str(grid[k]))]
 
 
 def growth_cells(grid: dict, out: Path) -> list:

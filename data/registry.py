@@ -173,7 +173,20 @@ def _load_svhn(spec: DatasetSpec, data_dir: Path) -> tuple:
     return _torchvision(spec, data_dir, build)
 
 
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
 def _load_cifar10(spec: DatasetSpec, data_dir: Path) -> tuple:
+    """torchvision's files in --data_dir, or CIFAR-10 as an image folder there (train/CLASS/*, test/CLASS/*,
+    e.g. its JPEGs): the classes' sorted names are torchvision's label order."""
+    if (data_dir / "train").is_dir() and (data_dir / "test").is_dir():
+        xtr, ytr, xte, yte, meta = load_image_folder(data_dir)
+        if tuple(meta["classes"]) != CIFAR10_CLASSES or meta["channels"] != 3 or meta["size"] != 32:
+            raise UserError(f"{data_dir} is an image folder, but not CIFAR-10's: it holds {meta['channels']}-channel "
+                            f"{meta['size']}x{meta['size']} images of classes {', '.join(meta['classes'][:12])}; "
+                            f"CIFAR-10 needs 32x32 RGB images in {', '.join(CIFAR10_CLASSES)}. For other images use "
+                            f"--dataset folder")
+        return xtr, ytr, xte, yte
     import torchvision
 
     def build(download: bool) -> tuple:
@@ -215,8 +228,9 @@ DATASETS = {
                           "your own images in --data_dir: ROOT/train/CLASS/* and ROOT/test/CLASS/*; channels, size, "
                           "classes, mean and std read from them", LAYOUT),
     "cifar10": DatasetSpec("cifar10", 3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-                           _load_cifar10, "CIFAR10 through torchvision",
-                           "cifar-10-batches-py/ (data_batch_1..5, test_batch, batches.meta)"),
+                           _load_cifar10, "CIFAR10 through torchvision, or as an image folder (its JPEGs)",
+                           "cifar-10-batches-py/ (data_batch_1..5, test_batch, batches.meta), or "
+                           "train/CLASS/*.jpg and test/CLASS/*.jpg for its ten classes"),
 }
 
 

@@ -86,6 +86,17 @@ def test_an_image_folder_is_a_dataset_with_its_own_spec():
     assert "digit0, digit1, digit2" in spec.description
 
 
+def test_cifar10_loads_from_an_image_folder_in_torchvisions_label_order(tmp_path):
+    splits = load_splits("cifar10", DATA / "cifar10-folder")
+    assert splits.spec == create("cifar10"), "the registered spec (the paper's mean and std) is kept"
+    assert tuple(splits.victim_x.shape[1:]) == (3, 32, 32) and splits.victim_x.dtype == torch.uint8
+    assert torch.equal(splits.victim_y, torch.arange(10).repeat_interleave(2)), "airplane is 0 ... truck is 9"
+    assert len(splits.pool_y) + len(splits.eval_y) == 10
+    shutil.copytree(DATA / "image-folder", tmp_path / "digits")  # another folder: not CIFAR-10's classes
+    with pytest.raises(UserError, match="not CIFAR-10's.*digit0.*use --dataset folder"):
+        load_splits("cifar10", tmp_path / "digits")
+
+
 def test_an_image_folder_without_its_layout_says_what_it_needs(tmp_path):
     with pytest.raises(UserError, match="ROOT/train/CLASS"):
         load_splits("folder", tmp_path)
