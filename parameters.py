@@ -624,7 +624,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="(default: auto)")
     p.add_argument("--queries", type=_POS_INT, default=None,
                    help=f"queries of each kind (default: {GrowthConfig.queries})")
-    _accountant(p)
+    p.add_argument("--sigmas", default=None, type=_list(_num(float, MIN_SIGMA, 1e6), "sigma"),
+                   help="comma-separated GNMax sigmas, a factor too (default: "
+                        f"{','.join(f'{v:g}' for v in GrowthConfig.sigmas)})")
+    p.add_argument("--k", type=_POS_INT, default=None, help=_preset_help("k") + "; private-kNN neighbours")
+    p.add_argument("--delta", type=_num(float, 0, 1, lo_open=True, hi_open=True), default=None,
+                   help=_preset_help("delta"))
     p.add_argument("--out", default=None, help="CSV (default: results/cost_growth.csv; notes in .md beside it)")
     return parser
 
@@ -653,7 +658,9 @@ def resolve(args: argparse.Namespace) -> Settings:
         values["given_flags"] = sorted(given)
     if command == "cost-growth":
         values.update({k: v for k, v in (("datasets", "mnist-5k"), ("ood_pools", "photos"),
-                                         ("queries", GrowthConfig.queries)) if k not in given})
+                                         ("queries", GrowthConfig.queries),
+                                         ("sigmas", ",".join(f"{v:g}" for v in GrowthConfig.sigmas)))
+                       if k not in given})
     if command == "pow-table" and "calibration_mode" not in given:
         values["calibration_mode"] = "paper"
     if values.get("base") is None:

@@ -220,8 +220,21 @@ def _growth_evidence(out: Path) -> dict:
     if not path.is_file():
         return {}
     frame = pd.read_csv(path)
+    if "sigma" in frame:  # the runs' own accountant: the preset's sigma (every MNIST-like preset has one)
+        import parameters
+        frame = frame[frame["sigma"] == parameters.PRESETS["mnist"]["sigma"]]
     return {"pools": frame.groupby("pool")["growth"].mean().to_dict(),
             "legit": frame.groupby(["victim", "knn_set"])["legit_eps_per_query"].mean().to_dict()}
+
+
+def _ceiling(dataset: str) -> dict:
+    """The dearest query our accountant prices on `dataset` (its preset's k, sigma and delta)."""
+    import parameters
+    from extraction.cost_growth import ceiling
+
+    preset = parameters.PRESETS[dataset]
+    return {**ceiling(preset["k"], 10, sigma=preset["sigma"], delta=preset["delta"]), "sigma": preset["sigma"],
+            "delta": preset["delta"], "k": preset["k"]}
 
 
 def _pool_name(pool: str) -> str:
@@ -246,12 +259,19 @@ def _mode_verdict(d: str, mode: str, o, t, per_query: float, grid: dict, growth:
                        (f"; measured (cost_growth.md): growth {ours:.2f}x with it, "
                         + ", ".join(f"{_pool_name(k)} {v:.2f}x" for k, v in pools.items() if k != grid["ood_pool"])
                         if ours is not None else ""))
-    if abs(share) > COST_SHARE and growth.get("legit"):
-        legit = [v for (victim, knn), v in growth["legit"].items() if knn == d]
-        if legit:
-            reasons.append(f"an in-distribution query costs {np.mean(legit):.3f} through our victim's kNN "
-                           f"(cost_growth.md), where the authors' legitimate user paid "
-                           f"{t['cost_per_query'] / max(t['growth_per_query'], 1e-12):.3f}")
+    if abs(share) > COST_SHARE:
+        bound = _ceiling(d)
+        if t["cost_per_query"] > bound["most_eps"]:
+            reasons.append(f"the authors' {t['cost_per_query']:.3f} per query is beyond what our accountant "
+                           f"(sigma {bound['sigma']:g}, delta {bound['delta']:g}, k {bound['k']}) charges any "
+                           f"query, {bound['most_eps']:.3f} at most: their noise must have been smaller "
+                           f"(cost_growth.md prices the same votes at other sigmas)")
+        knn = {k: v for k, v in growth.get("legit", {}).items()}
+        if knn and mode not in POOL_MODES:
+            reasons.append("an in-distribution query costs " + ", ".join(
+                f"{np.mean([v for (_, s), v in knn.items() if s == name]):.3f} over {name}'s kNN"
+                for name in dict.fromkeys(s for _, s in knn)) + " (cost_growth.md); the authors' legitimate user "
+                f"paid {t['cost_per_query'] / max(t['growth_per_query'], 1e-12):.3f}")
     if not reasons:
         reasons.append("no measured cause in this grid")
     return (f"{mode}: differs (accuracy {gap:+.1f} points, kNN cost per query {share:+.0%}): " + "; ".join(reasons))

@@ -10,7 +10,7 @@ import torch
 import main as entry
 import parameters
 from commands.costs import PAPER_DIR, cost_growth
-from extraction.cost_growth import GrowthConfig, effects, measure
+from extraction.cost_growth import GrowthConfig, ceiling, effects, measure
 from models.training import make_scheduler, plateaued
 from pow.paper import growth_claims
 from tests.conftest import ROOT
@@ -36,27 +36,41 @@ def test_the_factorial_varies_each_cause_alone_and_reads_its_main_effects(victim
     pool = str(DATA / "image-folder" / "train")
     frame = measure({"a": str(victim_path), "b": str(victim_path)}, ["mnist-5k", "mnist"], ["photos", pool],
                     data_dir=DATA / "mnist-idx", config=config, progress=False)
-    assert len(frame) == 8 and set(frame["knn_size"]) == {3000, 60} and (frame["k"] == 20).all()
+    assert len(frame) == 16 and set(frame["knn_size"]) == {3000, 60} and (frame["k"] == 20).all()
+    assert set(frame["sigma"]) == {28.0, 10.0}
     assert (frame["queries"] == 24).all() and (frame["legit_eps_per_query"] > 0).all()
     assert frame["growth"].to_numpy() == pytest.approx((frame["ood_eps_per_query"] / frame["legit_eps_per_query"]).to_numpy())
-    same = frame.groupby(["knn_set", "pool"])["growth"].nunique()
+    same = frame.groupby(["knn_set", "pool", "sigma"])["growth"].nunique()
     assert (same == 1).all(), "the same checkpoint under two labels measures the same"
     main = effects(frame).set_index(["factor", "level"])
     assert main.loc[("victim", "a"), "swing"] == pytest.approx(1.0)
     by_pool = frame.groupby("pool")["growth"].mean()
     assert main.loc[("pool", pool), "growth"] == pytest.approx(by_pool[pool])
     assert main.loc[("pool", "photos"), "swing"] == pytest.approx(by_pool.max() / by_pool.min())
+    assert (frame["growth"] <= frame["most_growth"] * (1 + 1e-9)).all(), "no stream beats the accountant's ceiling"
+
+
+def test_the_ceiling_bounds_any_attackers_growth_at_the_papers_sigma():
+    bound = ceiling(300, 10, sigma=28.0, delta=1e-5)
+    assert bound["least_eps"] == pytest.approx(0.161, abs=1e-3) and bound["most_eps"] == pytest.approx(0.2436, abs=1e-3)
+    assert bound["most_growth"] == pytest.approx(1.51, abs=0.01)
+    assert ceiling(300, 10, sigma=10.0, delta=1e-5)["most_eps"] > 0.530, "sigma 10 leaves room for the authors' 0.530"
+    with pytest.raises(Exception, match="--sigmas"):
+        GrowthConfig(sigmas=())
 
 
 def test_the_command_writes_its_table_notes_and_verdicts_and_refuses_a_label_twice(tmp_path, victim_path, capsys):
     out = tmp_path / "g.csv"
     s = parameters.parse(["cost-growth", "--victims", f"mine={victim_path}", "--queries", "64", "--out", str(out)])
     frame, text = cost_growth(s, progress=False)
-    assert list(frame["victim"]) == ["mine"] and json.loads(out.with_suffix(".params.json").read_text())
+    assert list(frame["victim"]) == ["mine", "mine"] and json.loads(out.with_suffix(".params.json").read_text())
     notes = out.with_suffix(".md").read_text()
-    legit = frame["legit_eps_per_query"].iloc[0]
-    close = abs(legit - 0.2576) <= 0.15 * 0.2576
-    assert (f"within 15% of the authors' 0.2576: mine / mnist-5k ({legit:.4f})" in notes) == close
+    for _, row in frame.iterrows():
+        legit = row["legit_eps_per_query"]
+        close = abs(legit - 0.2576) <= 0.15 * 0.2576
+        assert (f"mine / mnist-5k / sigma {row['sigma']:g} ({legit:.4f})" in notes) == close
+    assert "At sigma 28, any query costs between 0.161 and 0.244, so no attacker's cost can grow more than 1.51x" \
+        in notes and "The authors' copycat paid 0.530 per query: beyond this sigma's range" in notes
     assert "per query, the authors' CSVs reach at most 2.74x (data free)" in notes
     assert "copycat 12.9x at 92.7%" in notes
     code = entry.main(["cost-growth", "--victims", f"x={victim_path},x={victim_path}", "--out", str(tmp_path / "h.csv")])

@@ -224,4 +224,6 @@ def test_an_mnist_grid_sets_each_mode_beside_the_paper_with_verdicts_and_the_cos
         assert (("agrees" in verdict) == (abs(gap) <= 5 and "differs" not in verdict)) and f"{gap:+.1f} points" in verdict
     copycat = next(ln for ln in report.splitlines() if ln.startswith("- copycat: "))
     assert "we sent 16 queries to the authors' 11,000" in copycat and "our pool is image-folder/train, the authors' ImageNet" in copycat
+    assert "the authors' 0.530 per query is beyond what our accountant (sigma 28, delta 1e-05, k 300) charges any " \
+           "query, 0.244 at most" in copycat
     assert "What makes an attacker's kNN cost grow faster" in report and "Only read as the cost of reaching" in report
