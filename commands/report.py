@@ -16,8 +16,8 @@ import pandas as pd
 
 from common.io import atomic_savefig, atomic_write_csv, atomic_write_text
 from common.tables import markdown
+from pow.paper import PAPER_DIR
 
-PAPER_DIR = Path(__file__).resolve().parent.parent / "tests" / "data" / "paper"
 PAPER_DATA = {"mnist-5k": "mnist", "mnist": "mnist", "fashion-mnist": "mnist", "svhn": "svhn", "cifar10": "cifar10"}
 PAPER_MODES = {"adaptiveknockoff": "knockoff", "data free": "dfme"}  # the paper's names -> ours
 METRICS = ["accuracy", "fidelity", "queries", "privacy_cost", "cost_growth", "entropy_growth", "time_no_pow_s",
@@ -179,7 +179,6 @@ def beside_paper(summary: pd.DataFrame, rows: pd.DataFrame, logs: dict, grid: di
 
     lines = []
     paper_ratio = paper_calibration_ratios(logs, grid, out)
-    growth_notes = _growth_evidence(out)
     for d, g in summary.groupby("dataset", sort=False):
         if d not in SAME_DATA:
             continue
@@ -204,7 +203,7 @@ def beside_paper(summary: pd.DataFrame, rows: pd.DataFrame, logs: dict, grid: di
                           "ratio, paper calibration": f"{_x(np.mean(ratios)) if ratios else '-'} / "
                                                       f"{_x(priced.loc[mode, 'ratio'])}",
                           "ratio, ours (relative, entropy)": _x(o["ratio"])})
-            verdict.append(_mode_verdict(d, mode, o, t, per_query, grid, growth_notes))
+            verdict.append(_mode_verdict(d, mode, o, t, per_query, grid, _growth_evidence(out, d)))
         lines += [f"## {d} beside the paper (ours / the authors' CSVs)", "",
                   markdown(pd.DataFrame(table), list(table[0]) if table else ["mode"]), "",
                   "The authors' CSVs carry no entropy cost, so our calibration prices only our runs. Verdicts "
@@ -213,18 +212,26 @@ def beside_paper(summary: pd.DataFrame, rows: pd.DataFrame, logs: dict, grid: di
     return lines
 
 
-def _growth_evidence(out: Path) -> dict:
-    """From DIR/cost_growth.csv (the grid's cost-growth stage), where it exists: per pool, the mean growth
-    and the legitimate cost per query over every victim and kNN set."""
+def _growth_evidence(out: Path, dataset: str) -> dict:
+    """From DIR/cost_growth.csv (the grid's cost-growth stage), for `dataset`'s own victim at the runs' sigma:
+    the growth per pool, and the legitimate cost per query over each kNN set. Empty where there is none."""
+    import parameters
+    from common.errors import UserError
+    from common.io import read_csv_file
+
     path = out / "cost_growth.csv"
     if not path.is_file():
         return {}
-    frame = pd.read_csv(path)
-    if "sigma" in frame:  # the runs' own accountant: the preset's sigma (every MNIST-like preset has one)
-        import parameters
-        frame = frame[frame["sigma"] == parameters.PRESETS["mnist"]["sigma"]]
-    return {"pools": frame.groupby("pool")["growth"].mean().to_dict(),
-            "legit": frame.groupby(["victim", "knn_set"])["legit_eps_per_query"].mean().to_dict()}
+    try:
+        frame = read_csv_file(path, "cost-growth table")
+    except UserError:
+        return {}
+    need = {"victim", "knn_set", "pool", "sigma", "growth", "legit_eps_per_query"}
+    if not need <= set(frame.columns) or dataset not in parameters.PRESETS:
+        return {}
+    frame = frame[(frame["victim"] == dataset) & (frame["sigma"] == parameters.PRESETS[dataset]["sigma"])]
+    return {"pools": frame[frame["knn_set"] == dataset].groupby("pool")["growth"].mean().to_dict(),
+            "legit": frame.groupby("knn_set")["legit_eps_per_query"].mean().to_dict()}
 
 
 def _ceiling(dataset: str) -> dict:
@@ -250,8 +257,9 @@ def _mode_verdict(d: str, mode: str, o, t, per_query: float, grid: dict, growth:
         return (f"{mode}: agrees (accuracy {gap:+.1f} points, kNN cost per query {share:+.0%})")
     reasons = []
     if o["queries"] < 0.9 * t["queries"]:
-        reasons.append(f"we sent {o['queries']:,.0f} queries to the authors' {int(t['queries']):,} (our pool holds 80% "
-                       f"of the test images)")
+        why = ("DFME's --dfme_budget" if mode == "dfme" else
+               "the grid's plan: the attacker's pool, or --budget" if grid["profile"] == "full" else "--quick")
+        reasons.append(f"we sent {o['queries']:,.0f} queries to the authors' {int(t['queries']):,} ({why})")
     if mode in POOL_MODES:
         pools = growth.get("pools", {})
         ours = pools.get(grid["ood_pool"])
@@ -266,12 +274,11 @@ def _mode_verdict(d: str, mode: str, o, t, per_query: float, grid: dict, growth:
                            f"(sigma {bound['sigma']:g}, delta {bound['delta']:g}, k {bound['k']}) charges any "
                            f"query, {bound['most_eps']:.3f} at most: their noise must have been smaller "
                            f"(cost_growth.md prices the same votes at other sigmas)")
-        knn = {k: v for k, v in growth.get("legit", {}).items()}
+        knn = growth.get("legit", {})
         if knn and mode not in POOL_MODES:
             reasons.append("an in-distribution query costs " + ", ".join(
-                f"{np.mean([v for (_, s), v in knn.items() if s == name]):.3f} over {name}'s kNN"
-                for name in dict.fromkeys(s for _, s in knn)) + " (cost_growth.md); the authors' legitimate user "
-                f"paid {t['cost_per_query'] / max(t['growth_per_query'], 1e-12):.3f}")
+                f"{v:.3f} over {name}'s kNN" for name, v in knn.items()) + " (cost_growth.md); the authors' "
+                f"legitimate user paid {t['cost_per_query'] / max(t['growth_per_query'], 1e-12):.3f}")
     if not reasons:
         reasons.append("no measured cause in this grid")
     return (f"{mode}: differs (accuracy {gap:+.1f} points, kNN cost per query {share:+.0%}): " + "; ".join(reasons))

@@ -9,8 +9,8 @@ before the attacks priced against it. Runs share one cache of the victim's embed
     without its state) is moved aside to NAME.broken-N and redone from scratch, never read;
   * --jobs N runs N cells at a time as processes (victims, then baselines, then attacks);
   * --list prints the grid as shell commands in dependency order; --slurm writes job arrays for sbatch
-    (victims, cost growth, baselines, attacks, the frontier, each array depending on the one before);
-  * with the victims, where the grid holds mnist-5k or MNIST: what makes an attacker's kNN cost grow
+    (victims, baselines, attacks, cost growth, the frontier, each array depending on the one before);
+  * after the attacks, where the grid holds mnist-5k or MNIST: what makes an attacker's kNN cost grow
     faster (`main.py cost-growth`: every victim x kNN set x pool), into DIR/cost_growth.{csv,md};
   * --ood_pool (photo crops, a dataset, or a folder of images such as CIFAR-10's) is every cell's pool;
     DFME runs --dfme_budget queries (default 100,000; the paper's 2M is a GPU or SLURM recipe);
@@ -61,9 +61,15 @@ class Cell:
     folder: Path | None = None  # runs only
 
     def command(self) -> str:
-        """The cell as one shell command; a victim's trains only where no checkpoint exists yet."""
+        """The cell as one shell command; a victim's trains only where no checkpoint exists yet, and the
+        cost-growth stage runs (afresh) only where one of its files is missing."""
         line = " ".join(shlex.quote(a) for a in ["python3", "main.py", *self.argv])
-        return f"test -f {shlex.quote(self.name)} || {line}" if self.kind == "victim" else line
+        if self.kind == "victim":
+            return f"test -f {shlex.quote(self.name)} || {line}"
+        if self.kind == "growth":
+            files = [shlex.quote(str(p)) for p in _growth_outputs(self)]
+            return " && ".join(f"test -f {f}" for f in files) + f" || {{ rm -f {' '.join(files)}; {line}; }}"
+        return line
 
 
 def available_datasets(data_dir: str) -> list:
@@ -136,10 +142,10 @@ GRID_KEYS = {"datasets": list, "modes": list, "seeds": int, "budgets": dict, "pr
              "victim_dir": str, "device": str, "ood_pool": str, "query_batch": int}
 #: a grid's scale, where it is not the preset's: the victim's and the copy's architectures and the victim's
 #: epochs (CPU scale: --victim_arch mnistnet --stolen_arch mnistnet --victim_epochs 30 on CIFAR-10)
-SCALE_KEYS = {"victim_arch": ("train-victim",), "stolen_arch": ("extract",), "victim_epochs": ("train-victim",)}
-STAGES = ("victim", "growth", "baseline", "attack", "frontier")  # run in this order, each after the one before
+SCALE_KEYS = {"victim_arch": ("train-victim", "extract"), "stolen_arch": ("extract",), "victim_epochs": ("train-victim",)}
+STAGES = ("victim", "baseline", "attack", "growth", "frontier")  # run in this order, each after the one before
 GROWTH_DATASETS = ("mnist-5k", "mnist")  # the cost-growth stage (`main.py cost-growth`): MNIST's digits
-GROWTH_FLAGS = {"full": [], "quick": ["--queries", "256"]}
+GROWTH_QUICK = 256  # --quick: the cost-growth stage's queries of each kind
 
 
 def read_grid(out: Path) -> dict | None:
@@ -165,7 +171,7 @@ def read_grid(out: Path) -> dict | None:
 
 
 def cells(grid: dict, out: Path) -> list:
-    """Every cell of the grid in dependency order: victims, then baselines, then attacks."""
+    """Every cell of the grid in dependency order (STAGES): victims, baselines, attacks, cost growth, frontier."""
     victims, baselines, runs = [], [], []
     flags = MODE_FLAGS[grid["profile"]]
     common = ["--data_dir", grid["data_dir"], "--device", grid["device"]]
@@ -189,7 +195,7 @@ def cells(grid: dict, out: Path) -> list:
                 else:
                     argv += ["--calibration", str(base / "log.csv")]
                     runs.append(Cell("attack", d, name, argv, folder))
-    return victims + growth_cells(grid, out) + baselines + runs + frontier_cells(grid, out)
+    return victims + baselines + runs + growth_cells(grid, out) + frontier_cells(grid, out)
 
 
 def _scale(grid: dict, command: str) -> list:
@@ -205,10 +211,16 @@ def growth_cells(grid: dict, out: Path) -> list:
     datasets = [d for d in grid["datasets"] if d in GROWTH_DATASETS]
     if not datasets:
         return []
+    from data.ood import ood_capacity
+    from extraction.cost_growth import GrowthConfig
+
     victims = ",".join(f"{d}={Path(grid['victim_dir']) / f'{d}-victim.pt'}" for d in datasets)
+    queries = GROWTH_QUICK if grid["profile"] == "quick" else GrowthConfig.queries
+    held = ood_capacity(grid["ood_pool"], grid["data_dir"])  # a small folder: fewer queries, not a failure
+    queries = queries if held is None else min(queries, held)
     argv = ["cost-growth", "--datasets", ",".join(datasets), "--victims", victims,
             "--ood_pools", ",".join(dict.fromkeys(["photos", grid["ood_pool"]])), "--data_dir", grid["data_dir"],
-            "--device", grid["device"], "--out", str(out / "cost_growth.csv"), *GROWTH_FLAGS[grid["profile"]]]
+            "--device", grid["device"], "--out", str(out / "cost_growth.csv"), "--queries", str(queries)]
     return [Cell("growth", ",".join(datasets), "cost-growth", argv, out)]
 
 
@@ -291,9 +303,9 @@ def _run_in_process(cell: Cell) -> None:
         frontier(settings)
         return
     if cell.kind == "growth":
-        from commands.costs import cost_growth
+        from extraction import cost_growth
         _set_aside_if_broken(cell)
-        cost_growth(settings, progress=False)
+        cost_growth.run(cost_growth.GrowthJob.of(settings.as_dict()), record=settings.as_dict(), progress=False)
         return
     _set_aside_if_broken(cell)
     run_extraction(settings, progress=False)
@@ -421,7 +433,7 @@ cd {shlex.quote(str(folder))}
 mkdir -p log
 dep=""  # the first stage waits for nothing
 last=""
-for stage in victims:{stages['victim']} growths:{stages['growth']} baselines:{stages['baseline']} attacks:{stages['attack']} frontiers:{stages['frontier']}; do
+for stage in victims:{stages['victim']} baselines:{stages['baseline']} attacks:{stages['attack']} growths:{stages['growth']} frontiers:{stages['frontier']}; do
   name=${{stage%%:*}}; count=${{stage##*:}}
   [ "$count" -gt 0 ] || continue
   id=$(sbatch --parsable --kill-on-invalid-dep=yes ${{dep:+"$dep"}} --output="$PWD/log/%x-%A_%a.out" --array=0-$((count - 1)) job.sh "$PWD/$name.txt")
@@ -452,6 +464,8 @@ def reproduce(s, *, progress: bool = True) -> tuple:
     out = Path(s.out_dir).resolve()
     grid = grid_settings(s)
     old = read_grid(out)
+    if old is not None and s.dfme_budget is None and s.budget is None:  # a grid planned with another DFME default
+        grid["budgets"].update({k: v for k, v in old["budgets"].items() if k.endswith("/dfme") and k in grid["budgets"]})
     if old is not None and old != grid:
         changed = sorted(k for k in set(old) | set(grid) if old.get(k) != grid.get(k))
         raise UserError(f"{out} holds a grid with other settings ({', '.join(changed)}); use another --out_dir, "

@@ -1,6 +1,7 @@
 """train-victim: train, evaluate and save a victim checkpoint with its P.json."""
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -40,11 +41,16 @@ def train_victim(s, *, progress: bool = True) -> tuple:
     optimizer = make_optimizer(model, optimizer=s.optimizer, lr=s.lr, momentum=s.momentum,
                                weight_decay=s.weight_decay)
     scheduler = make_scheduler(optimizer, schedule=s.lr_schedule, epochs=s.epochs, patience=s.plateau_patience)
-    history, early = [], []  # per epoch: the training loss, the held-out accuracy and the learning rate
+    history, early = [], []  # per epoch: the training loss, the held-out accuracy and the rate it trained at
+    rate = [s.lr]  # the rate of the epoch under way (the scheduler has already set the next one)
 
     def after_epoch(epoch: int, loss: float) -> bool:
-        history.append({"epoch": epoch, "loss": round(loss, 5), "lr": optimizer.param_groups[0]["lr"],
+        if not math.isfinite(loss):
+            raise UserError(f"the victim's training loss became {loss} at epoch {epoch}: training diverged; lower "
+                            f"--lr (now {s.lr:g}); nothing was saved")
+        history.append({"epoch": epoch, "loss": round(loss, 5), "lr": rate[-1],
                         "test_accuracy": round(accuracy(model, splits.eval_x, splits.eval_y, device), 2)})
+        rate.append(optimizer.param_groups[0]["lr"])
         if s.lr_schedule == "plateau" and plateaued(optimizer, s.lr):
             early.append(epoch)
         return bool(early)

@@ -17,6 +17,8 @@ from common.errors import UserError
 from common.io import read_csv_file
 from pow import calibration
 
+PAPER_DIR = Path(__file__).resolve().parent.parent / "tests" / "data" / "paper"  # the authors' CSVs (small)
+
 BATCHES_PER_STEP = 16  # the paper's CSVs: 16 batches of 64 are counted as 1,000 queries
 ATTACK_COLUMNS = {"time (sec)": "time", "time": "time", "mode": "mode", "accuracy": "accuracy",
                   "diff queries": "diff", "privacy cost": "cost", "privacy": "cost"}
@@ -73,7 +75,7 @@ def growth_claims(time_csv, attacks_csv) -> pd.DataFrame:
 def _equal_accuracy(g: pd.DataFrame, standard: pd.DataFrame) -> tuple:
     """The largest ratio of this mode's cumulative cost to standard's at the first rows where each reaches
     the same accuracy (over the accuracies both reach, above the untrained 10%), and that accuracy."""
-    if standard.empty or g is standard:
+    if standard.empty:
         return float("nan"), float("nan")
     best = (float("nan"), float("nan"))
     reached = min(g["accuracy"].max(), standard["accuracy"].max())

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 
 import main as entry
+from common.errors import ConfigError, UserError
 import parameters
-from commands.costs import PAPER_DIR, cost_growth
+from commands.costs import cost_growth
 from extraction.cost_growth import GrowthConfig, ceiling, effects, measure
 from models.training import make_scheduler, plateaued
-from pow.paper import growth_claims
+from pow.paper import PAPER_DIR, growth_claims
 from tests.conftest import ROOT
 
 DATA = ROOT / "tests" / "data"
@@ -55,7 +57,7 @@ def test_the_ceiling_bounds_any_attackers_growth_at_the_papers_sigma():
     assert bound["least_eps"] == pytest.approx(0.161, abs=1e-3) and bound["most_eps"] == pytest.approx(0.2436, abs=1e-3)
     assert bound["most_growth"] == pytest.approx(1.51, abs=0.01)
     assert ceiling(300, 10, sigma=10.0, delta=1e-5)["most_eps"] > 0.530, "sigma 10 leaves room for the authors' 0.530"
-    with pytest.raises(Exception, match="--sigmas"):
+    with pytest.raises(ConfigError, match="--sigmas"):
         GrowthConfig(sigmas=())
 
 
@@ -90,5 +92,65 @@ def test_the_plateau_schedule_cuts_tenfold_and_stops_after_the_second_cut():
         stops.append(plateaued(opt, 0.1))
     assert opt.param_groups[0]["lr"] == pytest.approx(0.001)
     assert stops.index(True) == 5 and not any(stops[:5]), "stalled twice for patience + 1 epochs each"
-    with pytest.raises(Exception, match="unknown --lr_schedule 'step'"):
+    with pytest.raises(ConfigError, match="unknown --lr_schedule 'step'"):
         make_scheduler(opt, schedule="step", epochs=5)
+
+
+def test_training_stops_when_after_epoch_says_so_and_a_diverged_victim_is_not_saved(tmp_path, monkeypatch):
+    from commands import victim as victim_cmd
+    from models.training import train_epochs
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    x, y = torch.rand(8, 1, 2, 2), torch.tensor([0, 1] * 4)
+    seen = []
+    train_epochs(model, x, y, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), epochs=50, batch_size=4,
+                 device=torch.device("cpu"), generator=torch.Generator().manual_seed(0),
+                 after_epoch=lambda epoch, loss: seen.append(epoch) or epoch == 3)
+    assert seen == [1, 2, 3], "the third epoch's True stops the loop"
+
+    def diverge(*args, after_epoch, **kwargs):
+        after_epoch(1, float("nan"))
+
+    monkeypatch.setattr(victim_cmd, "train_epochs", diverge)
+    path = tmp_path / "v.pt"
+    s = parameters.parse(["train-victim", "--victim_path", str(path), "--epochs", "2"])
+    with pytest.raises(UserError, match="loss became nan at epoch 1: training diverged; lower --lr"):
+        victim_cmd.train_victim(s, progress=False)
+    assert not path.exists() and not path.with_suffix(".pt.json").exists()
+
+
+@pytest.mark.parametrize("ours,theirs,expect", [
+    ({"accuracy": 97.0, "queries": 8000}, 0.25, "agrees (accuracy -1.4 points, kNN cost per query -3%)"),
+    ({"accuracy": 97.0, "queries": 8000}, 0.40, "differs (accuracy -1.4 points, kNN cost per query -39%): we sent "
+                                                "8,000 queries to the authors' 10,000"),
+    ({"accuracy": 80.0, "queries": 10000}, 0.25, "differs (accuracy -18.4 points, kNN cost per query -3%): no measured"),
+])
+def test_a_verdict_agrees_within_its_margins_and_names_its_measured_causes(ours, theirs, expect, tmp_path):
+    from commands.report import _growth_evidence, _mode_verdict
+
+    t = pd.Series({"accuracy": 98.4, "queries": 10_000, "cost_per_query": theirs, "growth_per_query": 1.0})
+    o = pd.Series(ours)
+    grid = {"profile": "full", "ood_pool": "photos"}
+    verdict = _mode_verdict("mnist", "standard", o, t, 0.2425, grid, {})
+    assert verdict.startswith(f"standard: {expect}")
+    pd.DataFrame([{"victim": "mnist", "knn_set": "mnist", "pool": "photos", "sigma": 28.0, "growth": 1.49,
+                   "legit_eps_per_query": 0.164},
+                  {"victim": "mnist", "knn_set": "mnist-5k", "pool": "photos", "sigma": 28.0, "growth": 1.19,
+                   "legit_eps_per_query": 0.205},
+                  {"victim": "mnist-5k", "knn_set": "mnist", "pool": "photos", "sigma": 28.0, "growth": 9.0,
+                   "legit_eps_per_query": 9.0},
+                  {"victim": "mnist", "knn_set": "mnist", "pool": "photos", "sigma": 10.0, "growth": 4.1,
+                   "legit_eps_per_query": 0.166}]).to_csv(tmp_path / "cost_growth.csv", index=False)
+    evidence = _growth_evidence(tmp_path, "mnist")
+    assert evidence == {"pools": {"photos": pytest.approx(1.49)},
+                        "legit": {"mnist": pytest.approx(0.164), "mnist-5k": pytest.approx(0.205)}}, \
+        "only the dataset's own victim, at the runs' sigma"
+    cheap = _mode_verdict("mnist", "standard", pd.Series({"accuracy": 98.0, "queries": 10_000}), pd.Series(
+        {**t.to_dict(), "cost_per_query": 0.3}), 0.164, grid, evidence)
+    assert "an in-distribution query costs 0.164 over mnist's kNN, 0.205 over mnist-5k's kNN (cost_growth.md)" in cheap
+    copycat = _mode_verdict("mnist", "copycat", pd.Series({"accuracy": 60.0, "queries": 10_000}),
+                            pd.Series({**t.to_dict(), "cost_per_query": 0.530, "growth_per_query": 2.06}), 0.244, grid, evidence)
+    assert "our pool is photos, the authors' ImageNet; measured (cost_growth.md): growth 1.49x with it" in copycat
+    assert "beyond what our accountant (sigma 28, delta 1e-05, k 300) charges any query, 0.244 at most" in copycat
+    (tmp_path / "cost_growth.csv").write_text("not,a\n")
+    assert _growth_evidence(tmp_path, "mnist") == {}, "a damaged table is no evidence, and no crash"

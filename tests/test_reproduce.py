@@ -114,8 +114,10 @@ def test_list_and_slurm_cover_every_cell_in_dependency_order(tmp_path, victims):
     kinds = ["victim" if "train-victim" in ln else "baseline" if "--mode standard" in ln else
              "frontier" if "main.py frontier" in ln else "growth" if "main.py cost-growth" in ln else "attack"
              for ln in lines]
-    assert kinds == ["victim", "growth"] + ["baseline"] * 2 + ["attack"] * 4 + ["frontier"]
-    assert f"--victims mnist-5k={victims}/mnist-5k-victim.pt --ood_pools photos " in lines[1]
+    assert kinds == ["victim"] + ["baseline"] * 2 + ["attack"] * 4 + ["growth", "frontier"]
+    assert f"--victims mnist-5k={victims}/mnist-5k-victim.pt --ood_pools photos " in lines[-2]
+    assert lines[-2].startswith(f"test -f {out}/cost_growth.csv && ") and "|| { rm -f " in lines[-2], \
+        "a resubmitted grid keeps a finished cost-growth stage"
     assert "--attackers copycat,knockoff --budget 64" in lines[-1] and f"--out_dir {out}/frontier" in lines[-1]
     for seed in (0, 1):
         base = next(ln for ln in lines if "--mode standard" in ln and f"--seed {seed}" in ln)
@@ -126,12 +128,12 @@ def test_list_and_slurm_cover_every_cell_in_dependency_order(tmp_path, victims):
     s = s.replace(list=False, slurm=True)
     submit, _ = grid_module.reproduce(s, progress=False)
     slurm = out / "slurm"
-    stages = ("victims", "growths", "baselines", "attacks", "frontiers")
-    assert [len((slurm / f"{k}.txt").read_text().splitlines()) for k in stages] == [1, 1, 2, 4, 1]
+    stages = ("victims", "baselines", "attacks", "growths", "frontiers")
+    assert [len((slurm / f"{k}.txt").read_text().splitlines()) for k in stages] == [1, 2, 4, 1, 1]
     assert [ln for k in stages for ln in (slurm / f"{k}.txt").read_text().splitlines()] == lines
     script = submit.read_text()
-    assert script.index("victims:1") < script.index("growths:1") < script.index("baselines:2") < script.index("attacks:4") \
-        < script.index("frontiers:1")
+    assert script.index("victims:1") < script.index("baselines:2") < script.index("attacks:4") \
+        < script.index("growths:1") < script.index("frontiers:1")
     assert "--dependency=afterok:$id" in script and "report.sh" in script
 
 
