@@ -259,7 +259,7 @@ def _growth_outputs(cell: Cell) -> list:
     from common.io import params_beside
 
     csv = Path(cell.argv[cell.argv.index("--out") + 1])
-    return [csv, params_beside(csv), csv.with_suffix(".md")]
+    return [csv, params_beside(csv), csv.with_suffix(".png"), csv.with_suffix(".md")]  # the notes are last
 
 
 def _move_aside(folder: Path) -> Path:
@@ -355,7 +355,7 @@ def _line(cell: Cell) -> str:
     if cell.kind == "frontier":
         return f"  frontier ({cell.dataset}): {cell.folder / 'frontier.md'}"
     if cell.kind == "growth":
-        return f"  cost growth ({cell.dataset}): {_growth_outputs(cell)[2]}"
+        return f"  cost growth ({cell.dataset}): {_growth_outputs(cell)[-1]}"
     final = (finished(cell.folder) or {}).get("final", {})
     return (f"  {cell.name}: {final.get('queries')} queries, accuracy {final.get('accuracy', float('nan')):.1f}%, "
             f"fidelity {final.get('fidelity', float('nan')):.1f}%")

@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 
 from common import checks
 from common.errors import ConfigError, UserError
-from common.io import atomic_write_csv, atomic_write_text, check_outputs, params_beside, write_params_beside
+from common.io import (atomic_savefig, atomic_write_csv, atomic_write_text, check_outputs, params_beside,
+                       write_params_beside)
 from common.runtime import resolve_device, set_seed
 from common.tables import markdown
 from data.ood import ood_capacity, ood_pool
@@ -167,7 +168,8 @@ class GrowthJob:
                    device=values.get("device") or "auto", config=config)
 
     def outputs(self) -> dict:
-        return {"--out": self.out, "the settings record": params_beside(self.out), "the notes": self.out.with_suffix(".md")}
+        return {"--out": self.out, "the settings record": params_beside(self.out), "the notes": self.out.with_suffix(".md"),
+                "the figure": self.out.with_suffix(".png")}
 
 
 def parse_victims(text, knn_sets, victim_dir) -> dict:
@@ -202,8 +204,37 @@ def run(job: GrowthJob, *, record: dict, progress: bool = True) -> tuple:
     text = report(frame, effects(frame), paper, job.config)
     atomic_write_csv(job.out, frame)
     write_params_beside(job.out, record, "cost-growth")
-    atomic_write_text(outputs["the notes"], text)
-    return frame, text + f"\nwritten to {job.out} and {outputs['the notes']}"
+    plot(frame, paper, outputs["the figure"])
+    atomic_write_text(outputs["the notes"], text + f"\n![growth against sigma]({outputs['the figure'].name})\n")
+    return frame, text + f"\nwritten to {job.out}, {outputs['the notes']} and {outputs['the figure']}"
+
+
+def plot(frame: pd.DataFrame, paper: pd.DataFrame, path: Path) -> None:
+    """Growth against sigma, a line per (kNN set, victim), the pools averaged; the accountant's ceiling
+    dashed; the authors' copycat and knockoff dotted."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (knn_set, victim), g in frame.groupby(["knn_set", "victim"], sort=False):
+        line = g.groupby("sigma")["growth"].mean()
+        ax.plot(line.index, line.to_numpy(), "-o", ms=4, label=f"kNN over {knn_set}, victim {victim}")
+    ceiling_line = frame.groupby("sigma")["most_growth"].max()
+    ax.plot(ceiling_line.index, ceiling_line.to_numpy(), "k--", lw=1, label="the most any attacker can reach")
+    theirs = paper[paper["mode"].isin(["copycat", "adaptiveknockoff"])]
+    for _, r in theirs.iterrows():
+        ax.axhline(r["growth_per_query"], color="grey", ls=":", lw=1)
+    if len(theirs):
+        ax.annotate("the authors' " + ", ".join(f"{r['mode']} {r['growth_per_query']:.2f}x" for _, r in theirs.iterrows()),
+                    (ceiling_line.index.min(), theirs["growth_per_query"].max()), fontsize=7, va="bottom", color="grey")
+    ax.set_xlabel("GNMax sigma")
+    ax.set_ylabel("attacker's kNN cost per query / legitimate user's")
+    ax.set_title("What makes an attacker's kNN cost grow faster")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    atomic_savefig(fig, path)
+    plt.close(fig)
 
 
 def report(frame: pd.DataFrame, effects: pd.DataFrame, paper: pd.DataFrame, config) -> str:

@@ -67,6 +67,7 @@ def test_the_command_writes_its_table_notes_and_verdicts_and_refuses_a_label_twi
     frame, text = cost_growth(s, progress=False)
     assert list(frame["victim"]) == ["mine", "mine"] and json.loads(out.with_suffix(".params.json").read_text())
     notes = out.with_suffix(".md").read_text()
+    assert out.with_suffix(".png").stat().st_size > 5000 and "![growth against sigma](g.png)" in notes
     for _, row in frame.iterrows():
         legit = row["legit_eps_per_query"]
         close = abs(legit - 0.2576) <= 0.15 * 0.2576
