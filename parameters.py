@@ -85,7 +85,7 @@ FRONTIER_DEFAULTS = dict(
 
 def _ood_pool(text):
     """An argparse type: a named out-of-distribution pool, or a folder of images."""
-    if text in OOD_POOLS or Path(text).is_dir():
+    if text.strip() and (text in OOD_POOLS or Path(text).is_dir()):
         return text
     raise argparse.ArgumentTypeError(f"'{text}' is neither a pool ({', '.join(sorted(OOD_POOLS))}) nor a folder of "
                                      f"images")

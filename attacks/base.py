@@ -55,6 +55,7 @@ class Attack:
     name = ""
     soft_targets = False  # True: trains on the victim's probabilities (needs --victim_output probs)
     Options = None  # a dataclass of the mode's own settings; its field names are the flags' names
+    uses_ood_pool = False  # True: its queries come from --ood_pool (copycat, knockoff, worstcaseood)
 
     @staticmethod
     def default_arch(spec) -> str | None:

@@ -10,6 +10,7 @@ from data.ood import ood_pool
 @register
 class CopycatAttack(SequentialPoolAttack):
     name = "copycat"
+    uses_ood_pool = True
 
     def build_pool(self) -> torch.Tensor:
         return ood_pool(self.ctx.ood_pool, self.ctx.budget, self.ctx.spec, seed=self.ctx.seed,

@@ -65,6 +65,7 @@ def policy(preferences: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
 @register
 class KnockoffAttack(PoolAttack):
     name = "knockoff"
+    uses_ood_pool = True
     soft_targets = True
 
     def __init__(self, ctx):

@@ -63,6 +63,7 @@ class WorstCaseOODOptions:
 class WorstCaseOODAttack(WorstCaseAttack):
     name = "worstcaseood"
     Options = WorstCaseOODOptions
+    uses_ood_pool = True
 
     @classmethod
     def max_budget(cls, pool_size: int) -> int | None:

@@ -112,7 +112,10 @@ def grid_settings(s) -> dict:
         raise UserError(f"unknown mode(s) {', '.join(unknown)}; valid: {', '.join(sorted(attacks.ATTACKS))}")
     if "standard" not in modes:
         modes = ["standard", *modes]  # every attack is priced against it
+    from data.ood import ood_capacity
+
     budgets = {}
+    held = ood_capacity(_pool(s.ood_pool), s.data_dir)  # None: photo crops, as many as asked
     for d in datasets:
         pool = pool_size(d, str(Path(s.data_dir).resolve()))
         for m in modes:
@@ -124,6 +127,8 @@ def grid_settings(s) -> dict:
             else:
                 planned = QUICK_BUDGET if quick else FULL_BUDGETS[d]
             cap = attacks.ATTACKS[m].max_budget(pool) if pool is not None else None
+            if attacks.ATTACKS[m].uses_ood_pool and held is not None:
+                cap = held if cap is None else min(cap, held)  # a folder of images holds so many
             budgets[f"{d}/{m}"] = planned if cap is None else min(planned, cap)  # what the pool allows
     return {"datasets": datasets, "modes": modes, "seeds": int(s.seeds), "budgets": budgets,
             "profile": "quick" if quick else "full", "data_dir": str(Path(s.data_dir).resolve()),
@@ -484,6 +489,23 @@ def reproduce(s, *, progress: bool = True) -> tuple:
     return report, "\n".join([*said, f"report: {report}"])
 
 
+def _validate_pool(grid: dict) -> None:
+    """The grid's --ood_pool: not a dataset's own images, and a folder that holds images (before any cell)."""
+    import attacks
+    from data.ood import OOD_POOLS, check_not_own, ood_capacity
+
+    pool = grid["ood_pool"]
+    users = [m for m in grid["modes"] if attacks.ATTACKS[m].uses_ood_pool]
+    if pool in OOD_POOLS:
+        if users:
+            for d in grid["datasets"]:
+                check_not_own(pool, d)
+        return
+    if ood_capacity(pool, grid["data_dir"]) == 0:
+        raise UserError(f"--ood_pool {pool} holds no images; give a folder of images (searched recursively), or "
+                        f"leave it out for photo crops")
+
+
 def _validate(grid: dict, out: Path) -> None:
     """Every run cell's settings, checked as extract checks them, before anything is written."""
     import parameters
@@ -501,7 +523,13 @@ def _validate(grid: dict, out: Path) -> None:
     if too_big:
         raise UserError(f"{len(too_big)} cell(s) would ask for more distinct queries than the attacker's pool holds: "
                         f"{'; '.join(too_big[:4])}; lower --budget (or leave it out: the grid plans budgets that fit)")
+    _validate_pool(grid)
     for cell in cells(grid, out):
+        argv = dict(zip(cell.argv[1::2], cell.argv[2::2]))
+        if cell.kind in ("baseline", "attack") and int(argv["--budget"]) < int(argv["--query_batch"]):
+            fix = "raise --dfme_budget" if argv["--mode"] == "dfme" else "lower --query_batch (or raise --budget, where the pool allows)"
+            raise UserError(f"{cell.name}: the grid plans {argv['--budget']} queries, below one batch of "
+                            f"{argv['--query_batch']}; {fix}")
         if cell.kind in ("frontier", "growth"):
             parameters.parse(cell.argv)  # its flags parse; it checks its own inputs as it starts
         elif cell.kind != "victim":

@@ -69,7 +69,8 @@ def train_victim(s, *, progress: bool = True) -> tuple:
             "test_size": len(splits.eval_y), "train_time_s": round(seconds, 1), "device": str(device),
             "recipe": {"optimizer": s.optimizer, "lr": s.lr, "momentum": s.momentum,
                        "weight_decay": s.weight_decay, "batch_size": s.batch_size, "lr_schedule": s.lr_schedule,
-                       "plateau_patience": s.plateau_patience, "shift": s.victim_shift},
+                       **({"plateau_patience": s.plateau_patience} if s.lr_schedule == "plateau" else {}),
+                       "shift": s.victim_shift},
             "history": history}
     save_victim(model, s.victim_path, meta)
     report = (f"victim {arch} on {s.dataset}: test accuracy {acc:.2f}% on {len(splits.eval_y)} held-out images, "

@@ -133,7 +133,12 @@ def ood_pool_grouped(name: str, n: int, spec: DatasetSpec, *, seed: int, data_di
     """(images, groups): the pool and a class-like group per image (labels, or photo and crop size)."""
     if name not in OOD_POOLS:
         return _folder_pool(_folder(name), n, spec, seed)
-    if name == spec.name or {name, spec.name} <= SAME_SOURCE:
-        raise UserError(f"--ood_pool {name} is the victim's own data ('{spec.name}'): it holds the victim's training "
-                        f"and evaluation images, which an attacker never queries; choose another pool")
+    check_not_own(name, spec.name)
     return OOD_POOLS[name](n, spec, seed, data_dir)
+
+
+def check_not_own(pool: str, dataset: str) -> None:
+    """UserError where the named pool is the victim's own data (its training and evaluation images)."""
+    if pool == dataset or {pool, dataset} <= SAME_SOURCE:
+        raise UserError(f"--ood_pool {pool} is the victim's own data ('{dataset}'): it holds the victim's training "
+                        f"and evaluation images, which an attacker never queries; choose another pool")

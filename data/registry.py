@@ -133,11 +133,13 @@ def _load_idx_dir(directory: Path) -> tuple | None:
             _as_nchw(xte), torch.as_tensor(yte, dtype=torch.long))
 
 
-def _idx_first(cls_name: str, *also: Path):
-    """IDX files in --data_dir (torchvision's CLS/raw/ layout, or bare in --data_dir itself) or in `also`,
-    read directly (offline, no MD5 check); torchvision (and its download) only where none are found."""
+def _idx_first(cls_name: str, *also: Path, bare: bool = False):
+    """IDX files in --data_dir (torchvision's CLS/raw/ layout; with `bare`, also in --data_dir itself) or in
+    `also`, read directly (offline, no MD5 check); torchvision (and its download) only where none are found.
+    MNIST and Fashion-MNIST share their file names, so only one of them (MNIST) reads bare files: a folder of
+    MNIST's four files is never taken for Fashion-MNIST."""
     def load(spec: DatasetSpec, data_dir: Path) -> tuple:
-        for directory in (data_dir / cls_name / "raw", data_dir, *also):
+        for directory in (data_dir / cls_name / "raw", *([data_dir] if bare else []), *also):
             found = _load_idx_dir(directory)
             if found is not None:
                 log.info("%s from %s", spec.name, directory)
@@ -147,7 +149,7 @@ def _idx_first(cls_name: str, *also: Path):
 
 
 _load_fashion = _idx_first("FashionMNIST", DEBIAN_FASHION_DIR)  # then Debian's dataset-fashion-mnist
-_load_mnist = _idx_first("MNIST")
+_load_mnist = _idx_first("MNIST", bare=True)
 
 
 def _load_mnist5k(spec: DatasetSpec, data_dir: Path) -> tuple:

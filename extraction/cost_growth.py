@@ -93,6 +93,11 @@ def measure(victims: dict, knn_sets: list, pools: list, *, data_dir, config: Gro
             device=torch.device("cpu"), progress: bool = True) -> pd.DataFrame:
     """One row per (victim, kNN set, pool): the mean epsilon per query of the in-distribution and the
     out-of-distribution stream, and their ratio (`growth`). `victims` maps a label to a checkpoint."""
+    for pool in pools:  # a pool too small for the queries is refused before anything is measured
+        held = ood_capacity(pool, data_dir)
+        if held is not None and held < config.queries:
+            raise UserError(f"pool {pool} holds {held} images, fewer than the {config.queries} queries asked; lower "
+                            f"--queries to {held}, or give a larger pool")
     rows = []
     combos = list(itertools.product(knn_sets, victims, pools))
     bar = tqdm(combos, desc="cost growth", leave=False, disable=not progress)
@@ -110,10 +115,6 @@ def measure(victims: dict, knn_sets: list, pools: list, *, data_dir, config: Gro
             reps[label] = KnnVoter(oracle.representations(splits.victim_x), splits.victim_y, k=k,
                                    num_classes=splits.spec.num_classes, seed=config.seed)
         voter = reps[label]
-        held = ood_capacity(pool, data_dir)
-        if held is not None and held < len(legit):
-            raise UserError(f"pool {pool} holds {held} images, fewer than the {len(legit)} queries asked; lower "
-                            f"--queries to {held}, or give a larger pool")
         ood = ood_pool(pool, len(legit), splits.spec, seed=config.seed, data_dir=data_dir)
         votes = {kind: voter.votes(oracle.log_probs(images)).numpy() for kind, images in (("legit", legit),
                                                                                            ("ood", ood))}
@@ -159,11 +160,14 @@ class GrowthJob:
     def of(cls, values: dict) -> "GrowthJob":
         """From a command's settings: --datasets, --victims (LABEL=PATH or PATH, comma-separated; by default
         each dataset's VICTIM_DIR/DATASET-victim.pt), --ood_pools, --sigmas, --queries, --k, --delta, --seed."""
-        knn_sets = tuple(d for d in str(values["datasets"]).split(",") if d)
+        def listed(key):  # in order, each once
+            return tuple(dict.fromkeys(v for v in str(values[key]).split(",") if v))
+
+        knn_sets = listed("datasets")
         config = GrowthConfig(queries=int(values["queries"]), k=int(values["k"]), delta=float(values["delta"]),
-                              seed=int(values["seed"]), sigmas=tuple(float(v) for v in str(values["sigmas"]).split(",")))
+                              seed=int(values["seed"]), sigmas=tuple(dict.fromkeys(float(v) for v in listed("sigmas"))))
         return cls(victims=parse_victims(values.get("victims"), knn_sets, values.get("victim_dir") or "checkpoints"),
-                   knn_sets=knn_sets, pools=tuple(p for p in str(values["ood_pools"]).split(",") if p),
+                   knn_sets=knn_sets, pools=listed("ood_pools"),
                    out=Path(values.get("out") or "results/cost_growth.csv"), data_dir=values.get("data_dir") or "data",
                    device=values.get("device") or "auto", config=config)
 
@@ -180,8 +184,12 @@ def parse_victims(text, knn_sets, victim_dir) -> dict:
     for part in (p.strip() for p in str(text).split(",")):
         if not part:
             raise UserError(f"--victims '{text}' has an empty entry; give PATH or LABEL=PATH, comma-separated")
-        label, _, path = part.partition("=") if "=" in part else ("", "", part)
-        label = label or Path(path).name.removesuffix(".pt").removesuffix("-victim")
+        if "=" in part and not Path(part).exists():  # a path with "=" in its name is taken whole
+            label, _, path = part.partition("=")
+            if not label or not path:
+                raise UserError(f"--victims entry '{part}' needs both a LABEL and a PATH (LABEL=PATH), or a PATH alone")
+        else:
+            label, path = Path(part).name.removesuffix(".pt").removesuffix("-victim"), part
         if label in out:
             raise UserError(f"--victims names '{label}' twice; give each checkpoint its own LABEL=PATH")
         out[label] = Path(path)
@@ -246,7 +254,7 @@ def report(frame: pd.DataFrame, effects: pd.DataFrame, paper: pd.DataFrame, conf
     legit_paper, copycat_paper = float(mine.loc["standard", "cost_per_query"]), float(mine.loc["copycat", "cost_per_query"])
     ood_modes = paper[paper["mode"].isin(["copycat", "adaptiveknockoff"])]
     lines = [f"# What makes an attacker's kNN cost grow faster (k={config.k} or the training set's size, "
-             f"delta={config.delta:g}, {config.queries} queries of each kind)", "",
+             f"delta={config.delta:g}, {int(frame['queries'].max())} queries of each kind at most)", "",
              "`growth`: the out-of-distribution stream's mean epsilon per query over the in-distribution "
              "stream's (a legitimate user's). `most_growth`: the largest growth the accountant allows at that "
              "sigma, whatever an attacker sends (a tied vote's epsilon over a unanimous one's).", "",
@@ -256,9 +264,14 @@ def report(frame: pd.DataFrame, effects: pd.DataFrame, paper: pd.DataFrame, conf
              "## The authors' MNIST CSVs, read three ways", "",
              table(paper[["mode", "accuracy", "queries", "cost_per_query", "growth_per_query", "growth_per_second",
                           "growth_equal_accuracy", "at_accuracy"]]), "", "## Verdicts", ""]
-    top = effects.loc[effects["swing"].idxmax()]
-    lines.append(f"- The factor that moves growth most: {top['factor']} (its levels' mean growth differ "
-                 f"{top['swing']:.2f}x).")
+    varied = effects[effects.groupby("factor")["level"].transform("count") > 1]
+    if len(varied):
+        top = varied.loc[varied["swing"].idxmax()]
+        lines.append(f"- The factor that moves growth most: {top['factor']} (its levels' mean growth differ "
+                     f"{top['swing']:.2f}x).")
+    else:
+        lines.append("- No factor varies here (one level each): give several --victims, --datasets, --ood_pools or "
+                     "--sigmas to compare them.")
     for sigma, g in frame.groupby("sigma", sort=False):
         best = g.loc[g["growth"].idxmax()]
         bound = ceiling(int(best["k"]), 10, sigma=sigma, delta=config.delta)

@@ -61,6 +61,19 @@ def test_the_ceiling_bounds_any_attackers_growth_at_the_papers_sigma():
         GrowthConfig(sigmas=())
 
 
+def test_victims_parse_labels_paths_and_refuse_half_entries(tmp_path):
+    from extraction.cost_growth import parse_victims
+
+    odd = tmp_path / "a=b.pt"
+    odd.write_bytes(b"")
+    assert parse_victims(f"x=v.pt,{odd},w-victim.pt", ["mnist"], "ck") == {
+        "x": __import__("pathlib").Path("v.pt"), "a=b": odd, "w": __import__("pathlib").Path("w-victim.pt")}
+    assert parse_victims(None, ["mnist"], "ck") == {"mnist": __import__("pathlib").Path("ck/mnist-victim.pt")}
+    for bad, phrase in (("a=", "needs both a LABEL and a PATH"), ("=x.pt", "needs both"), ("a.pt,,b.pt", "empty entry")):
+        with pytest.raises(UserError, match=phrase):
+            parse_victims(bad, ["mnist"], "ck")
+
+
 def test_the_command_writes_its_table_notes_and_verdicts_and_refuses_a_label_twice(tmp_path, victim_path, capsys):
     out = tmp_path / "g.csv"
     s = parameters.parse(["cost-growth", "--victims", f"mine={victim_path}", "--queries", "64", "--out", str(out)])

@@ -97,6 +97,17 @@ def test_cifar10_loads_from_an_image_folder_in_torchvisions_label_order(tmp_path
         load_splits("cifar10", tmp_path / "digits")
 
 
+def test_bare_idx_files_are_mnists_and_never_taken_for_fashion_mnist():
+    bare = DATA / "mnist-idx"  # MNIST's four files, bare; Fashion-MNIST's have the same names
+    assert len(load_splits("mnist", bare).victim_y) == 60
+    try:
+        fashion = load_splits("fashion-mnist", bare)  # Debian's package where installed, else an offline error
+    except UserError as exc:
+        assert "fashion-mnist" in str(exc)
+    else:
+        assert len(fashion.victim_y) == 60_000, "Fashion-MNIST came from its own files, not MNIST's"
+
+
 def test_an_image_folder_without_its_layout_says_what_it_needs(tmp_path):
     with pytest.raises(UserError, match="ROOT/train/CLASS"):
         load_splits("folder", tmp_path)

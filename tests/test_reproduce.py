@@ -229,3 +229,28 @@ def test_an_mnist_grid_sets_each_mode_beside_the_paper_with_verdicts_and_the_cos
     assert "the authors' 0.530 per query is beyond what our accountant (sigma 28, delta 1e-05, k 300) charges any " \
            "query, 0.244 at most" in copycat
     assert "What makes an attacker's kNN cost grow faster" in report and "Only read as the cost of reaching" in report
+
+
+def test_a_grid_checks_its_pool_before_training_and_plans_within_a_small_folder(tmp_path, victims):
+    fixture = str(ROOT / "tests" / "data" / "mnist-idx")
+
+    def plan(*extra):
+        return parameters.parse(["reproduce", "--datasets", "mnist", "--modes", "copycat", "--query_batch", "8",
+                                 "--data_dir", fixture, "--out_dir", str(tmp_path / "g"), "--victim_dir",
+                                 str(victims), *extra])
+
+    with pytest.raises(UserError, match="--ood_pool mnist is the victim's own data"):
+        grid_module.reproduce(plan("--ood_pool", "mnist", "--list"), progress=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match="holds no images"):
+        grid_module.reproduce(plan("--ood_pool", str(empty), "--list"), progress=False)
+    small = str(ROOT / "tests" / "data" / "image-folder")  # 33 images
+    budgets = grid_module.grid_settings(plan("--ood_pool", small))["budgets"]
+    assert budgets["mnist/copycat"] == 33, "copycat plans what the folder holds"
+    with pytest.raises(UserError, match=r"mnist/standard-b24-s0: the grid plans 24 queries, below one batch of 64; "
+                                        r"lower --query_batch"):
+        grid_module.reproduce(plan("--query_batch", "64", "--list"), progress=False)
+    assert not (tmp_path / "g").exists()
+    with pytest.raises(SystemExit):
+        parameters.parse(["reproduce", "--ood_pool", "", "--out_dir", str(tmp_path / "g")])
