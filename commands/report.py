@@ -273,7 +273,8 @@ def _mode_verdict(d: str, mode: str, o, t, per_query: float, grid: dict, growth:
             reasons.append(f"the authors' {t['cost_per_query']:.3f} per query is beyond what our accountant "
                            f"(sigma {bound['sigma']:g}, delta {bound['delta']:g}, k {bound['k']}) charges any "
                            f"query, {bound['most_eps']:.3f} at most: their noise must have been smaller "
-                           f"(cost_growth.md prices the same votes at other sigmas)")
+                           + ("(cost_growth.md prices the same votes at other sigmas)" if growth else
+                              "(`main.py cost-growth --sigmas` prices votes at other sigmas)"))
         knn = growth.get("legit", {})
         if knn and mode not in POOL_MODES:
             reasons.append("an in-distribution query costs " + ", ".join(

@@ -65,6 +65,7 @@ def test_a_tiny_grid_reports_what_its_logs_say(tmp_path, victims):
 
 def test_an_interrupted_grid_resumes_without_redoing_a_finished_run(tmp_path, victims, monkeypatch):
     monkeypatch.setattr(grid_module, "FRONTIER_DATASETS", ())  # the grid's runs only: the frontier is tested above
+    monkeypatch.setattr(grid_module, "GROWTH_DATASETS", ())  # and so is the cost-growth stage
     out = tmp_path / "g"
     real = grid_module._run_in_process
     calls = []
