@@ -32,6 +32,10 @@ def check_target(path, *, overwrite: bool, flag: str = "--victim_path", command:
 
 def train_victim(s, *, progress: bool = True) -> tuple:
     check_target(s.victim_path, overwrite=bool(getattr(s, "overwrite", False)))
+    target, data = Path(s.victim_path).resolve(), Path(s.data_dir).resolve()
+    if target.exists() and data in target.parents:
+        raise UserError(f"--victim_path {s.victim_path} is a file inside --data_dir {s.data_dir}, among the dataset's "
+                        f"files; train-victim never replaces one, even with --overwrite. Choose another --victim_path")
     checks.whole("--epochs", s.epochs, lo=1)
     device = resolve_device(s.device)
     set_seed(s.seed)

@@ -168,3 +168,19 @@ def test_a_verdict_agrees_within_its_margins_and_names_its_measured_causes(ours,
     assert "beyond what our accountant (sigma 28, delta 1e-05, k 300) charges any query, 0.244 at most" in copycat
     (tmp_path / "cost_growth.csv").write_text("not,a\n")
     assert _growth_evidence(tmp_path, "mnist") == {}, "a damaged table is no evidence, and no crash"
+
+
+def test_overwrite_never_replaces_a_file_in_the_data_folder(tmp_path):
+    import shutil
+
+    from commands.victim import train_victim
+
+    data = tmp_path / "mnist"
+    shutil.copytree(DATA / "mnist-idx", data)
+    labels = data / "t10k-labels-idx1-ubyte.gz"
+    before = labels.read_bytes()
+    s = parameters.parse(["train-victim", "--dataset", "mnist", "--data_dir", str(data), "--epochs", "1",
+                          "--overwrite", "--victim_path", str(labels)])
+    with pytest.raises(UserError, match="inside --data_dir .* never replaces one, even with --overwrite"):
+        train_victim(s, progress=False)
+    assert labels.read_bytes() == before
