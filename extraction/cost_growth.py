@@ -38,7 +38,7 @@ from common.io import (atomic_savefig, atomic_write_csv, atomic_write_text, chec
 from common.runtime import resolve_device, set_seed
 from common.tables import markdown
 from data.ood import ood_capacity, ood_pool
-from data.registry import load_splits
+from data.registry import DATASETS, load_splits
 from models.checkpoint import load_victim, read_victim_meta
 from models.oracle import Victim
 from pow.paper import PAPER_DIR, growth_claims
@@ -85,6 +85,13 @@ def _victim(path: Path, spec, device) -> tuple:
     """The checkpoint's model, loaded for the kNN set's input shape, and its metadata."""
     meta = read_victim_meta(path)
     trained_on = meta.get("dataset", spec.name)
+    if trained_on in DATASETS and trained_on != "folder":  # a folder's shape is its files'; load_victim checks it
+        own = DATASETS[trained_on]
+        if (own.channels, own.size, own.num_classes) != (spec.channels, spec.size, spec.num_classes):
+            raise UserError(f"--victims {path} was trained on '{trained_on}' ({own.channels}x{own.size}x{own.size}, "
+                            f"{own.num_classes} classes), which does not take '{spec.name}' ({spec.channels}x{spec.size}x"
+                            f"{spec.size}, {spec.num_classes} classes) from --datasets; give victims of the kNN sets' "
+                            f"input shape")
     model, meta = load_victim(path, dataclasses.replace(spec, name=trained_on), device=device)
     return Victim(model, device=device), meta
 

@@ -184,3 +184,16 @@ def test_overwrite_never_replaces_a_file_in_the_data_folder(tmp_path):
     with pytest.raises(UserError, match="inside --data_dir .* never replaces one, even with --overwrite"):
         train_victim(s, progress=False)
     assert labels.read_bytes() == before
+
+
+def test_a_victim_of_another_input_shape_is_named_as_such(tmp_path):
+    from data.registry import create
+    from models import architectures
+    from models.checkpoint import save_victim
+
+    rgb = tmp_path / "rgb.pt"
+    save_victim(architectures.create("mnistnet", create("cifar10")), rgb, {"dataset": "cifar10", "architecture": "mnistnet"})
+    with pytest.raises(UserError, match=r"trained on 'cifar10' \(3x32x32, 10 classes\), which does not take 'mnist-5k' "
+                                        r"\(1x28x28"):
+        measure({"rgb": str(rgb)}, ["mnist-5k"], ["photos"], data_dir="data", config=GrowthConfig(queries=8),
+                progress=False)
