@@ -112,10 +112,8 @@ def grid_settings(s) -> dict:
         raise UserError(f"unknown mode(s) {', '.join(unknown)}; valid: {', '.join(sorted(attacks.ATTACKS))}")
     if "standard" not in modes:
         modes = ["standard", *modes]  # every attack is priced against it
-    from data.ood import ood_capacity
-
     budgets = {}
-    held = ood_capacity(_pool(s.ood_pool), s.data_dir)  # None: photo crops, as many as asked
+    held = _capacity(_pool(s.ood_pool), str(s.data_dir))  # None: photo crops, as many as asked
     for d in datasets:
         pool = pool_size(d, str(Path(s.data_dir).resolve()))
         for m in modes:
@@ -134,6 +132,13 @@ def grid_settings(s) -> dict:
             "profile": "quick" if quick else "full", "data_dir": str(Path(s.data_dir).resolve()),
             "victim_dir": str(Path(s.victim_dir).resolve()), "device": s.device, "ood_pool": _pool(s.ood_pool),
             "query_batch": int(s.query_batch), **{k: s.as_dict().get(k) for k in SCALE_KEYS}}
+
+
+@functools.lru_cache(maxsize=None)  # planning, listing and checking the grid all ask; a folder is walked once
+def _capacity(pool: str, data_dir: str) -> int | None:
+    from data.ood import ood_capacity
+
+    return ood_capacity(pool, data_dir)
 
 
 def _pool(name: str) -> str:
@@ -216,12 +221,11 @@ def growth_cells(grid: dict, out: Path) -> list:
     datasets = [d for d in grid["datasets"] if d in GROWTH_DATASETS]
     if not datasets:
         return []
-    from data.ood import ood_capacity
     from extraction.cost_growth import GrowthConfig
 
     victims = ",".join(f"{d}={Path(grid['victim_dir']) / f'{d}-victim.pt'}" for d in datasets)
     queries = GROWTH_QUICK if grid["profile"] == "quick" else GrowthConfig.queries
-    held = ood_capacity(grid["ood_pool"], grid["data_dir"])  # a small folder: fewer queries, not a failure
+    held = _capacity(grid["ood_pool"], grid["data_dir"])  # a small folder: fewer queries, not a failure
     queries = queries if held is None else min(queries, held)
     argv = ["cost-growth", "--datasets", ",".join(datasets), "--victims", victims,
             "--ood_pools", ",".join(dict.fromkeys(["photos", grid["ood_pool"]])), "--data_dir", grid["data_dir"],
@@ -261,10 +265,9 @@ def _done(cell: Cell) -> bool:
 
 
 def _growth_outputs(cell: Cell) -> list:
-    from common.io import params_beside
+    from extraction.cost_growth import output_files
 
-    csv = Path(cell.argv[cell.argv.index("--out") + 1])
-    return [csv, params_beside(csv), csv.with_suffix(".png"), csv.with_suffix(".md")]  # the notes are last
+    return list(output_files(cell.argv[cell.argv.index("--out") + 1]).values())  # the notes are last
 
 
 def _move_aside(folder: Path) -> Path:
@@ -492,7 +495,7 @@ def reproduce(s, *, progress: bool = True) -> tuple:
 def _validate_pool(grid: dict) -> None:
     """The grid's --ood_pool: not a dataset's own images, and a folder that holds images (before any cell)."""
     import attacks
-    from data.ood import OOD_POOLS, check_not_own, ood_capacity
+    from data.ood import OOD_POOLS, check_not_own
 
     pool = grid["ood_pool"]
     users = [m for m in grid["modes"] if attacks.ATTACKS[m].uses_ood_pool]
@@ -501,7 +504,7 @@ def _validate_pool(grid: dict) -> None:
             for d in grid["datasets"]:
                 check_not_own(pool, d)
         return
-    if ood_capacity(pool, grid["data_dir"]) == 0:
+    if _capacity(pool, grid["data_dir"]) == 0:
         raise UserError(f"--ood_pool {pool} holds no images; give a folder of images (searched recursively), or "
                         f"leave it out for photo crops")
 

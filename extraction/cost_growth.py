@@ -179,8 +179,14 @@ class GrowthJob:
                    device=values.get("device") or "auto", config=config)
 
     def outputs(self) -> dict:
-        return {"--out": self.out, "the settings record": params_beside(self.out), "the notes": self.out.with_suffix(".md"),
-                "the figure": self.out.with_suffix(".png")}
+        return output_files(self.out)
+
+
+def output_files(out: Path) -> dict:
+    """What a run with --out OUT writes: the CSV, its settings record, the figure and the notes (last)."""
+    out = Path(out)
+    return {"--out": out, "the settings record": params_beside(out), "the figure": out.with_suffix(".png"),
+            "the notes": out.with_suffix(".md")}
 
 
 def parse_victims(text, knn_sets, victim_dir) -> dict:
