@@ -12,9 +12,9 @@ def _commands():
     from commands.frontier import frontier
     from commands.pow_cmds import pow_calibrate, pow_check, pow_mint
     from commands.pow_table import pow_table
+    from commands.powtime import pow_time
     from commands.reproduce import reproduce
     from commands.serve import query, remote_oracle, serve, serve_admin
-    from commands.powtime import pow_time
     from commands.summary import summarize
     from commands.sybil import sybil
     from commands.teachers import train_teachers

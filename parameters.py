@@ -16,8 +16,8 @@ from common.errors import ConfigError
 from data.ood import OOD_POOLS
 from data.profiles import PROFILES
 from data.registry import DATASETS
-from models.architectures import ARCHITECTURES
 from extraction.cost_growth import GrowthConfig
+from models.architectures import ARCHITECTURES
 from models.oracle import OUTPUTS
 from models.training import LR_SCHEDULES, MAX_LR
 from pow.calibration import CALIBRATIONS, QueryPriceConfig
@@ -55,7 +55,8 @@ DEFAULTS = dict(
     victim_output="labels", mode="standard", budget=1024, query_batch=64, batches_per_round=4,
     stolen_arch=None, out_dir=None, ood_pool="photos", cost_measure="entropy", cap_rdp=False,
     rdp_conversion="classic", calibration=None, calibration_mode="relative", base=None, pow_budget=1.0,
-    tolerance=3.0, deficit_tolerance=None, max_factor=1000.0, min_s=0.1, max_s=2948.467908, fresh=False, votes=None, log=None,
+    tolerance=3.0, deficit_tolerance=None, max_factor=1000.0, min_s=0.1, max_s=2948.467908, fresh=False, votes=None,
+    log=None,
     out=None, runs=None, queries=1000, sigmas="28,10", datasets="mnist-5k,fashion-mnist", epochs=None, bases=None,
     budgets=None, pow="simulated", puzzle="scrypt", pow_subs=1, solver="python", workers=None,
     timing_table="live", timing_csv="results/pow_timing.csv", stamp=None, solution=None, challenge=None,
@@ -178,9 +179,11 @@ def _preset_help(key: str) -> str:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default=None, choices=sorted(DATASETS), help=f"one of: {', '.join(DATASETS)} (default: {DEFAULT_DATASET})")
+    p.add_argument("--dataset", default=None, choices=sorted(DATASETS),
+                   help=f"one of: {', '.join(DATASETS)} (default: {DEFAULT_DATASET})")
     p.add_argument("--data_dir", default=None, help="where datasets are (or are downloaded to) (default: data)")
-    p.add_argument("--seed", type=_NONNEG_INT, default=None, help="random seed; the same seed repeats a run (default: 0)")
+    p.add_argument("--seed", type=_NONNEG_INT, default=None,
+                   help="random seed; the same seed repeats a run (default: 0)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto = CUDA when present)")
 
 
@@ -202,8 +205,10 @@ def _training(p: argparse.ArgumentParser) -> None:
 def _accountant(p: argparse.ArgumentParser, with_knn: bool = True) -> None:
     if with_knn:
         p.add_argument("--k", type=_POS_INT, default=None, help=_preset_help("k") + "; private-kNN neighbours")
-    p.add_argument("--sigma", type=_num(float, MIN_SIGMA, 1e6), default=None, help=_preset_help("sigma") + "; GNMax noise")
-    p.add_argument("--delta", type=_num(float, 0, 1, lo_open=True, hi_open=True), default=None, help=_preset_help("delta"))
+    p.add_argument("--sigma", type=_num(float, MIN_SIGMA, 1e6), default=None,
+                   help=_preset_help("sigma") + "; GNMax noise")
+    p.add_argument("--delta", type=_num(float, 0, 1, lo_open=True, hi_open=True), default=None,
+                   help=_preset_help("delta"))
     p.add_argument("--cap_rdp", action="store_true", default=None,
                    help="cap the data-dependent RDP at the data-independent bound (default: off, as the paper)")
     p.add_argument("--rdp_conversion", default=None, choices=CONVERSIONS,
@@ -260,7 +265,8 @@ def _solver(p: argparse.ArgumentParser) -> None:
 
 def _stamp_fields(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resource", default=None, help="resource the puzzle is bound to (default: client)")
-    p.add_argument("--bits", type=_num(int, 1, 160), default=None, help="hashcash: leading zero bits (made or required)")
+    p.add_argument("--bits", type=_num(int, 1, 160), default=None,
+                   help="hashcash: leading zero bits (made or required)")
     p.add_argument("--key", default=None,
                    help="HMAC key of the server, at least 16 characters (default: $POW_SECRET; no built-in key)")
     p.add_argument("--insecure_dev_key", action="store_true", default=None,
@@ -300,7 +306,8 @@ def _extraction(p: argparse.ArgumentParser) -> None:
                         "(default: random)")
     for key, (mode, f) in MODE_OPTIONS.items():  # ranges are checked by the Options dataclass
         cast = {"int": int, "float": float}[f.type if isinstance(f.type, str) else f.type.__name__]
-        p.add_argument(f"--{key}", type=_num(cast), default=None, help=f"{mode}: {f.metadata['help']} (default: {f.default})")
+        p.add_argument(f"--{key}", type=_num(cast), default=None,
+                       help=f"{mode}: {f.metadata['help']} (default: {f.default})")
 
 
 def _split_price(p: argparse.ArgumentParser) -> None:
@@ -329,14 +336,7 @@ def _server_state(p: argparse.ArgumentParser) -> None:
                    help="the HMAC key file from serve-admin init (mode 0600) (default: $POW_SECRET)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="main.py", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Model extraction against a victim defended by calibrated proof-of-work.",
-        epilog="Run 'python main.py COMMAND --help' for every flag of a command and its default.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-
+def _parser_demo(sub) -> None:
     p = sub.add_parser("demo", help="the main job: victim, standard vs copycat, calibration, table and plot")
     _common(p)
     _victim(p)
@@ -345,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     _calibration(p)
     p.add_argument("--out_dir", default=None, help="where results go (default: results/demo)")
 
+
+def _parser_train_victim(sub) -> None:
     p = sub.add_parser("train-victim", help="train a victim, evaluate it, save the checkpoint and P.json")
     _common(p)
     _victim(p)
@@ -362,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", default=None,
                    help="replace an existing victim checkpoint at --victim_path (default: refuse)")
 
+
+def _parser_train_teachers(sub) -> None:
     p = sub.add_parser("train-teachers", help="train a PATE teacher ensemble on disjoint parts of the victim's data")
     _common(p)
     _training(p)
@@ -372,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", default=None,
                    help="replace an existing ensemble at --teachers_path (default: refuse)")
 
+
+def _parser_extract(sub) -> None:
     p = sub.add_parser("extract", help="run one extraction attack against a victim and log every round")
     _common(p)
     _victim(p)
@@ -396,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "PoW is then solved for real and timed (default: none)")
     p.add_argument("--api_key", default=None, help="the API key for --server (default: $POW_API_KEY)")
 
+
+def _parser_serve(sub) -> None:
     p = sub.add_parser("serve", help="serve the victim over HTTP; every batch costs a calibrated proof-of-work")
     _common(p)
     _victim(p)
@@ -419,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl_s", type=_num(float, 1, 86400), default=None, help="challenge lifetime, s (default: 600)")
     p.add_argument("--rate", type=_num(float, 0, 1e6, lo_open=True), default=None,
                    help="requests per second per API key, sustained (default: 50)")
-    p.add_argument("--burst", type=_num(int, 1, 10 ** 6), default=None, help="requests per API key at once (default: 100)")
+    p.add_argument("--burst", type=_num(int, 1, 10 ** 6), default=None,
+                   help="requests per API key at once (default: 100)")
     p.add_argument("--threads", type=_num(int, 1, 1024), default=None,
                    help="request threads; torch gets cores / threads each, at least 1 (default: twice the cores)")
     _split_price(p)
@@ -427,7 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated measures the server also accounts (and shows in /v1/account) beside the "
                         "one it prices with; each costs time per batch (default: none)")
 
-    p = sub.add_parser("serve-admin", help="the server's key and users: init | add-user NAME | list-users | revoke NAME")
+
+def _parser_serve_admin(sub) -> None:
+    p = sub.add_parser("serve-admin",
+                       help="the server's key and users: init | add-user NAME | list-users | revoke NAME")
     p.add_argument("action", choices=["init", "add-user", "list-users", "revoke"], help="what to do")
     p.add_argument("name", nargs="?", default=None, help="the user (add-user, revoke)")
     p.add_argument("--group", default=None,
@@ -435,6 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the user's own)")
     _server_state(p)
 
+
+def _parser_query(sub) -> None:
     p = sub.add_parser("query", help="send one .npy batch to a server and print the answers")
     p.add_argument("--server", required=True, help="the server's URL, e.g. http://127.0.0.1:8000")
     p.add_argument("--api_key", default=None, help="(default: $POW_API_KEY)")
@@ -442,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_num(int, 1, 1024), default=None, help="solver processes (default: all cores)")
     p.add_argument("--out", default=None, help="also save the answers here as .npy (default: print only)")
 
+
+def _parser_sybil(sub) -> None:
     p = sub.add_parser("sybil", help="what each attack pays split over API keys and batch sizes, against a "
                                      "legitimate user (in-process, or over HTTP)")
     _common(p)
@@ -470,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "them) (default: OUT's folder/sybil-runs)")
     p.add_argument("--out", default=None, help="CSV of the table (default: results/sybil.csv; plot beside it)")
 
+
+def _parser_frontier(sub) -> None:
     p = sub.add_parser("frontier", help="the defence frontier: each attacker's stolen accuracy against its price "
                                         "under every split, and every legitimate profile's price, per rule")
     p.add_argument("--datasets", default=None, type=_NAMES_DATASETS,
@@ -486,7 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attackers", default=None, type=_list(_choice(ATTACKS, "mode"), "mode"),
                    help=f"comma-separated attack modes (default: {FRONTIER_DEFAULTS['attackers']})")
     p.add_argument("--profiles", default=None, type=_list(_choice(PROFILES, "profile"), "profile"),
-                   help=f"comma-separated legitimate profiles; standard always runs (default: all: {','.join(PROFILES)})")
+                   help=f"comma-separated legitimate profiles; standard always runs "
+                        f"(default: all: {','.join(PROFILES)})")
     p.add_argument("--deficit_tolerances", default=None, type=_list(_tolerance, "rule"),
                    help="comma-separated rules: off (one-sided) or T, two-sided with deficits beyond T standard "
                         f"deviations priced (default: {FRONTIER_DEFAULTS['deficit_tolerances']})")
@@ -504,6 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out_dir", default=None,
                    help="where frontier.csv, .png, .md, the baselines and the streams go (default: results/frontier)")
 
+
+def _parser_reproduce(sub) -> None:
     p = sub.add_parser("reproduce", help="the paper's grid (datasets x modes x seeds), resumable, then DIR/report.md")
     p.add_argument("--out_dir", default=None, help="where the runs, the report and its figures go")
     p.add_argument("--quick", action="store_true", default=None,
@@ -536,15 +557,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write SLURM job arrays (DIR/slurm/submit.sh) instead of running")
     p.add_argument("--report_only", default=None, metavar="DIR", help="rebuild DIR/report.md from finished runs")
     p.add_argument("--data_dir", default=None, help="(default: data)")
-    p.add_argument("--victim_dir", default=None, help="where DATASET-victim.pt are, or are trained to (default: checkpoints)")
+    p.add_argument("--victim_dir", default=None,
+                   help="where DATASET-victim.pt are, or are trained to (default: checkpoints)")
     p.add_argument("--device", default=None, help="(default: auto)")
 
+
+def _parser_summarize(sub) -> None:
     p = sub.add_parser("summarize", help="one table and figure from a folder of runs (RUNS/MODE/log.csv), priced "
                                          "against its standard run")
-    p.add_argument("--runs", required=True, help="folder with one sub-folder per mode, as experiments/attacks/*.sh write")
+    p.add_argument("--runs", required=True,
+                   help="folder with one sub-folder per mode, as experiments/attacks/*.sh write")
     p.add_argument("--calibration", default=None, help="legitimate baseline (default: RUNS/standard/log.csv)")
     _calibration(p)
 
+
+def _parser_privacy_cost(sub) -> None:
     p = sub.add_parser("privacy-cost", help="per-query epsilon and cumulative costs of vote histograms (CSV)")
     p.add_argument("--votes", required=True, help="CSV with one vote histogram per row (header optional)")
     p.add_argument("--dataset", default=None, choices=sorted(DATASETS),
@@ -552,6 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
     _accountant(p, with_knn=False)
     p.add_argument("--out", default=None, help="also write the table as CSV here (default: print only)")
 
+
+def _parser_pow_time(sub) -> None:
     p = sub.add_parser("pow-time", help="fill pow_time_s / total_time_s of a run's log from a baseline")
     p.add_argument("--calibration", required=True, help="legitimate baseline CSV (log.csv or paper format)")
     p.add_argument("--log", required=True, help="the run's log.csv (or a paper-format CSV)")
@@ -559,15 +588,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None,
                    help="where to write the log with PoW columns; never the --log itself (default: LOG.pow.csv "
                         "beside the log)")
-    p.add_argument("--bases", default=None, type=_list(_num(float, 1, lo_open=True), "base"), help="comma-separated bases: print a ratio sweep instead")
-    p.add_argument("--budgets", default=None, type=_list(_POS_FLOAT, "budget"), help="comma-separated pow budgets for the sweep (relative)")
+    p.add_argument("--bases", default=None, type=_list(_num(float, 1, lo_open=True), "base"),
+                   help="comma-separated bases: print a ratio sweep instead")
+    p.add_argument("--budgets", default=None, type=_list(_POS_FLOAT, "budget"),
+                   help="comma-separated pow budgets for the sweep (relative)")
 
+
+def _parser_pow_mint(sub) -> None:
     p = sub.add_parser("pow-mint", help="solve a puzzle: a hashcash stamp, or a signed numeric-target challenge")
     _puzzle(p)
     _stamp_fields(p)
-    p.add_argument("--work", type=_num(float, 1), default=None, help="sha256/scrypt: expected evaluations (default: 1000)")
+    p.add_argument("--work", type=_num(float, 1), default=None,
+                   help="sha256/scrypt: expected evaluations (default: 1000)")
     p.add_argument("--challenge", default=None, help="sha256/scrypt: a server's challenge (default: issue one here)")
 
+
+def _parser_pow_check(sub) -> None:
     p = sub.add_parser("pow-check", help="verify a hashcash stamp or a challenge solution; says why it fails")
     _stamp_fields(p)
     p.add_argument("--stamp", default=None, help="a hashcash stamp")
@@ -577,14 +613,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--solution", default=None, help="a pow1 solution (challenge|nonces)")
     p.add_argument("--min_work", type=_num(float, 1), default=None, help="pow1: least work accepted (default: 1)")
 
+
+def _parser_pow_calibrate(sub) -> None:
     p = sub.add_parser("pow-calibrate", help="measure puzzle solve times per difficulty here (CSV and plot)")
-    p.add_argument("--puzzles", default=None, type=_NAMES_PUZZLES, help="comma-separated (default: hashcash,sha256,scrypt)")
+    p.add_argument("--puzzles", default=None, type=_NAMES_PUZZLES,
+                   help="comma-separated (default: hashcash,sha256,scrypt)")
     _solver(p)
     p.add_argument("--trials", type=_POS_INT, default=None, help="solves per difficulty (default: 20)")
     p.add_argument("--max_seconds", type=_num(float, 0, 3600, lo_open=True), default=None,
                    help="largest difficulty: about this many seconds per solve (default: 1.0)")
     p.add_argument("--out", default=None, help="CSV (default: results/pow_timing.csv; plot beside it)")
 
+
+def _parser_pow_table(sub) -> None:
     p = sub.add_parser("pow-table", help="the paper's PoW table and figure from its own CSVs")
     p.add_argument("--calibration", required=True, help="time_privacy_cost_D.csv (comma-separated for several)")
     p.add_argument("--attacks", required=True,
@@ -593,21 +634,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, help="PNG of accuracy against time, one panel per dataset")
     p.add_argument("--out", default=None, help="CSV of the table (default: print only)")
 
+
+def _parser_cost_separation(sub) -> None:
     p = sub.add_parser("cost-separation",
                        help="mean cost per query of each measure, in-distribution vs out-of-distribution")
-    p.add_argument("--datasets", default=None, type=_NAMES_DATASETS, help="comma-separated datasets (default: mnist-5k,fashion-mnist)")
+    p.add_argument("--datasets", default=None, type=_NAMES_DATASETS,
+                   help="comma-separated datasets (default: mnist-5k,fashion-mnist)")
     p.add_argument("--data_dir", default=None, help="(default: data)")
     p.add_argument("--seed", type=_NONNEG_INT, default=None, help="(default: 0)")
     p.add_argument("--device", default=None, help="(default: auto)")
     p.add_argument("--victim_dir", default=None,
                    help="folder of DATASET-victim.pt checkpoints (default: checkpoints)")
     p.add_argument("--queries", type=_POS_INT, default=None, help="queries per client (default: 1000)")
-    p.add_argument("--sigmas", default=None, type=_list(_num(float, MIN_SIGMA, 1e6), "sigma"), help="comma-separated private-kNN sigmas (default: 28,10)")
+    p.add_argument("--sigmas", default=None, type=_list(_num(float, MIN_SIGMA, 1e6), "sigma"),
+                   help="comma-separated private-kNN sigmas (default: 28,10)")
     p.add_argument("--ood_pool", default=None, type=_ood_pool, help="(default: photos)")
     p.add_argument("--pate_sigma", type=_num(float, MIN_SIGMA, 1e6), default=None,
                    help="GNMax noise over the votes of DATASET-teachers.pt in --victim_dir (default: 0.04 per teacher)")
     p.add_argument("--out", default=None, help="CSV of the table (default: results/cost_separation.csv)")
 
+
+def _parser_cost_growth(sub) -> None:
     p = sub.add_parser("cost-growth",
                        help="which victim, kNN set and pool make an OOD attacker's kNN cost grow faster, beside the "
                             "paper's claim")
@@ -631,6 +678,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delta", type=_num(float, 0, 1, lo_open=True, hi_open=True), default=None,
                    help=_preset_help("delta"))
     p.add_argument("--out", default=None, help="CSV (default: results/cost_growth.csv; notes in .md beside it)")
+
+
+COMMAND_PARSERS = (  # each adds its command and its flags, in the order --help lists them
+    _parser_demo, _parser_train_victim, _parser_train_teachers, _parser_extract, _parser_serve, _parser_serve_admin,
+    _parser_query, _parser_sybil, _parser_frontier, _parser_reproduce, _parser_summarize, _parser_privacy_cost,
+    _parser_pow_time, _parser_pow_mint, _parser_pow_check, _parser_pow_calibrate, _parser_pow_table,
+    _parser_cost_separation, _parser_cost_growth,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="main.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Model extraction against a victim defended by calibrated proof-of-work.",
+        epilog="Run 'python main.py COMMAND --help' for every flag of a command and its default.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for add in COMMAND_PARSERS:
+        add(sub)
     return parser
 
 

@@ -3,11 +3,8 @@
 Same as 'python main.py extract --mode mixmatch ...'; the attack lives in attacks/mixmatch.py.
 """
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
-
-from main import attack_script  # noqa: E402
+from main import attack_script
 
 if __name__ == "__main__":
     sys.exit(attack_script("mixmatch"))

@@ -28,7 +28,6 @@ from attacks.base import TrainingAttack, register
 from common import checks
 from common.errors import UserError
 
-
 MAX_IMAGES_PER_CALL = 16384  # images of one generator step's forward differences (with their activations)
 
 

@@ -7,31 +7,30 @@ each 402's top-up is then paid. Reported: how many were answered without a top-u
 the work priced at commit (the share), and, for the sealed batches never paid, the server's answering
 time against the client's PoW seconds.
 
-    python benchmarks/bench_hoard.py   (writes benchmarks/results/hoard.json)
+    python3 -m benchmarks.bench_hoard   (writes benchmarks/results/hoard.json)
 """
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 HOARD, BATCH, THREADS = 20, 64, 8
 RATE = 2e4  # the declared solve rate: puzzles stay small, their seconds are work / RATE
 
 
 def replica(s, state: str, key: bytes):
-    from commands.serve import body_limit, build_service
     from pow.timing import PuzzlePricer
     from server.app import ThreadedServer, create_app
+    from server.build import DeploymentConfig, body_limit, build_service
     from server.store import open_store
 
     store = open_store(state)
-    service, _ = build_service(s, store, key, puzzle_pricer=PuzzlePricer("sha256", rate=RATE))
+    service, _ = build_service(DeploymentConfig.of(s.as_dict()), store, key, puzzle_pricer=PuzzlePricer("sha256",
+                                                                                                        rate=RATE))
     app = create_app(service, max_body_bytes=body_limit(service.item_shape, 256), threads=THREADS)
     http = ThreadedServer(app)
     return {"url": http.url, "http": http, "service": service, "store": store}

@@ -16,17 +16,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from results_io import write_result  # noqa: E402
-from pow import hashcash, puzzles  # noqa: E402
-from pow.replay import ReplayGuard  # noqa: E402
-from pow.solver import Solver, measure_rate, profile_solver  # noqa: E402
+from benchmarks.results_io import write_result
+from pow import hashcash, puzzles
+from pow.replay import ReplayGuard
+from pow.solver import Solver, measure_rate, profile_solver
 
 
 def openssl_sha256_rate() -> float | None:

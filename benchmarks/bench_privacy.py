@@ -8,20 +8,15 @@ is scaled to 10,000. Writes benchmarks/results/privacy.json.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from results_io import best_of, write_result  # noqa: E402
-from privacy import rdp  # noqa: E402
-from privacy.accountants import KnnAccountant  # noqa: E402
-from privacy.knn import KnnVoter  # noqa: E402
+from benchmarks.results_io import best_of, write_result
+from privacy import rdp
+from privacy.accountants import KnnAccountant
+from privacy.knn import KnnVoter
 
 SIGMA, DELTA, K, CLASSES = 28.0, 1e-5, 300, 10
 

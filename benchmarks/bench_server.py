@@ -27,8 +27,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 CLIENTS, BATCH, REQUESTS, ROUNDS = 8, 64, 30, 3  # requests per client per stage and round
 TIME_CAP_S = 120.0  # per stage
@@ -36,14 +34,13 @@ TIME_CAP_S = 120.0  # per stage
 
 def build(victim_path: str, state: str, threads: int):
     """The real service with minimal (work 1) challenges, plus two stripped-down routes for the stages."""
-    import numpy as np
     import torch
 
     import parameters
-    from commands.serve import body_limit, build_service, size_threads
     from pow.timing import PuzzlePricer
     from server import tensors
     from server.app import create_app
+    from server.build import DeploymentConfig, body_limit, build_service, size_threads
     from server.service import ApiError
     from server.store import open_store
 
@@ -55,11 +52,12 @@ def build(victim_path: str, state: str, threads: int):
                           "--timing_table", "measured", "--timing_csv", str(_timing(baseline.parent))])
     store = open_store(state)
     # every challenge: work 1, and every price below it (solving excluded; verification included)
-    service, describe = build_service(s, store, b"b" * 32, puzzle_pricer=PuzzlePricer("sha256", rate=1e-9))
+    service, describe = build_service(DeploymentConfig.of(s.as_dict()), store, b"b" * 32,
+                                      puzzle_pricer=PuzzlePricer("sha256", rate=1e-9))
     threads, _ = size_threads(threads)
     app = create_app(service, max_body_bytes=body_limit(service.item_shape, 256), threads=threads)
 
-    from fastapi import Header, Request
+    from fastapi import Header
 
     @app.post("/bench/http")
     def bare_http(payload: dict):
@@ -145,11 +143,10 @@ def main() -> None:
         return serve(args)
 
     import httpx
-    import numpy as np
     import torch
 
+    from benchmarks.results_io import write_result
     from data.registry import load_splits
-    from results_io import write_result
     from server import tensors
     from server.keys import hash_api_key
     from server.store import open_store
@@ -167,9 +164,9 @@ def main() -> None:
     store.close()
     port = free_port()
     log = open(work / "server.log", "wb")
-    server = subprocess.Popen([sys.executable, __file__, "--serve", "--port", str(port), "--state", state,
-                               "--victim_path", args.victim_path, "--threads", str(args.threads)],
-                              stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen([sys.executable, "-m", "benchmarks.bench_server", "--serve", "--port", str(port),
+                               "--state", state, "--victim_path", args.victim_path, "--threads", str(args.threads)],
+                              stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
         url = f"http://127.0.0.1:{port}"
         for _ in range(600):
@@ -183,9 +180,9 @@ def main() -> None:
         http = [httpx.Client(base_url=url, headers={"X-API-Key": k}, timeout=60) for k in keys]
 
         # stage 1: bare inference, in this process, through a pool sized like the server's
-        from commands.serve import size_threads
         from models.checkpoint import load_victim
         from models.oracle import Victim
+        from server.build import size_threads
         splits = load_splits("mnist-5k", "data")
         victim = Victim(load_victim(args.victim_path, splits.spec, device=torch.device("cpu"))[0],
                         device=torch.device("cpu"))

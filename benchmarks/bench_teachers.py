@@ -9,18 +9,13 @@ Writes benchmarks/results/teachers.json.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from results_io import best_of, write_result  # noqa: E402
-from data.registry import create as create_spec  # noqa: E402
-from models import architectures  # noqa: E402
-from models.teachers import CPU_TEACHERS, TeacherEnsemble  # noqa: E402
+from benchmarks.results_io import best_of, write_result
+from data.registry import create as create_spec
+from models import architectures
+from models.teachers import CPU_TEACHERS, TeacherEnsemble
 
 PAPER_GPU_S = 0.46  # seconds per batch of the authors' PATE teachers, on a GPU
 

@@ -12,10 +12,10 @@ from common.io import atomic_write_csv, check_outputs, input_file, params_beside
 from common.runtime import resolve_device, set_seed
 from data.ood import ood_pool
 from data.registry import load_splits
+from extraction import cost_growth as growth
 from models.checkpoint import load_victim
 from models.oracle import Victim
 from models.teachers import load_teachers, teachers_command
-from extraction import cost_growth as growth
 from privacy import accountants
 from privacy.accountants import cumulative_costs
 from privacy.knn import KnnVoter

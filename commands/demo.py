@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.io import atomic_write_csv, ensure_writable_dir, write_params_json
-from commands.summary import PRICED_LOG, plot, summarize_runs
-from commands.victim import train_victim
 from common.errors import UserError
+from common.io import atomic_write_csv, ensure_writable_dir, write_params_json
 from data.registry import create as create_spec
 from extraction.loop import run_extraction
+from extraction.summary import PRICED_LOG, plot, summarize_runs
 from models.checkpoint import load_victim
+from models.victim_training import VictimRecipe, train_victim
+from pow.calibration import CalibrationConfig
 
 DEMO_MODES = ("standard", "copycat")
 
@@ -33,14 +34,15 @@ def demo(s, *, progress: bool = True) -> tuple:
     if _usable_victim(s):
         lines.append(f"reusing victim {s.victim_path}")
     else:
-        _, report = train_victim(s, progress=progress)
+        _, report = train_victim(VictimRecipe.of(s.as_dict()), progress=progress)
         lines.append(report)
     logs = {}
     for mode in DEMO_MODES:
         run = s.replace(mode=mode, out_dir=str(out / mode), calibration=None)
         run_extraction(run, progress=progress)
     baseline = out / "standard" / "log.csv"
-    table, logs, cal = summarize_runs({mode: out / mode for mode in DEMO_MODES}, baseline, s)
+    table, logs, cal = summarize_runs({mode: out / mode for mode in DEMO_MODES}, baseline,
+                                     config=CalibrationConfig.of(s.as_dict()), cost_measure=s.cost_measure)
     atomic_write_csv(out / "summary.csv", table)
     plot(logs, out / "accuracy_vs_time.png")
     write_params_json(out, {**s.as_dict(), "calibrator": cal.describe()}, "demo")

@@ -62,7 +62,7 @@ def parse_tolerances(text: str) -> list:
 
 
 def frontier(s) -> tuple:
-    from commands import sybil as sy
+    from commands import streams as sy
 
     out_dir = Path(s.out_dir)
     table_path, plot_path, text_path = out_dir / "frontier.csv", out_dir / "frontier.png", out_dir / "frontier.md"
@@ -86,9 +86,8 @@ def frontier(s) -> tuple:
 
 
 def _dataset_rows(s, sy, dataset, attackers, profiles, tolerances, keys_list, batches, out_dir) -> list:
-    from data.registry import load_splits
-
     import parameters
+    from data.registry import load_splits
 
     victim_path = Path(s.victim_dir) / f"{dataset}-victim.pt"
     preset = {k: v for k, v in parameters.PRESETS[dataset].items() if k not in s.given_flags}
@@ -130,7 +129,8 @@ def _price_all(replay, dataset, rule, streams, legit, keys_list, batches) -> lis
         x = legit[mode] if kind == "legitimate" else streams[mode]["x"]
         split = (keys, batch)
         if split not in reference:  # the standard user under the same split: the attackers' yardstick
-            reference[split] = replay.price(legit["standard"][:len(x)], keys=keys, batch=batch, tag=f"ref-{keys}-{batch}")
+            reference[split] = replay.price(legit["standard"][:len(x)], keys=keys, batch=batch,
+                                            tag=f"ref-{keys}-{batch}")
         paid = replay.price(x, keys=keys, batch=batch, tag=f"{mode}-{keys}-{batch}")
         ref = reference[split]
         rows.append({"dataset": dataset, "rule": rule, "kind": kind, "mode": mode, "keys": keys, "batch": batch,
@@ -153,9 +153,10 @@ def _ensure_victim(s) -> None:
     if Path(s.victim_path).is_file():
         return
     import parameters
-    from commands.victim import train_victim
-    train_victim(parameters.parse(["train-victim", "--dataset", s.dataset, "--data_dir", s.data_dir,
-                                   "--victim_path", s.victim_path, "--device", s.device, "--seed", str(s.seed)]))
+    from models.victim_training import VictimRecipe, train_victim
+    train_victim(VictimRecipe.of(parameters.parse(["train-victim", "--dataset", s.dataset, "--data_dir", s.data_dir,
+                                                   "--victim_path", s.victim_path, "--device", s.device,
+                                                   "--seed", str(s.seed)]).as_dict()))
 
 
 def _baseline(s, folder: Path) -> Path:
@@ -191,7 +192,8 @@ def report(table: pd.DataFrame) -> str:
     lines = ["# The defence frontier", "",
              f"Legitimate profiles: time with PoW over without (target at most {LEGIT_TARGET:g}x, measured to "
              f"{TIMING_NOISE:.0%}). Attackers: "
-             f"PoW per query (per second of answering) over the standard user's under the same split, the least over every split (target "
+             f"PoW per query (per second of answering) over the standard user's under the same split, the least "
+             f"over every split (target "
              f"at least {ATTACKER_TARGET:g}x for out-of-distribution attackers), and their stolen accuracy.", ""]
     for (dataset, rule), part in table.groupby(["dataset", "rule"], sort=False):
         lines += [f"## {dataset}, {rule}", "", "| stream | kind | time ratio | over legit (least) | over legit (most) "

@@ -10,10 +10,10 @@ import pandas as pd
 
 from common.errors import UserError
 from common.io import atomic_savefig, atomic_write_csv, check_outputs, params_beside, write_params_beside
-from pow import hashcash, puzzles
+from pow import hashcash, kinds, puzzles
 from pow.keys import resolve_key
 from pow.solver import Solver, default_workers, measure_rate
-from pow.timing import HASH_KIND, TIMING_COLUMNS
+from pow.timing import TIMING_COLUMNS
 
 DEFAULT_WORK = 1000.0  # pow-mint: expected evaluations of a challenge issued here, unless --work
 
@@ -24,24 +24,23 @@ def _key(s) -> bytes:
 
 def pow_mint(s) -> tuple:
     """Solve a puzzle: a hashcash stamp (--bits), or a pow1 challenge (--challenge, or one issued here)."""
+    kind = kinds.get(s.puzzle)
     workers = s.workers or default_workers()
+    if not kind.signed and not s.bits:
+        raise UserError(f"pow-mint --puzzle {kind.name} needs --bits")
     start = time.perf_counter()
     with Solver(workers) as solver:
-        if s.puzzle == "hashcash":
-            if not s.bits:
-                raise UserError("pow-mint --puzzle hashcash needs --bits")
-            result, tried = solver.solve_hashcash(s.resource, int(s.bits), solver=s.solver)
+        if not kind.signed:
+            task, difficulty = kind.issue(key=b"", resource=s.resource, difficulty=int(s.bits), subs=1), int(s.bits)
+        elif s.challenge:
+            parsed = puzzles.parse(s.challenge)
+            if isinstance(parsed, str):
+                raise UserError(f"--challenge is not a challenge: {parsed}")
+            task, difficulty = s.challenge, parsed.work
         else:
-            if s.challenge:
-                parsed = puzzles.parse(s.challenge)
-                if isinstance(parsed, str):
-                    raise UserError(f"--challenge is not a challenge: {parsed}")
-                challenge = s.challenge
-            else:
-                work = DEFAULT_WORK if s.work is None else s.work
-                challenge = puzzles.issue(key=_key(s), resource=s.resource, work=work, kind=s.puzzle,
-                                          subs=s.pow_subs)
-            result, tried = solver.solve_target(challenge)
+            difficulty = DEFAULT_WORK if s.work is None else s.work
+            task = kind.issue(key=_key(s), resource=s.resource, difficulty=difficulty, subs=s.pow_subs)
+        result, tried = kind.solve(solver, task, difficulty, solver_name=s.solver)
     seconds = time.perf_counter() - start
     info = {"solution": result, "seconds": seconds, "evaluations": tried, "workers": workers}
     return info, f"{result}\n# {seconds:.4f} s, {tried:.0f} evaluations, {workers} workers"
@@ -56,7 +55,7 @@ def pow_check(s) -> tuple:
             raise UserError("pow-check --stamp needs --bits (the difficulty required)")
         verdict = hashcash.check(s.stamp, bits=int(s.bits), resource=s.resource)
     else:
-        if s.puzzle not in puzzles.KINDS:
+        if not kinds.get(s.puzzle).signed:
             raise UserError(f"pow-check --solution needs --puzzle {' or '.join(puzzles.KINDS)} (the kind required)")
         verdict = puzzles.verify(s.solution, key=_key(s), kind=s.puzzle, resource=s.resource,
                                  min_work=float(s.min_work))
@@ -66,23 +65,13 @@ def pow_check(s) -> tuple:
     return verdict, text
 
 
-def _difficulties(puzzle: str, rate: float, max_seconds: float) -> list:
-    if puzzle == "hashcash":
-        top = int(np.floor(np.log2(max(rate * max_seconds, 2))))
-        return list(range(1, max(top, 1) + 1))
-    top = max(rate * max_seconds, 4.0)
-    return [float(w) for w in np.unique(np.round(np.geomspace(1, top, 10), 3))]
-
-
 def pow_calibrate(s, *, progress: bool = True) -> tuple:
     """Measure solve-time mean / median / p90 per difficulty for each puzzle; CSV and plot."""
-    from tqdm.auto import tqdm
-
     workers = s.workers or default_workers()
     chosen = [p for p in str(s.puzzles).split(",") if p]
-    unknown = sorted(set(chosen) - set(HASH_KIND))
+    unknown = sorted(set(chosen) - set(kinds.NAMES))
     if not chosen or unknown:
-        raise UserError(f"--puzzles takes a comma-separated list of {', '.join(HASH_KIND)}; got '{s.puzzles}'")
+        raise UserError(f"--puzzles takes a comma-separated list of {', '.join(kinds.NAMES)}; got '{s.puzzles}'")
     if int(s.trials) < 1:
         raise UserError(f"--trials must be at least 1, got {s.trials}")
     out = Path(s.out or "results/pow_timing.csv")
@@ -90,35 +79,39 @@ def pow_calibrate(s, *, progress: bool = True) -> tuple:
     rows = []
     key = os.urandom(32)
     with Solver(workers) as solver:
-        for puzzle in chosen:
-            if puzzle == "hashcash" and s.solver == "native":
-                rate = hashcash.native_rate() * workers
-            else:
-                rate = measure_rate(HASH_KIND[puzzle], workers=workers, seconds=0.3)
-            levels = _difficulties(puzzle, rate, float(s.max_seconds))
-            for level in tqdm(levels, desc=puzzle, disable=not progress, leave=False):
-                times, tries = [], []
-                for _ in range(int(s.trials)):
-                    start = time.perf_counter()
-                    if puzzle == "hashcash":
-                        _, tried = solver.solve_hashcash("calibrate", int(level), solver=s.solver)
-                    else:
-                        ch = puzzles.issue(key=key, resource="calibrate", work=level, kind=puzzle, subs=s.pow_subs)
-                        _, tried = solver.solve_target(ch)
-                    times.append(time.perf_counter() - start)
-                    tries.append(tried)
-                t = np.array(times)
-                rows.append({"puzzle": puzzle, "solver": s.solver if puzzle == "hashcash" else "python",
-                             "workers": workers, "difficulty": level,
-                             "expected_work": 2.0 ** level if puzzle == "hashcash" else level,
-                             "trials": len(t), "mean_tries": float(np.mean(tries)), "mean_s": float(t.mean()),
-                             "median_s": float(np.median(t)), "p90_s": float(np.quantile(t, 0.9)), "rate": rate})
+        for name in chosen:
+            rows.extend(_calibrate_kind(kinds.get(name), s, solver, key, workers, progress))
     frame = pd.DataFrame(rows, columns=TIMING_COLUMNS)
     atomic_write_csv(out, frame)
     write_params_beside(out, s.as_dict(), "pow-calibrate")
     _plot_timing(frame, out.with_suffix(".png"))
     text = frame.to_string(index=False, float_format=lambda v: f"{v:.6g}")
     return frame, f"{text}\nwritten to {out} and {out.with_suffix('.png')}"
+
+
+def _calibrate_kind(kind, s, solver, key: bytes, workers: int, progress: bool) -> list:
+    """pow-calibrate's rows for one puzzle kind: --trials solves at each of its levels up to --max_seconds."""
+    from tqdm.auto import tqdm
+
+    rate = kind.native_rate(workers) if s.solver == "native" else None
+    if rate is None:
+        rate = measure_rate(kind.hash_kind, workers=workers, seconds=0.3)
+    rows = []
+    for level in tqdm(kind.calibration_levels(rate, float(s.max_seconds)), desc=kind.name, disable=not progress,
+                      leave=False):
+        times, tries = [], []
+        for _ in range(int(s.trials)):
+            start = time.perf_counter()
+            task = kind.issue(key=key, resource="calibrate", difficulty=level, subs=s.pow_subs)
+            _, tried = kind.solve(solver, task, level, solver_name=s.solver)
+            times.append(time.perf_counter() - start)
+            tries.append(tried)
+        t = np.array(times)
+        rows.append({"puzzle": kind.name, "solver": kind.solver_label(s.solver), "workers": workers,
+                     "difficulty": level, "expected_work": kind.work(level), "trials": len(t),
+                     "mean_tries": float(np.mean(tries)), "mean_s": float(t.mean()),
+                     "median_s": float(np.median(t)), "p90_s": float(np.quantile(t, 0.9)), "rate": rate})
+    return rows
 
 
 def _plot_timing(frame: pd.DataFrame, path) -> None:

@@ -6,48 +6,13 @@ the ratio, and the same with the one-sided calibration (only cost above the line
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from common.errors import UserError
-from common.io import atomic_savefig, atomic_write_csv, check_outputs, params_beside, read_csv_file, write_params_beside
-from pow import calibration
-from pow.paper import read_attacks
-
-def price(frame: pd.DataFrame, cal) -> pd.DataFrame:
-    """Per mode, the cumulative PoW time of each row."""
-    parts = []
-    for _, g in frame.groupby("mode", sort=False):
-        g = g.rename(columns={"time": "query_time_s"})
-        priced = calibration.add_pow_columns(g, cal, cost="cost")
-        parts.append(priced)
-    return pd.concat(parts)
-
-
-def table(calibration_csv, attacks_csv, s) -> tuple:
-    """(summary table, priced rows with both calibrations) for one dataset."""
-    baseline = calibration.load_baseline(calibration_csv, cost_measure="knn")
-    two = calibration.PaperCalibrator(baseline, base=s.base, min_s=s.min_s, max_s=s.max_s)
-    one = calibration.PaperCalibrator(baseline, base=s.base, min_s=s.min_s, max_s=s.max_s, one_sided=True)
-    frame = read_attacks(attacks_csv)
-    paper, sided = price(frame, two), price(frame, one)
-    paper["total_time_one_sided_s"] = sided["total_time_s"].to_numpy()
-    rows = []
-    for mode, g in paper.groupby("mode", sort=False):
-        last = g.iloc[-1]
-        dev = two.deviation(g["queries"], g["cost"])
-        clipped = int(((dev * math.log(two.base) > math.log(two.max_s)) & (g["diff"] > 0)).sum())
-        rows.append({"mode": mode, "final_accuracy": last["accuracy"], "best_accuracy": g["accuracy"].max(),
-                     "queries": int(last["queries"]), "privacy_cost": last["cost"],
-                     "time_no_pow_s": last["query_time_s"], "time_pow_s": last["total_time_s"],
-                     "ratio": last["total_time_s"] / last["query_time_s"],
-                     "time_pow_one_sided_s": last["total_time_one_sided_s"],
-                     "ratio_one_sided": last["total_time_one_sided_s"] / last["query_time_s"],
-                     "steps_at_max": clipped})
-    return pd.DataFrame(rows), paper
+from common.io import atomic_savefig, atomic_write_csv, check_outputs, params_beside, write_params_beside
+from pow.paper import pow_table as priced_table
 
 
 def _split(text) -> list:
@@ -65,7 +30,7 @@ def pow_table(s) -> tuple:
     texts, tables, priced = [], [], {}
     for cal_csv, att_csv in zip(cals, atts):
         name = Path(att_csv).stem.replace("model_extraction_attack_accuracy_", "")
-        summary, rows = table(cal_csv, att_csv, s)
+        summary, rows = priced_table(cal_csv, att_csv, base=s.base, min_s=s.min_s, max_s=s.max_s)
         summary.insert(0, "dataset", name)
         tables.append(summary)
         priced[name] = rows

@@ -38,9 +38,10 @@ def _settings():
 
 def collect(grid: dict, out: Path) -> tuple:
     """(rows: one per finished run, priced; logs: {(dataset, mode, seed): priced log}, calibrators)."""
-    from commands.reproduce import cells
-    from commands.summary import summarize_runs
+    from commands.grid import cells
     from extraction.state import finished
+    from extraction.summary import summarize_runs
+    from pow.calibration import CalibrationConfig
 
     s = _settings()
     rows, logs, cals = [], {}, {}
@@ -51,7 +52,8 @@ def collect(grid: dict, out: Path) -> tuple:
                     if c.dataset == d and c.name.endswith(f"-s{seed}") and finished(c.folder) is not None}
             if "standard" not in mine:
                 continue
-            table, priced, cal = summarize_runs(mine, mine["standard"] / "log.csv", s)
+            table, priced, cal = summarize_runs(mine, mine["standard"] / "log.csv",
+                                                config=CalibrationConfig.of(s.as_dict()), cost_measure=s.cost_measure)
             cals[(d, seed)] = cal
             base = table.set_index("mode").loc["standard"]
             for row in table.to_dict("records"):
@@ -128,7 +130,8 @@ def verdicts(summary: pd.DataFrame, cross: dict | None = None) -> list:
             lines.append(f"{d}: attackers' privacy cost grows up to {PAPER_GROWTH:g}x faster than a legitimate "
                          f"user's: {word} (at most {growth:.2f}x, {top})")
             top_e = attacks["entropy_growth"].idxmax()
-            lines.append(f"{d}: the calibrated measure (entropy) grows at most {attacks.loc[top_e, 'entropy_growth']:.1f}x "
+            most = attacks.loc[top_e, "entropy_growth"]
+            lines.append(f"{d}: the calibrated measure (entropy) grows at most {most:.1f}x "
                          f"faster for an attacker ({top_e}) than for a legitimate user")
     return lines
 
@@ -139,14 +142,14 @@ def _x(v: float) -> str:
 
 def paper_rows(datasets: list, modes: list) -> dict:
     """{paper dataset: its pow-table summary, for the modes we share}."""
-    from commands.pow_table import table
-
     import parameters
+    from pow.paper import pow_table
     s = parameters.parse(["pow-table", "--calibration", "x", "--attacks", "x"])
     out = {}
     for name in dict.fromkeys(PAPER_DATA[d] for d in datasets):
-        summary, _ = table(PAPER_DIR / f"time_privacy_cost_{name}.csv",
-                           PAPER_DIR / f"model_extraction_attack_accuracy_{name}.csv", s)
+        summary, _ = pow_table(PAPER_DIR / f"time_privacy_cost_{name}.csv",
+                               PAPER_DIR / f"model_extraction_attack_accuracy_{name}.csv", base=s.base, min_s=s.min_s,
+                               max_s=s.max_s)
         summary["mode"] = summary["mode"].replace(PAPER_MODES)
         out[name] = summary[summary["mode"].isin(modes)].reset_index(drop=True)
     return out
@@ -155,7 +158,7 @@ def paper_rows(datasets: list, modes: list) -> dict:
 def paper_calibration_ratios(logs: dict, grid: dict, out: Path) -> dict:
     """{(dataset, mode, seed): the ratio of our run priced by the paper's calibration} (kNN cost, base 1.0075,
     against its own seed's standard run), for the datasets the paper measured itself."""
-    from commands.reproduce import cells
+    from commands.grid import cells
     from pow import calibration
 
     config = calibration.CalibrationConfig(calibration_mode="paper", base=1.0075)
@@ -368,7 +371,7 @@ def frontier_section(out: Path) -> list:
 
 def write_report(grid: dict, out: Path) -> Path:
     """DIR/report.md, DIR/summary.csv (mean and sd per dataset and mode) and DIR/figures/*.png."""
-    from commands.reproduce import cells
+    from commands.grid import cells
     from extraction.state import finished
 
     rows, logs, cals = collect(grid, out)

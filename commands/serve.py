@@ -10,152 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import UserError
+from server.build import DeploymentConfig, body_limit, build_service, check_serve, size_threads
 
 log = logging.getLogger(__name__)
 API_KEY_ENV = "POW_API_KEY"
-
-
-def check_serve(s):
-    """The settings' own errors, before any file is opened or made; returns the calibrator."""
-    from pow import calibration
-    from privacy.accountants import cost_column
-
-    if s.puzzle == "hashcash":
-        raise UserError("the server issues signed sha256 or scrypt challenges; pass --puzzle scrypt or sha256")
-    if not s.calibration:
-        raise UserError("serve needs --calibration: a legitimate user's log.csv (a standard run's) to price against")
-    if s.calibration_mode != "relative":
-        raise UserError("the server prices each batch after it has seen it, with --calibration_mode relative (the "
-                        "paper's mode prices 1,000-query steps, which keys can split); drop --calibration_mode paper")
-    calibration.QueryPriceConfig.of(s.as_dict()).checked()
-    for measure in log_measures(s):
-        cost_column(measure)
-    return calibration.create(calibration.CalibrationConfig.of(s.as_dict()),
-                              calibration.load_baseline(s.calibration, cost_measure=s.cost_measure))
-
-
-def log_measures(s) -> list:
-    """The measures the server accounts: the one it prices with, and --log_costs."""
-    extra = [m for m in str(s.log_costs or "").split(",") if m]
-    return [s.cost_measure, *[m for m in extra if m != s.cost_measure]]
-
-
-LEGIT_CHUNK = 256  # held-out images per forward pass when the legitimate per-query costs are measured
-
-
-def legit_costs(victim, images, make_ledger, column: str):
-    """Each held-out image's own cost under the priced measure (the legitimate per-query distribution)."""
-    import numpy as np
-
-    parts = []
-    for start in range(0, len(images), LEGIT_CHUNK):
-        x = images[start:start + LEGIT_CHUNK]
-        parts.append(np.asarray(make_ledger().add(victim.log_probs(x), images=x)[column], dtype=np.float64))
-    return np.concatenate(parts)
-
-
-def shared_pricer(s, store, workers: int):
-    """The puzzle pricer every replica on `store` shares: --timing_table measured sets it (the operator's
-    table); live measures this machine's solver only when the store holds none yet, and the first
-    replica's measurement is kept for all."""
-    import json
-
-    from pow.solver import profile_solver
-    from pow.timing import PuzzlePricer, make_pricer
-
-    name = f"timing:{s.puzzle}:{s.pow_subs}"
-
-    def make():
-        return make_pricer(s.puzzle, table=s.timing_table, solver="python", workers=workers, timing_csv=s.timing_csv,
-                           measure=lambda kind, w: profile_solver(kind, workers=w, subs=s.pow_subs, seconds=1.0))
-
-    if s.timing_table == "measured":
-        pricer = make()
-        store.set_shared(name, json.dumps({"rate": pricer.rate, "overhead_s": pricer.overhead_s,
-                                           "source": pricer.source}))
-        return pricer
-    stored = store.shared_value(name)
-    if stored is None:
-        pricer = make()
-        stored = store.shared(name, json.dumps({"rate": pricer.rate, "overhead_s": pricer.overhead_s,
-                                                "source": pricer.source}))
-    value = json.loads(stored)
-    return PuzzlePricer(s.puzzle, rate=value["rate"], overhead_s=value["overhead_s"],
-                        source=f"shared ({value['source']})")
-
-
-def build_service(s, store, key: bytes, *, check_solution=None, puzzle_pricer=None):
-    """The PredictionService for the settings: victim, ledger factory, split-proof and puzzle pricers."""
-    import json
-
-    import torch
-
-    from common.runtime import resolve_device
-    from data.registry import load_splits
-    from models.checkpoint import load_victim
-    from models.oracle import Victim
-    from models.teachers import load_teachers
-    from pow import calibration
-    from pow.solver import default_workers
-    from privacy import accountants
-    from server.service import PredictionService, ServiceConfig, per_query_column
-
-    calibrator = check_serve(s)
-    column = accountants.cost_column(s.cost_measure)
-    device = resolve_device(s.device)
-    splits = load_splits(s.dataset, s.data_dir)
-    model, _ = load_victim(s.victim_path, splits.spec, architecture=s.victim_arch, device=device)
-    victim = Victim(model, device=device, output=s.victim_output)
-    teachers, pate_sigma = None, None
-    if s.cost_measure in accountants.PATE_MEASURES:
-        teachers, _ = load_teachers(s.teachers_path, splits.spec, device=device)
-        pate_sigma = accountants.pate_sigma(len(teachers), s.pate_sigma)
-    make_ledger = accountants.ledger_factory(
-        victim.representations(splits.victim_x), splits.victim_y, num_classes=splits.spec.num_classes, k=s.k,
-        sigma=s.sigma, delta=s.delta, cap=bool(s.cap_rdp), conversion=s.rdp_conversion, seed=s.seed,
-        ensemble_votes=teachers.votes if teachers is not None else None, pate_sigma=pate_sigma,
-        measures=log_measures(s))
-    columns = list(make_ledger().columns)
-    if json.loads(store.shared("ledger", json.dumps(columns))) != columns:
-        raise UserError(f"{store.describe} keeps accounts of the costs {store.shared('ledger', '')}, not {columns}; "
-                        f"serve it with the --cost_measure and --log_costs it was made with, or give a new --state")
-    with torch.no_grad():  # not set_grad_enabled(False): sybil and frontier train attacks in this thread after
-        held_out = legit_costs(victim, splits.eval_x, make_ledger, per_query_column(column))
-    weights = calibration.QueryWeights(held_out, max_weight=calibrator.max_factor / calibrator.budget,
-                                       config=calibration.QueryPriceConfig.of(s.as_dict()))
-    pricer = calibration.SplitProofPricer(calibrator, weights, account_factor=s.account_factor,
-                                          anonymous=bool(s.anonymous))
-    puzzle_pricer = puzzle_pricer or shared_pricer(s, store, s.workers or default_workers())
-    spec = splits.spec
-    service = PredictionService(
-        victim=victim, item_shape=(spec.channels, spec.size, spec.size), make_ledger=make_ledger,
-        pricer=pricer, puzzle_pricer=puzzle_pricer, store=store, key=key, check_solution=check_solution,
-        config=ServiceConfig(puzzle=s.puzzle, subs=s.pow_subs, max_batch=s.max_batch, ttl_s=s.ttl_s,
-                             cost_column=column, rate=s.rate, burst=s.burst, anonymous=bool(s.anonymous)))
-    return service, {"dataset": s.dataset, "puzzle": s.puzzle, "cost_measure": s.cost_measure,
-                     "calibration": "relative, per query", "output": s.victim_output, "max_batch": s.max_batch,
-                     "anonymous": bool(s.anonymous), "solve_rate": puzzle_pricer.rate}
-
-
-def body_limit(spec_shape: tuple, max_batch: int) -> int:
-    """The largest valid predict body: float32 inputs of a full batch, base64, plus the solution."""
-    return int(max_batch * np.prod(spec_shape) * 4 * 4 / 3) + 256 * 1024
-
-
-ROUTES_PER_CORE = 2  # request threads per core, by default
-
-
-def size_threads(threads: int | None) -> tuple:
-    """(route threads, torch threads per route). By default twice the cores, one torch thread each: a
-    route waiting on its commit's fsync, or for its next request, leaves a core to another (on 2 cores
-    this served 70% of bare inference's requests/s where one route per core served 63%)."""
-    import torch
-
-    cores = os.cpu_count() or 1
-    threads = threads or ROUTES_PER_CORE * cores
-    per = max(1, cores // threads)
-    torch.set_num_threads(per)
-    return threads, per
 
 
 def serve(s) -> tuple:
@@ -167,12 +25,13 @@ def serve(s) -> tuple:
     from server.store import open_store
 
     key = server_key(s.key_file)
-    check_serve(s)
+    config = DeploymentConfig.of(s.as_dict())
+    check_serve(config)
     sock = _bind(s.host, s.port)  # a port in use fails here, before any file is opened or made
     try:
         store = open_store(s.state)
         try:
-            service, describe = build_service(s, store, key)
+            service, describe = build_service(config, store, key)
             threads, per = size_threads(s.threads)
             app = create_app(service, max_body_bytes=body_limit(service.item_shape, s.max_batch), threads=threads,
                              describe=describe)
@@ -222,9 +81,9 @@ def _bind(host: str, port: int):
 
 def serve_admin(s) -> tuple:
     """init | add-user NAME [--group G] | list-users | revoke NAME."""
+    from pow.puzzles import valid_user
     from server.keys import check_new_key_file, hash_api_key, init_key_file, new_api_key
     from server.store import open_store
-    from pow.puzzles import valid_user
 
     if s.action == "init":
         if not s.key_file:

@@ -1,97 +1,27 @@
-"""summarize: one table and one figure from a folder of extraction runs, priced against its standard run.
-
-The folder holds one sub-folder per mode (RUNS/MODE/log.csv, as experiments/attacks/*.sh write them).
-Every log is priced offline with the same calibrator, built on the baseline (RUNS/standard/log.csv by
-default), so all modes pay by one rule; each priced log goes beside its run as MODE/log_pow.csv, and the
-run's own log.csv is never changed. The demo summarises its two runs with the same code.
-"""
+"""summarize: one table and one figure from a folder of extraction runs, priced against its standard run
+(extraction.summary)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
-from common.errors import UserError
-from common.io import (atomic_savefig, atomic_write_csv, check_outputs, params_beside, read_csv_file,
-                       write_params_beside)
-from pow import calibration
-from privacy.accountants import COST_COLUMNS, cost_column
-
-PRICED_LOG = "log_pow.csv"  # each run's log with PoW columns, beside the run's log.csv
-
-
-def plot(logs: dict, path, title: str = "Model extraction with calibrated proof-of-work") -> None:
-    """Accuracy against time, without PoW (dashed) and with PoW (solid), one colour per mode."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    cmap = plt.get_cmap("tab20")
-    for i, (mode, frame) in enumerate(logs.items()):
-        c = cmap(i % 20)
-        ax.plot(frame["query_time_s"], frame["accuracy"], "--", color=c, lw=1, alpha=0.7)
-        ax.plot(frame["total_time_s"], frame["accuracy"], "-o", color=c, ms=3, label=mode)
-    ax.set_xscale("log")
-    ax.set_xlabel("time (s, log scale): dashed without PoW, solid with PoW")
-    ax.set_ylabel("stolen model accuracy (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    atomic_savefig(fig, path)
-    plt.close(fig)
-
-
-def mode_folders(runs: Path, order) -> dict:
-    """{mode: folder} for every sub-folder holding a log.csv; the registry's order, then the rest by name."""
-    found = {p.name: p for p in sorted(runs.iterdir()) if (p / "log.csv").is_file()} if runs.is_dir() else {}
-    if not found:
-        raise UserError(f"{runs} holds no runs (no MODE/log.csv inside); run experiments/attacks/*.sh first, "
-                        f"or pass the folder they wrote")
-    ranked = [m for m in order if m in found] + [m for m in found if m not in order]
-    return {m: found[m] for m in ranked}
-
-
-def summarize_runs(folders: dict, baseline, s) -> tuple:
-    """(table, {mode: priced log}) with PoW priced by the calibrator built on `baseline`; writes each
-    MODE/log_pow.csv. `s` supplies the calibration settings (mode, base, pow_budget, cost_measure...)."""
-    cost = cost_column(s.cost_measure)
-    cal = calibration.create(calibration.CalibrationConfig.of(s.as_dict()),
-                             calibration.load_baseline(baseline, cost_measure=s.cost_measure))
-    rows, logs = [], {}
-    for mode, folder in folders.items():
-        path = folder / "log.csv"
-        calibration.read_cost_log(path, cost_measure=s.cost_measure)  # queries, time and cost: checked
-        frame = read_csv_file(path, "run log")
-        for column in ("accuracy", "fidelity"):
-            values = pd.to_numeric(frame[column], errors="coerce") if column in frame else None
-            if values is None or values.isna().any() or not values.between(0, 100).all():
-                raise UserError(f"{path}: {column} must be a percentage in [0, 100] on every row; rerun that mode")
-        frame = calibration.add_pow_columns(frame, cal, cost=cost)
-        logs[mode] = frame
-        last = frame.iloc[-1]
-        rows.append({"mode": mode, "queries": int(last["queries"]), "accuracy": last["accuracy"],
-                     "fidelity": last["fidelity"],
-                     **{c: last[c] for c in COST_COLUMNS if c in frame and pd.notna(last[c])},
-                     "time_no_pow_s": last["query_time_s"], "time_pow_s": last["total_time_s"],
-                     "ratio": calibration.ratio(frame)})
-    for mode, frame in logs.items():  # only once every log priced: a bad one leaves no file behind
-        atomic_write_csv(folders[mode] / PRICED_LOG, frame)
-    return pd.DataFrame(rows), logs, cal
+import attacks
+from common.io import atomic_write_csv, check_outputs, params_beside, write_params_beside
+from extraction.summary import PRICED_LOG, mode_folders, plot, summarize_runs
+from pow.calibration import CalibrationConfig
 
 
 def summarize(s, *, progress: bool = True) -> tuple:
     """The summarize command: RUNS/summary.csv (+ .params.json) and RUNS/accuracy_vs_time.png."""
-    import attacks  # the registry's order of modes
-
     runs = Path(s.runs)
     baseline = Path(s.calibration) if s.calibration else runs / "standard" / "log.csv"
     table_path, figure = runs / "summary.csv", runs / "accuracy_vs_time.png"
     folders = mode_folders(runs, ["standard", *attacks.ATTACKS])
     priced = {f"the priced log of {m}": f / PRICED_LOG for m, f in folders.items()}
     check_outputs({"the table": table_path, "its settings record": params_beside(table_path), "the figure": figure,
-                   **priced}, {"--calibration": baseline, **{f"the log of {m}": f / "log.csv" for m, f in folders.items()}})
-    table, logs, cal = summarize_runs(folders, baseline, s)
+                   **priced}, {"--calibration": baseline, **{f"the log of {m}": f / "log.csv" for m,
+                                                             f in folders.items()}})
+    table, logs, cal = summarize_runs(folders, baseline, config=CalibrationConfig.of(s.as_dict()),
+                                      cost_measure=s.cost_measure)
     atomic_write_csv(table_path, table)
     write_params_beside(table_path, s.as_dict(), "summarize", calibrator=cal.describe(), baseline=str(baseline))
     plot(logs, figure, title=f"{runs.name}: accuracy against time")

@@ -11,13 +11,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from commands.victim import check_target
 from common import checks
 from common.runtime import resolve_device, set_seed
 from data.registry import load_splits
 from models import architectures
 from models.teachers import TeacherEnsemble, default_num_models, partition, save_teachers
 from models.training import accuracy, make_optimizer, random_shift, train_epochs
+from models.victim_training import check_target
 
 TEACHER_ARCH = "mnistnet"  # the small CNN, on 28x28 and 32x32 images alike
 

@@ -1,82 +1,9 @@
-"""train-victim: train, evaluate and save a victim checkpoint with its P.json."""
+"""train-victim: train, evaluate and save a victim checkpoint with its P.json (models.victim_training)."""
 from __future__ import annotations
 
-import math
-import time
-
-import torch
-
-from pathlib import Path
-
-from common import checks
-from common.errors import UserError
-from common.io import ensure_writable
-from common.runtime import resolve_device, set_seed
-from data.registry import load_splits
-from models import architectures
-from models.checkpoint import default_victim_arch, save_victim
-from models.training import accuracy, make_optimizer, make_scheduler, plateaued, random_shift, train_epochs
-
-
-def check_target(path, *, overwrite: bool, flag: str = "--victim_path", command: str = "train-victim") -> Path:
-    """The checkpoint path P (and P.json) must be writable, and new unless overwrite is set."""
-    path = Path(path)
-    sidecar = Path(str(path) + ".json")
-    for p in (path, sidecar):
-        ensure_writable(p, flag if p == path else "the checkpoint's metadata")
-        if (p.exists() or p.is_symlink()) and not overwrite:  # a dangling or looping link is the user's too
-            raise UserError(f"{p} already exists; {command} never replaces a file unasked. Pass --overwrite "
-                            f"to replace it, or choose another {flag}")
-    return path
+from models.victim_training import VictimRecipe
+from models.victim_training import train_victim as train
 
 
 def train_victim(s, *, progress: bool = True) -> tuple:
-    check_target(s.victim_path, overwrite=bool(getattr(s, "overwrite", False)))
-    target, data = Path(s.victim_path).resolve(), Path(s.data_dir).resolve()
-    if target.exists() and data in target.parents:
-        raise UserError(f"--victim_path {s.victim_path} is a file inside --data_dir {s.data_dir}, among the dataset's "
-                        f"files; train-victim never replaces one, even with --overwrite. Choose another --victim_path")
-    checks.whole("--epochs", s.epochs, lo=1)
-    device = resolve_device(s.device)
-    set_seed(s.seed)
-    splits = load_splits(s.dataset, s.data_dir)
-    arch = s.victim_arch or default_victim_arch(splits.spec)
-    model = architectures.create(arch, splits.spec).to(device)
-    optimizer = make_optimizer(model, optimizer=s.optimizer, lr=s.lr, momentum=s.momentum,
-                               weight_decay=s.weight_decay)
-    scheduler = make_scheduler(optimizer, schedule=s.lr_schedule, epochs=s.epochs, patience=s.plateau_patience)
-    history, early = [], []  # per epoch: the training loss, the held-out accuracy and the rate it trained at
-    rate = [s.lr]  # the rate of the epoch under way (the scheduler has already set the next one)
-
-    def after_epoch(epoch: int, loss: float) -> bool:
-        if not math.isfinite(loss):
-            raise UserError(f"the victim's training loss became {loss} at epoch {epoch}: training diverged; lower "
-                            f"--lr (now {s.lr:g}); nothing was saved")
-        history.append({"epoch": epoch, "loss": round(loss, 5), "lr": rate[-1],
-                        "test_accuracy": round(accuracy(model, splits.eval_x, splits.eval_y, device), 2)})
-        rate.append(optimizer.param_groups[0]["lr"])
-        if s.lr_schedule == "plateau" and plateaued(optimizer, s.lr):
-            early.append(epoch)
-        return bool(early)
-
-    start = time.perf_counter()
-    train_epochs(model, splits.victim_x, splits.victim_y, optimizer=optimizer, epochs=s.epochs,
-                 batch_size=s.batch_size, device=device, generator=torch.Generator().manual_seed(s.seed),
-                 augment=random_shift(s.victim_shift) if s.victim_shift else None, scheduler=scheduler,
-                 progress="train victim" if progress else None, after_epoch=after_epoch)
-    seconds = time.perf_counter() - start
-    acc = accuracy(model, splits.eval_x, splits.eval_y, device)
-    ran = len(history)
-    stopped = ("the learning rate was cut twice: the loss plateaued" if early else "ran every epoch")
-    meta = {"dataset": s.dataset, "architecture": arch, "test_accuracy": round(acc, 2), "epochs": ran,
-            "max_epochs": s.epochs, "stopped": stopped, "seed": s.seed, "train_size": len(splits.victim_y),
-            "test_size": len(splits.eval_y), "train_time_s": round(seconds, 1), "device": str(device),
-            "recipe": {"optimizer": s.optimizer, "lr": s.lr, "momentum": s.momentum,
-                       "weight_decay": s.weight_decay, "batch_size": s.batch_size, "lr_schedule": s.lr_schedule,
-                       **({"plateau_patience": s.plateau_patience} if s.lr_schedule == "plateau" else {}),
-                       "shift": s.victim_shift},
-            "history": history}
-    save_victim(model, s.victim_path, meta)
-    report = (f"victim {arch} on {s.dataset}: test accuracy {acc:.2f}% on {len(splits.eval_y)} held-out images, "
-              f"{ran} of at most {s.epochs} epochs ({stopped}) in {seconds:.0f} s\nsaved {s.victim_path} and {s.victim_path}.json")
-    return meta, report
+    return train(VictimRecipe.of(s.as_dict()), progress=progress)

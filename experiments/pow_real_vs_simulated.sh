@@ -11,7 +11,6 @@ for pow in simulated real; do
     --calibration "$out/standard/log.csv" --max_factor 20 --pow "$pow" --puzzle "$puzzle" --pow_subs 4
 done
 python3 -c "
-import sys; sys.path.insert(0, '.')
 from pow.pricing import compare_real_simulated
 r = compare_real_simulated('$out/simulated/log.csv', '$out/real/log.csv', '$out/real/params.json')
 print(' '.join(f'{k}={v:.3f}' for k, v in r.items()))"

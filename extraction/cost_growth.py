@@ -33,8 +33,14 @@ from tqdm.auto import tqdm
 
 from common import checks
 from common.errors import ConfigError, UserError
-from common.io import (atomic_savefig, atomic_write_csv, atomic_write_text, check_outputs, params_beside,
-                       write_params_beside)
+from common.io import (
+    atomic_savefig,
+    atomic_write_csv,
+    atomic_write_text,
+    check_outputs,
+    params_beside,
+    write_params_beside,
+)
 from common.runtime import resolve_device, set_seed
 from common.tables import markdown
 from data.ood import ood_capacity, ood_pool
@@ -89,7 +95,8 @@ def _victim(path: Path, spec, device) -> tuple:
         own = DATASETS[trained_on]
         if (own.channels, own.size, own.num_classes) != (spec.channels, spec.size, spec.num_classes):
             raise UserError(f"--victims {path} was trained on '{trained_on}' ({own.channels}x{own.size}x{own.size}, "
-                            f"{own.num_classes} classes), which does not take '{spec.name}' ({spec.channels}x{spec.size}x"
+                            f"{own.num_classes} classes), which does not take '{spec.name}' "
+                            f"({spec.channels}x{spec.size}x"
                             f"{spec.size}, {spec.num_classes} classes) from --datasets; give victims of the kNN sets' "
                             f"input shape")
     model, meta = load_victim(path, dataclasses.replace(spec, name=trained_on), device=device)
@@ -221,7 +228,8 @@ def run(job: GrowthJob, *, record: dict, progress: bool = True) -> tuple:
     set_seed(job.config.seed)
     frame = measure({k: str(v) for k, v in job.victims.items()}, list(job.knn_sets), list(job.pools),
                     data_dir=job.data_dir, config=job.config, device=resolve_device(job.device), progress=progress)
-    paper = growth_claims(PAPER_DIR / "time_privacy_cost_mnist.csv", PAPER_DIR / "model_extraction_attack_accuracy_mnist.csv")
+    paper = growth_claims(PAPER_DIR / "time_privacy_cost_mnist.csv",
+                          PAPER_DIR / "model_extraction_attack_accuracy_mnist.csv")
     text = report(frame, effects(frame), paper, job.config)
     atomic_write_csv(job.out, frame)
     write_params_beside(job.out, record, "cost-growth")
@@ -247,7 +255,8 @@ def plot(frame: pd.DataFrame, paper: pd.DataFrame, path: Path) -> None:
     for _, r in theirs.iterrows():
         ax.axhline(r["growth_per_query"], color="grey", ls=":", lw=1)
     if len(theirs):
-        ax.annotate("the authors' " + ", ".join(f"{r['mode']} {r['growth_per_query']:.2f}x" for _, r in theirs.iterrows()),
+        ax.annotate("the authors' " + ", ".join(f"{r['mode']} {r['growth_per_query']:.2f}x" for _,
+                                                r in theirs.iterrows()),
                     (ceiling_line.index.min(), theirs["growth_per_query"].max()), fontsize=7, va="bottom", color="grey")
     ax.set_xlabel("GNMax sigma")
     ax.set_ylabel("attacker's kNN cost per query / legitimate user's")
@@ -264,7 +273,8 @@ def report(frame: pd.DataFrame, effects: pd.DataFrame, paper: pd.DataFrame, conf
         return markdown(f, digits=3)
 
     mine = paper.set_index("mode")
-    legit_paper, copycat_paper = float(mine.loc["standard", "cost_per_query"]), float(mine.loc["copycat", "cost_per_query"])
+    legit_paper, copycat_paper = float(mine.loc["standard", "cost_per_query"]), float(mine.loc["copycat",
+                                                                                               "cost_per_query"])
     ood_modes = paper[paper["mode"].isin(["copycat", "adaptiveknockoff"])]
     lines = [f"# What makes an attacker's kNN cost grow faster (k={config.k} or the training set's size, "
              f"delta={config.delta:g}, {int(frame['queries'].max())} queries of each kind at most)", "",

@@ -23,6 +23,7 @@ from common.errors import UserError
 from common.io import atomic_torch_save, ensure_writable_dir, input_file, run_metadata, safe_torch_load
 from common.runtime import resolve_device, set_seed
 from data.registry import load_splits, to_float
+from extraction.state import RunFolder, comparable, fingerprint, input_files, run_file_of
 from models import architectures
 from models.checkpoint import default_stolen_arch, load_victim
 from models.oracle import Victim, VictimOracle
@@ -34,7 +35,6 @@ from pow.timing import read_timing_csv
 from privacy import accountants
 from privacy.accountants import cost_column
 from privacy.rdp import MIN_SIGMA
-from extraction.state import RunFolder, comparable, fingerprint, input_files, run_file_of
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,15 @@ import torch
 
 from attacks import ATTACKS
 from common.errors import UserError
-from common.io import (FolderLock, atomic_torch_save, atomic_write_csv, atomic_write_text, file_sha256,
-                       remove_stale_tmp, safe_torch_load)
+from common.io import (
+    FolderLock,
+    atomic_torch_save,
+    atomic_write_csv,
+    atomic_write_text,
+    file_sha256,
+    remove_stale_tmp,
+    safe_torch_load,
+)
 from privacy.accountants import PATE_MEASURES  # the cost measures that read --teachers_path
 
 STATE, LOG, PARAMS, STOLEN, QUERIES = "state.pt", "log.csv", "params.json", "stolen.pt", "queries"
@@ -163,7 +170,8 @@ class RunFolder:
             if file_sha256(path) != hashes[index - 1]:
                 raise UserError(f"{path} is not the file this run saved (its content hash differs); {FRESH}")
             chunk = safe_torch_load(path, "saved queries", f"it is damaged; {FRESH}")
-            ok = (isinstance(chunk, dict) and isinstance(chunk.get("xs"), list) and isinstance(chunk.get("answers"), list)
+            ok = (isinstance(chunk, dict) and isinstance(chunk.get("xs"), list) and isinstance(chunk.get("answers"),
+                                                                                               list)
                   and len(chunk["xs"]) == len(chunk["answers"])
                   and all(isinstance(t, torch.Tensor) for t in chunk["xs"] + chunk["answers"]))
             if not ok:

@@ -8,6 +8,7 @@ first reach the same accuracy).
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +86,38 @@ def _equal_accuracy(g: pd.DataFrame, standard: pd.DataFrame) -> tuple:
         if base > 0 and not ours / base <= best[0]:
             best = (float(ours / base), float(level))
     return best
+
+
+def price(frame: pd.DataFrame, cal) -> pd.DataFrame:
+    """Per mode, the cumulative PoW time of each row."""
+    parts = []
+    for _, g in frame.groupby("mode", sort=False):
+        g = g.rename(columns={"time": "query_time_s"})
+        priced = calibration.add_pow_columns(g, cal, cost="cost")
+        parts.append(priced)
+    return pd.concat(parts)
+
+
+def pow_table(calibration_csv, attacks_csv, *, base: float, min_s: float, max_s: float) -> tuple:
+    """(summary table, priced rows with both calibrations) for one dataset: each attack mode of the
+    paper's CSV priced by the paper's calibration (base, clip [min_s, max_s] s per 1,000 queries) on
+    its legitimate user's CSV, two-sided and one-sided."""
+    baseline = calibration.load_baseline(calibration_csv, cost_measure="knn")
+    two = calibration.PaperCalibrator(baseline, base=base, min_s=min_s, max_s=max_s)
+    one = calibration.PaperCalibrator(baseline, base=base, min_s=min_s, max_s=max_s, one_sided=True)
+    frame = read_attacks(attacks_csv)
+    paper, sided = price(frame, two), price(frame, one)
+    paper["total_time_one_sided_s"] = sided["total_time_s"].to_numpy()
+    rows = []
+    for mode, g in paper.groupby("mode", sort=False):
+        last = g.iloc[-1]
+        dev = two.deviation(g["queries"], g["cost"])
+        clipped = int(((dev * math.log(two.base) > math.log(two.max_s)) & (g["diff"] > 0)).sum())
+        rows.append({"mode": mode, "final_accuracy": last["accuracy"], "best_accuracy": g["accuracy"].max(),
+                     "queries": int(last["queries"]), "privacy_cost": last["cost"],
+                     "time_no_pow_s": last["query_time_s"], "time_pow_s": last["total_time_s"],
+                     "ratio": last["total_time_s"] / last["query_time_s"],
+                     "time_pow_one_sided_s": last["total_time_one_sided_s"],
+                     "ratio_one_sided": last["total_time_one_sided_s"] / last["query_time_s"],
+                     "steps_at_max": clipped})
+    return pd.DataFrame(rows), paper

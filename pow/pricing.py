@@ -13,7 +13,7 @@ from pathlib import Path
 
 from common import checks
 from common.errors import UserError
-from pow import hashcash, puzzles
+from pow import kinds
 from pow.replay import ReplayGuard
 from pow.solver import Solver, default_workers, profile_solver
 from pow.timing import make_pricer
@@ -28,19 +28,18 @@ class PowGate:
 
     def __init__(self, *, puzzle: str, subs: int, pricer, resource: str, key: bytes | None = None):
         self.puzzle, self.subs, self.pricer, self.resource = puzzle, subs, pricer, resource
+        self.kind = kinds.get(puzzle)
         self.key = key or os.urandom(32)
         self.replay = ReplayGuard()
 
     def issue(self, difficulty: float) -> str:
-        return puzzles.issue(key=self.key, resource=self.resource, work=difficulty, kind=self.puzzle, subs=self.subs)
+        """What the client solves: a signed challenge, or (hashcash) the resource to mint a stamp on."""
+        return self.kind.issue(key=self.key, resource=self.resource, difficulty=difficulty, subs=self.subs)
 
     def check(self, answer: str, difficulty: float) -> None:
         """A RuntimeError unless `answer` (a solution, or a stamp for hashcash) is valid and unspent."""
-        if self.puzzle == "hashcash":
-            verdict = hashcash.check(answer, bits=int(difficulty), resource=self.resource, replay=self.replay)
-        else:
-            verdict = puzzles.verify(answer, key=self.key, kind=self.puzzle, resource=self.resource,
-                                     min_work=difficulty, replay=self.replay)
+        verdict = self.kind.verify(answer, key=self.key, resource=self.resource, difficulty=difficulty,
+                                   replay=self.replay)
         if not verdict:
             raise RuntimeError(f"the server rejected a solved puzzle: {verdict.reason}")
 
@@ -54,11 +53,8 @@ class PowClient:
         self._solver = Solver(workers).__enter__()
 
     def solve(self, gate: PowGate, difficulty: float) -> str:
-        if gate.puzzle == "hashcash":
-            stamp, _ = self._solver.solve_hashcash(gate.resource, int(difficulty), solver=self.solver_name)
-            return stamp
-        solution, _ = self._solver.solve_target(gate.issue(difficulty))
-        return solution
+        answer, _ = gate.kind.solve(self._solver, gate.issue(difficulty), difficulty, solver_name=self.solver_name)
+        return answer
 
     def close(self) -> None:
         if self._solver is not None:
@@ -129,7 +125,7 @@ def compare_real_simulated(simulated_log, real_log, params_json) -> dict:
     sim, real = pd.read_csv(simulated_log), pd.read_csv(real_log)
     params = json.loads(Path(params_json).read_text())["settings"]
     pricer, batch = params["pow_pricer"], params["query_batch"]
-    subs = 1 if params["puzzle"] == "hashcash" else params["pow_subs"]
+    subs = kinds.get(params["puzzle"]).subs(params["pow_subs"])
     batches = sim["queries"].diff().fillna(sim["queries"].iloc[0]).to_numpy() / batch
     work = sim["pow_work"].diff().fillna(sim["pow_work"].iloc[0]).to_numpy() / batches
     work_s = work / pricer["rate"]

@@ -63,14 +63,18 @@ _NONCES = re.compile(r"(0|[1-9a-f][0-9a-f]{0,%d})(,(0|[1-9a-f][0-9a-f]{0,%d}))*"
                      re.ASCII)
 
 
+def _scrypt(data: bytes) -> bytes:
+    return hashlib.scrypt(data, salt=SCRYPT_SALT, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32, maxmem=SCRYPT_MAXMEM)
+
+
+DIGESTS = {"sha256": lambda data: hashlib.sha256(data).digest(), "scrypt": _scrypt}  # one per kind of KINDS
+
+
 def digest(kind: str, data: bytes) -> bytes:
     """The puzzle's hash function."""
-    if kind == "sha256":
-        return hashlib.sha256(data).digest()
-    if kind == "scrypt":
-        return hashlib.scrypt(data, salt=SCRYPT_SALT, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32,
-                              maxmem=SCRYPT_MAXMEM)
-    raise ConfigError(f"unknown puzzle kind '{kind}'; valid kinds: {', '.join(KINDS)}")
+    if kind not in DIGESTS:
+        raise ConfigError(f"unknown puzzle kind '{kind}'; valid kinds: {', '.join(KINDS)}")
+    return DIGESTS[kind](data)
 
 
 def threshold(work: float, subs: int) -> int:

@@ -9,14 +9,13 @@ solution and the number of evaluations tried.
 from __future__ import annotations
 
 import hashlib
-import math
 import multiprocessing as mp
 import os
 import subprocess
 import time
 
 from common.errors import ConfigError
-from pow import hashcash, puzzles
+from pow import hashcash, kinds, puzzles
 
 SOLVERS = ("python", "native")
 BLOCK = {"sha256": 2048, "sha1": 2048, "scrypt": 2}  # evaluations between looks at the shared flag (~2 ms)
@@ -29,25 +28,39 @@ def default_workers() -> int:
     return os.cpu_count() or 1
 
 
-def _scan_target(kind, text, index, limit, start, count):
-    if kind == "sha256":
-        base = hashlib.sha256(f"{text}|{index}|".encode())
-        for nonce in range(start, start + count):
-            h = base.copy()
-            h.update(b"%x" % nonce)
-            if int.from_bytes(h.digest(), "big") < limit:
-                return nonce
-        return None
+def _scan_sha1(task, start, count):
+    """A hashcash stamp's counter: task = ('sha1', stamp prefix, bits)."""
+    return hashcash.search(task[1], task[2], start, count)
+
+
+def _scan_sha256(task, start, count):
+    """A pow1 sub-solution's nonce over SHA-256, hashing the shared prefix once: task = (kind, text, i, limit)."""
+    _, text, index, limit = task
+    base = hashlib.sha256(f"{text}|{index}|".encode())
+    for nonce in range(start, start + count):
+        h = base.copy()
+        h.update(b"%x" % nonce)
+        if int.from_bytes(h.digest(), "big") < limit:
+            return nonce
+    return None
+
+
+def _scan_digest(task, start, count):
+    """A pow1 sub-solution's nonce over the puzzle's own digest (scrypt): task = (kind, text, i, limit)."""
+    kind, text, index, limit = task
     for nonce in range(start, start + count):
         if int.from_bytes(puzzles.digest(kind, puzzles.sub_input(text, index, nonce)), "big") < limit:
             return nonce
     return None
 
 
+SCANNERS = {"sha1": _scan_sha1, "sha256": _scan_sha256, "scrypt": _scan_digest}  # by the task's hash
+UNSOLVABLE = {"sha1": ("sha1", "1:160:261129:rate::x:", 160), "sha256": ("sha256", "rate", 0, 0),
+              "scrypt": ("scrypt", "rate", 0, 0)}  # measure_rate's tasks: no nonce solves them
+
+
 def _scan(task, start, count):
-    if task[0] == "sha1":
-        return hashcash.search(task[1], task[2], start, count)
-    return _scan_target(*task, start, count)
+    return SCANNERS[task[0]](task, start, count)
 
 
 _parent = None  # the pid that made this worker (a worker stops when it is orphaned)
@@ -174,8 +187,9 @@ def measure_rate(kind: str, *, workers: int = 1, seconds: float = 0.5) -> float:
 
     Runs an unsolvable puzzle (target 0) on all workers and counts the evaluations made meanwhile.
     """
-    task = ("sha1", "1:160:261129:rate::x:", 160) if kind == "sha1" else (kind, "rate", 0, 0)
-    block = BLOCK[kind]
+    if kind not in UNSOLVABLE:
+        raise ConfigError(f"unknown hash '{kind}'; valid: {', '.join(UNSOLVABLE)}")
+    task, block = UNSOLVABLE[kind], BLOCK[kind]
     with Solver(workers) as s:
         if s._pool is None:
             start, done, nonce = time.perf_counter(), 0, 0
@@ -193,29 +207,25 @@ def measure_rate(kind: str, *, workers: int = 1, seconds: float = 0.5) -> float:
         return tried / (time.perf_counter() - start)
 
 
-def profile_solver(kind: str, *, workers: int = 1, subs: int = 1, seconds: float = 1.0) -> tuple:
+def profile_solver(puzzle, *, workers: int = 1, subs: int = 1, seconds: float = 1.0) -> tuple:
     """Fit solve time = overhead_s + work / rate by solving real puzzles of two sizes (~1 ms, ~20 ms).
 
-    This is the rate the client really achieves (block overshoot, process hand-offs and verification
-    included), unlike measure_rate()'s raw hashing speed. Returns (overhead_s, rate).
+    `puzzle` is a kinds.Puzzle or its name. This is the rate the client really achieves (block
+    overshoot, process hand-offs and verification included), unlike measure_rate()'s raw hashing
+    speed. Returns (overhead_s, rate).
     """
-    raw = measure_rate(kind, workers=workers, seconds=min(0.25, seconds / 4))
+    puzzle = kinds.get(puzzle) if isinstance(puzzle, str) else puzzle
+    raw = measure_rate(puzzle.hash_kind, workers=workers, seconds=min(0.25, seconds / 4))
     key = os.urandom(16)
     points = []
     with Solver(workers) as s:
         for target_s in (0.001, 0.02):
-            work = max(2.0, raw * target_s)
-            if kind == "sha1":
-                bits = max(1, int(round(math.log2(work))))
-                work = 2.0 ** bits
+            level = puzzle.level_for_work(max(2.0, raw * target_s))
             done, start = 0, time.perf_counter()
             while done < 3 or time.perf_counter() - start < seconds / 2:
-                if kind == "sha1":
-                    s.solve_hashcash("profile", bits)
-                else:
-                    s.solve_target(puzzles.issue(key=key, resource="profile", work=work, kind=kind, subs=subs))
+                puzzle.solve(s, puzzle.issue(key=key, resource="profile", difficulty=level, subs=subs), level)
                 done += 1
-            points.append((work, (time.perf_counter() - start) / done))
+            points.append((puzzle.work(level), (time.perf_counter() - start) / done))
     (w1, t1), (w2, t2) = points
     if t2 <= t1 or w2 <= w1:
         return 0.0, raw

@@ -12,7 +12,6 @@ puzzles of two sizes solved at start (solver.profile_solver).
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -21,35 +20,27 @@ import pandas as pd
 from common import checks
 from common.errors import UserError, unknown_name
 from common.io import read_csv_file
-from pow.puzzles import MAX_WORK as MAX_TARGET_WORK
+from pow import kinds
 
-PUZZLES = ("hashcash", "sha256", "scrypt")
+PUZZLES = kinds.NAMES
 TABLES = ("live", "measured", "paper")
-#: the paper's measured mean SHA-1 hashcash solve time (Python solver), seconds, for bits 1..32
-PAPER_HASHCASH_SECONDS = {
-    1: 0.000018, 2: 0.000046, 3: 0.00005, 4: 0.000056, 5: 0.000181, 6: 0.000315, 7: 0.000325, 8: 0.000704,
-    9: 0.001079, 10: 0.003480, 11: 0.007472, 12: 0.008756, 13: 0.018955, 14: 0.049600, 15: 0.065657,
-    16: 0.239012, 17: 0.489723, 18: 0.549378, 19: 1.474332, 20: 2.927822, 21: 4.340743, 22: 8.519815,
-    23: 15.106678, 24: 23.196483, 25: 151.251428, 26: 245.364584, 27: 565.612546, 28: 666.044603,
-    29: 1069.022753, 30: 1533.945173, 31: 2832.509785, 32: 2948.467908,
-}
-HASH_KIND = {"hashcash": "sha1", "sha256": "sha256", "scrypt": "scrypt"}  # function each puzzle evaluates
+PAPER_HASHCASH_SECONDS = kinds.PAPER_HASHCASH_SECONDS
 TIMING_COLUMNS = ["puzzle", "solver", "workers", "difficulty", "expected_work", "trials", "mean_tries",
                   "mean_s", "median_s", "p90_s", "rate"]
 
 
 class PuzzlePricer:
-    """Maps PoW seconds to a difficulty, and a difficulty to expected work and seconds."""
+    """Maps PoW seconds to a difficulty, and a difficulty to expected work and seconds, for one puzzle kind
+    (kinds.py) and one solver model: time = overhead_s + work / rate, or a table of seconds per level."""
 
     def __init__(self, puzzle: str, *, rate: float, overhead_s: float = 0.0, bits_seconds: dict | None = None,
                  source: str = "live"):
-        if puzzle not in PUZZLES:
-            raise unknown_name("puzzle", puzzle, PUZZLES)
+        self.kind = kinds.get(puzzle)
         rate = checks.finite("the solve rate", rate, lo=0, lo_open=True)
         overhead_s = checks.finite("the solver overhead", overhead_s, lo=0)
         self.puzzle, self.rate, self.overhead_s, self.source = puzzle, float(rate), float(overhead_s), source
-        if puzzle == "hashcash" and bits_seconds is None:
-            bits_seconds = {b: overhead_s + 2.0 ** b / rate for b in range(1, 41)}
+        if bits_seconds is None:
+            bits_seconds = self.kind.model_levels(self.rate, self.overhead_s)
         self.bits_seconds = dict(sorted(bits_seconds.items())) if bits_seconds else None
 
     def difficulty(self, seconds: float) -> float:
@@ -57,20 +48,13 @@ class PuzzlePricer:
 
         A time that is not a finite number >= 0 is an error, never the easiest puzzle: a NaN from a
         broken baseline must not switch the defence off."""
-        seconds = checks.finite("PoW seconds", seconds, lo=0)
-        if self.puzzle == "hashcash":
-            bits = np.array(list(self.bits_seconds))
-            times = np.array(list(self.bits_seconds.values()))
-            return int(bits[np.argmin(np.abs(np.log(times) - math.log(max(seconds, 1e-12))))])
-        return min(max(1.0, (seconds - self.overhead_s) * self.rate), MAX_TARGET_WORK)
+        return self.kind.difficulty(checks.finite("PoW seconds", seconds, lo=0), self)
 
     def work(self, difficulty: float) -> float:
-        return 2.0 ** difficulty if self.puzzle == "hashcash" else float(difficulty)
+        return self.kind.work(difficulty)
 
     def expected_seconds(self, difficulty: float) -> float:
-        if self.puzzle == "hashcash":
-            return float(self.bits_seconds[int(difficulty)])
-        return self.overhead_s + float(difficulty) / self.rate
+        return self.kind.expected_seconds(difficulty, self)
 
     def describe(self) -> dict:
         return {"puzzle": self.puzzle, "rate": self.rate, "overhead_s": self.overhead_s, "table": self.source}
@@ -95,14 +79,18 @@ def read_timing_csv(path) -> pd.DataFrame:
 
 def make_pricer(puzzle: str, *, table: str, solver: str = "python", workers: int = 1, timing_csv=None,
                 measure=None) -> PuzzlePricer:
-    """The pricer for --puzzle/--timing_table; `measure(kind, workers)` gives a live (overhead_s, rate)."""
+    """The pricer for --puzzle/--timing_table; `measure(kind, workers)` gives a live (overhead_s, rate) for a
+    kinds.Puzzle."""
+    kind = kinds.get(puzzle)
     if table not in TABLES:
         raise unknown_name("timing table", table, TABLES)
     if table == "paper":
-        if puzzle != "hashcash":
-            raise UserError("the paper's timing table is for hashcash (SHA-1 bits); use --puzzle hashcash")
-        rate = float(np.median([2.0 ** b / t for b, t in PAPER_HASHCASH_SECONDS.items() if b >= 16]))
-        return PuzzlePricer(puzzle, rate=rate, bits_seconds=PAPER_HASHCASH_SECONDS, source="paper")
+        if kind.paper_seconds is None:
+            measured = [p.name for p in kinds.REGISTRY.values() if p.paper_seconds]
+            raise UserError(f"the paper's timing table is for {', '.join(measured)} only; use --puzzle "
+                            f"{' or '.join(measured)}, or --timing_table live or measured")
+        rate = float(np.median([kind.work(b) / t for b, t in kind.paper_seconds.items() if b >= 16]))
+        return PuzzlePricer(puzzle, rate=rate, bits_seconds=kind.paper_seconds, source="paper")
     if table == "measured":
         frame = read_timing_csv(timing_csv)
         rows = frame[(frame["puzzle"] == puzzle) & (frame["solver"] == solver)]
@@ -111,12 +99,9 @@ def make_pricer(puzzle: str, *, table: str, solver: str = "python", workers: int
                             f"rerun pow-calibrate with --puzzles {puzzle} --solver {solver}")
         slope, intercept = np.polyfit(rows["expected_work"].to_numpy(float), rows["mean_s"].to_numpy(float), 1)
         rate = 1.0 / slope if slope > 0 else float(rows["rate"].median())
-        bits = ({int(r.difficulty): float(r.mean_s) for r in rows.itertuples()} if puzzle == "hashcash" else None)
-        return PuzzlePricer(puzzle, rate=rate, overhead_s=max(0.0, float(intercept)), bits_seconds=bits,
+        return PuzzlePricer(puzzle, rate=rate, overhead_s=max(0.0, float(intercept)),
+                            bits_seconds=kind.measured_levels(rows["difficulty"], rows["mean_s"]),
                             source=f"measured ({timing_csv})")
-    if solver == "native" and puzzle == "hashcash":
-        from pow.hashcash import native_rate
-        overhead, rate = 0.0, native_rate() * workers
-    else:
-        overhead, rate = measure(HASH_KIND[puzzle], workers)
+    native = kind.native_rate(workers) if solver == "native" else None
+    overhead, rate = (0.0, native) if native is not None else measure(kind, workers)
     return PuzzlePricer(puzzle, rate=rate, overhead_s=overhead, source=f"live ({solver}, {workers} workers)")

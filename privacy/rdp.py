@@ -18,7 +18,7 @@ from common.errors import ConfigError
 DEFAULT_ORDERS = np.concatenate([np.arange(2.0, 100.0, 0.5), np.logspace(2.0, 3.0, 200)])
 
 CONVERSIONS = ("classic", "improved")
-MIN_SIGMA = 1e-3  # GNMax noise below this gives infinite epsilons (1e-320 passed a plain "> 0" check)  # RDP -> (eps, delta) conversions offered
+MIN_SIGMA = 1e-3  # GNMax noise below this gives infinite epsilons (1e-320 passed a plain "> 0" check)
 
 
 def _log1mexp(x: np.ndarray) -> np.ndarray:

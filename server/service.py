@@ -103,7 +103,7 @@ class RateLimiter:
         now = self.clock()
         with self._lock:
             tokens, last = self._buckets.get(key, (float(self.burst), now))
-            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+            tokens = min(float(self.burst), tokens + max(0.0, now - last) * self.rate)  # a clock set back adds none
             if len(self._buckets) >= self.max_keys and key not in self._buckets:
                 self._buckets = {k: v for k, v in self._buckets.items()
                                  if min(float(self.burst), v[0] + (now - v[1]) * self.rate) < self.burst}
@@ -140,7 +140,7 @@ class PredictionService:
         self.config, self.clock = config, clock
         self.per_query_column = per_query_column(config.cost_column)
         self.check_solution = check_solution or (lambda ch, nonces: ch.unsolved(nonces))
-        self.limiter = RateLimiter(config.rate, config.burst)
+        self.limiter = RateLimiter(config.rate, config.burst, clock=clock)  # one clock, injectable in tests
         #: seconds of each answered batch's parts (inference, accountant, commit); the latest 10,000
         self.timings: collections.deque = collections.deque(maxlen=10_000)
         self._recent: dict = collections.defaultdict(lambda: collections.deque(maxlen=RECENT))  # by batch size

@@ -43,7 +43,8 @@ SCHEMA_CHECK = ("SELECT name, key_hash, account, revoked, created FROM users WHE
                 "SELECT account, queries, batches, answer_s, ledger, updated, credit, priced, weight FROM accounts "
                 "WHERE 1 = 0",
                 "SELECT token, expires, account, queries, request, response FROM spent WHERE 1 = 0",
-                "SELECT token, expires, account, queries, request, response, sealed, paid, owed FROM pending WHERE 1 = 0",
+                "SELECT token, expires, account, queries, request, response, sealed, paid, owed "
+                "FROM pending WHERE 1 = 0",
                 "SELECT name, value FROM meta WHERE 1 = 0")
 MAX_PENDING = 32  # sealed, unpaid batches per account at once; more are refused (429) until paid or expired
 LOCK_TIMEOUT_S = 10  # a write waits this long for the database's lock, then the request gets a 503
@@ -202,7 +203,8 @@ class Store:
                 if cur.fetchone():
                     raise UserError(f"'{name}' is the account of a group of users already; choose another name, or "
                                     f"pass --group {name} to join that group on purpose")
-            cur.execute(self._sql("INSERT INTO users (name, key_hash, account, revoked, created) VALUES (?, ?, ?, 0, ?)"),
+            cur.execute(self._sql("INSERT INTO users (name, key_hash, account, revoked, created) "
+                                  "VALUES (?, ?, ?, 0, ?)"),
                         (name, key_hash, account, time.time()))
 
     def revoke(self, name: str) -> None:

@@ -1,4 +1,5 @@
-"""Shared fixtures: the repository on sys.path, a quickly trained mnist-5k victim, a CLI runner."""
+"""Shared fixtures: a quickly trained mnist-5k victim, a CLI runner (pyproject.toml puts the repository on
+sys.path)."""
 from __future__ import annotations
 
 import os
@@ -8,12 +9,10 @@ from pathlib import Path
 
 import pytest
 
+import parameters
+from commands.victim import train_victim
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import parameters  # noqa: E402
-from commands.victim import train_victim  # noqa: E402
-
 
 #: extract flags that keep registry-wide runs small: dfme's iteration is 7 batches, so it runs at batches
 #: of 16 (an iteration of 112 queries); mixmatch's epoch is a pass over the whole unlabelled pool, so it

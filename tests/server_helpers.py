@@ -59,7 +59,8 @@ def start_server(args: list, *, env: dict, timeout_s: float = 90.0):
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"the server exited ({proc.returncode}): {Path(env['SERVER_LOG']).read_text()[-2000:]}")
+            log = Path(env["SERVER_LOG"]).read_text()[-2000:]
+            raise AssertionError(f"the server exited ({proc.returncode}): {log}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
                 return proc

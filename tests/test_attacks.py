@@ -8,8 +8,7 @@ import pytest
 import torch
 
 import parameters
-from attacks import ATTACKS, AttackContext, create
-from attacks import knockoff
+from attacks import ATTACKS, AttackContext, create, knockoff
 from attacks.active import entropy, top2_gap
 from attacks.worstcase import surrogate_cost
 from data.registry import create as create_spec
@@ -168,7 +167,7 @@ def test_jacobian_step_moves_along_the_sign_of_the_gradient():
 def test_jacobian_generations_and_sign_flip(victim_path, tmp_path):
     """Generation 0 is the seed set (150 on 28x28 data); each later one augments the previous; jacobiantr
     flips lambda every TAU generations; a budget below the seed set is refused."""
-    from attacks.jacobian import JacobianTrAttack, TAU
+    from attacks.jacobian import TAU, JacobianTrAttack
     from common.errors import UserError
     spec = create_spec("mnist-5k")
     pool = torch.randint(0, 255, (400, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
@@ -334,7 +333,8 @@ def test_the_oracle_refuses_non_finite_images(victim_path):
     from common.errors import UserError
     from models.checkpoint import load_victim
     from models.oracle import VictimOracle
-    from privacy.accountants import Ledger, create as create_accountant
+    from privacy.accountants import Ledger
+    from privacy.accountants import create as create_accountant
     model, _ = load_victim(victim_path, create_spec("mnist-5k"))
     oracle = VictimOracle(model, device=torch.device("cpu"), ledger=Ledger([create_accountant("entropy")]))
     x = torch.rand(4, 1, 28, 28)

@@ -242,7 +242,8 @@ CASES = {
     "sybil-server-url": ["sybil", "--calibration", "{in}/baseline.csv", "--victim_path", "{in}/victim.pt",
                          "--server", "http://127.0.0.1:9", "--out", "{out}/s.csv"],
     "sybil-batches-zero": ["sybil", "--calibration", "{in}/baseline.csv", "--batches", "0", "--out", "{out}/s.csv"],
-    "sybil-batches-over-256": ["sybil", "--calibration", "{in}/baseline.csv", "--batches", "512", "--out", "{out}/s.csv"],
+    "sybil-batches-over-256": ["sybil", "--calibration", "{in}/baseline.csv", "--batches", "512", "--out",
+                               "{out}/s.csv"],
     "sybil-modes-bogus": ["sybil", "--calibration", "{in}/baseline.csv", "--modes", "bogus", "--out", "{out}/s.csv"],
     "sybil-paper-mode": ["sybil", "--calibration", "{in}/baseline.csv", "--victim_path", "{in}/victim.pt",
                          "--calibration_mode", "paper", "--out", "{out}/s.csv"],
@@ -269,7 +270,8 @@ CASES = {
 
 #: what each case's error line must say: proof that it failed where its name says
 NEEDLES = {
-    'extract-ood-pool-missing-folder': "nowhere' is neither a pool (fashion-mnist, mnist, mnist-5k, photos) nor a folder",
+    'extract-ood-pool-missing-folder':
+        "nowhere' is neither a pool (fashion-mnist, mnist, mnist-5k, photos) nor a folder",
     'train-folder-without-layout': 'train is missing: an image-folder dataset needs ROOT/train/CLASS',
     'extract-deficit-tolerance-negative': '--deficit_tolerance: the value must be a finite number >= 0',
     'extract-deficit-tolerance-nan': '--deficit_tolerance: the value must be a finite number >= 0, got nan',

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import main as entry
-from common.errors import ConfigError, UserError
 import parameters
 from commands.costs import cost_growth
+from common.errors import ConfigError, UserError
 from extraction.cost_growth import GrowthConfig, ceiling, effects, measure
 from models.training import make_scheduler, plateaued
 from pow.paper import PAPER_DIR, growth_claims
@@ -41,7 +41,8 @@ def test_the_factorial_varies_each_cause_alone_and_reads_its_main_effects(victim
     assert len(frame) == 16 and set(frame["knn_size"]) == {3000, 60} and (frame["k"] == 20).all()
     assert set(frame["sigma"]) == {28.0, 10.0}
     assert (frame["queries"] == 24).all() and (frame["legit_eps_per_query"] > 0).all()
-    assert frame["growth"].to_numpy() == pytest.approx((frame["ood_eps_per_query"] / frame["legit_eps_per_query"]).to_numpy())
+    assert frame["growth"].to_numpy() == pytest.approx(
+        (frame["ood_eps_per_query"] / frame["legit_eps_per_query"]).to_numpy())
     same = frame.groupby(["knn_set", "pool", "sigma"])["growth"].nunique()
     assert (same == 1).all(), "the same checkpoint under two labels measures the same"
     main = effects(frame).set_index(["factor", "level"])
@@ -69,7 +70,8 @@ def test_victims_parse_labels_paths_and_refuse_half_entries(tmp_path):
     assert parse_victims(f"x=v.pt,{odd},w-victim.pt", ["mnist"], "ck") == {
         "x": __import__("pathlib").Path("v.pt"), "a=b": odd, "w": __import__("pathlib").Path("w-victim.pt")}
     assert parse_victims(None, ["mnist"], "ck") == {"mnist": __import__("pathlib").Path("ck/mnist-victim.pt")}
-    for bad, phrase in (("a=", "needs both a LABEL and a PATH"), ("=x.pt", "needs both"), ("a.pt,,b.pt", "empty entry")):
+    for bad, phrase in (("a=", "needs both a LABEL and a PATH"), ("=x.pt", "needs both"), ("a.pt,,b.pt",
+                                                                                           "empty entry")):
         with pytest.raises(UserError, match=phrase):
             parse_victims(bad, ["mnist"], "ck")
 
@@ -89,7 +91,8 @@ def test_the_command_writes_its_table_notes_and_verdicts_and_refuses_a_label_twi
         in notes and "The authors' copycat paid 0.530 per query: beyond this sigma's range" in notes
     assert "per query, the authors' CSVs reach at most 2.74x (data free)" in notes
     assert "copycat 12.9x at 92.7%" in notes
-    code = entry.main(["cost-growth", "--victims", f"x={victim_path},x={victim_path}", "--out", str(tmp_path / "h.csv")])
+    code = entry.main(["cost-growth", "--victims", f"x={victim_path},x={victim_path}", "--out",
+                       str(tmp_path / "h.csv")])
     assert code == 2 and "names 'x' twice" in capsys.readouterr().err
     code = entry.main(["cost-growth", "--victims", f"mine={victim_path}", "--queries", "64", "--out", str(out)])
     assert code == 2 and "already exists" in capsys.readouterr().err, "never overwrites the table"
@@ -112,6 +115,7 @@ def test_the_plateau_schedule_cuts_tenfold_and_stops_after_the_second_cut():
 
 def test_training_stops_when_after_epoch_says_so_and_a_diverged_victim_is_not_saved(tmp_path, monkeypatch):
     from commands import victim as victim_cmd
+    from models import victim_training
     from models.training import train_epochs
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
@@ -125,7 +129,7 @@ def test_training_stops_when_after_epoch_says_so_and_a_diverged_victim_is_not_sa
     def diverge(*args, after_epoch, **kwargs):
         after_epoch(1, float("nan"))
 
-    monkeypatch.setattr(victim_cmd, "train_epochs", diverge)
+    monkeypatch.setattr(victim_training, "train_epochs", diverge)
     path = tmp_path / "v.pt"
     s = parameters.parse(["train-victim", "--victim_path", str(path), "--epochs", "2"])
     with pytest.raises(UserError, match="loss became nan at epoch 1: training diverged; lower --lr"):
@@ -137,7 +141,8 @@ def test_training_stops_when_after_epoch_says_so_and_a_diverged_victim_is_not_sa
     ({"accuracy": 97.0, "queries": 8000}, 0.25, "agrees (accuracy -1.4 points, kNN cost per query -3%)"),
     ({"accuracy": 97.0, "queries": 8000}, 0.40, "differs (accuracy -1.4 points, kNN cost per query -39%): we sent "
                                                 "8,000 queries to the authors' 10,000"),
-    ({"accuracy": 80.0, "queries": 10000}, 0.25, "differs (accuracy -18.4 points, kNN cost per query -3%): no measured"),
+    ({"accuracy": 80.0, "queries": 10000}, 0.25,
+     "differs (accuracy -18.4 points, kNN cost per query -3%): no measured"),
 ])
 def test_a_verdict_agrees_within_its_margins_and_names_its_measured_causes(ours, theirs, expect, tmp_path):
     from commands.report import _growth_evidence, _mode_verdict
@@ -163,7 +168,8 @@ def test_a_verdict_agrees_within_its_margins_and_names_its_measured_causes(ours,
         {**t.to_dict(), "cost_per_query": 0.3}), 0.164, grid, evidence)
     assert "an in-distribution query costs 0.164 over mnist's kNN, 0.205 over mnist-5k's kNN (cost_growth.md)" in cheap
     copycat = _mode_verdict("mnist", "copycat", pd.Series({"accuracy": 60.0, "queries": 10_000}),
-                            pd.Series({**t.to_dict(), "cost_per_query": 0.530, "growth_per_query": 2.06}), 0.244, grid, evidence)
+                            pd.Series({**t.to_dict(), "cost_per_query": 0.530,
+                                       "growth_per_query": 2.06}), 0.244, grid, evidence)
     assert "our pool is photos, the authors' ImageNet; measured (cost_growth.md): growth 1.49x with it" in copycat
     assert "beyond what our accountant (sigma 28, delta 1e-05, k 300) charges any query, 0.244 at most" in copycat
     (tmp_path / "cost_growth.csv").write_text("not,a\n")
@@ -192,7 +198,8 @@ def test_a_victim_of_another_input_shape_is_named_as_such(tmp_path):
     from models.checkpoint import save_victim
 
     rgb = tmp_path / "rgb.pt"
-    save_victim(architectures.create("mnistnet", create("cifar10")), rgb, {"dataset": "cifar10", "architecture": "mnistnet"})
+    save_victim(architectures.create("mnistnet", create("cifar10")), rgb, {"dataset": "cifar10",
+                                                                           "architecture": "mnistnet"})
     with pytest.raises(UserError, match=r"trained on 'cifar10' \(3x32x32, 10 classes\), which does not take 'mnist-5k' "
                                         r"\(1x28x28"):
         measure({"rgb": str(rgb)}, ["mnist-5k"], ["photos"], data_dir="data", config=GrowthConfig(queries=8),

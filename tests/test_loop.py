@@ -6,14 +6,15 @@ import pytest
 import torch
 
 import parameters
-from tests.conftest import SMALL_STEPS
 from attacks import ATTACKS
 from commands.demo import demo
 from commands.powtime import pow_time
-from data.registry import create as create_spec, to_float
+from data.registry import create as create_spec
+from data.registry import to_float
+from extraction.loop import LOG_COLUMNS, run_extraction
 from models import architectures
 from models.training import predict_logits
-from extraction.loop import LOG_COLUMNS, run_extraction
+from tests.conftest import SMALL_STEPS
 
 
 def settings(victim_path, out_dir, *extra):

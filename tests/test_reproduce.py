@@ -14,6 +14,7 @@ import pytest
 
 import main as entry
 import parameters
+from commands import grid as grid_cells
 from commands import reproduce as grid_module
 from common.errors import UserError
 from extraction.state import finished
@@ -52,7 +53,8 @@ def test_a_tiny_grid_reports_what_its_logs_say(tmp_path, victims):
     from commands.report import _x
     assert f"attackers pay up to 100x: {'holds' if thief >= 100 else 'fails'} (copycat {_x(thief)}" in report
     growth = summary.loc["copycat", "cost_growth"]
-    assert growth == pytest.approx((summary.loc["copycat", "privacy_cost"] / 64) / (summary.loc["standard", "privacy_cost"] / 64))
+    assert growth == pytest.approx((summary.loc["copycat", "privacy_cost"] / 64) / (summary.loc["standard",
+                                                                                                "privacy_cost"] / 64))
     assert f"at most {growth:.2f}x, copycat" in report
     assert "The paper's numbers (mnist" in report and "| copycat | 93.46 |" in report
     for figure in ("accuracy_vs_time", "costs_vs_queries", "calibration_curve"):
@@ -64,10 +66,10 @@ def test_a_tiny_grid_reports_what_its_logs_say(tmp_path, victims):
 
 
 def test_an_interrupted_grid_resumes_without_redoing_a_finished_run(tmp_path, victims, monkeypatch):
-    monkeypatch.setattr(grid_module, "FRONTIER_DATASETS", ())  # the grid's runs only: the frontier is tested above
-    monkeypatch.setattr(grid_module, "GROWTH_DATASETS", ())  # and so is the cost-growth stage
+    monkeypatch.setattr(grid_cells, "FRONTIER_DATASETS", ())  # the grid's runs only: the frontier is tested above
+    monkeypatch.setattr(grid_cells, "GROWTH_DATASETS", ())  # and so is the cost-growth stage
     out = tmp_path / "g"
-    real = grid_module._run_in_process
+    real = grid_cells._run_in_process
     calls = []
 
     def one_then_stop(cell):
@@ -76,14 +78,14 @@ def test_an_interrupted_grid_resumes_without_redoing_a_finished_run(tmp_path, vi
         calls.append(cell.name)
         real(cell)
 
-    monkeypatch.setattr(grid_module, "_run_in_process", one_then_stop)
+    monkeypatch.setattr(grid_cells, "_run_in_process", one_then_stop)
     with pytest.raises(KeyboardInterrupt):
         grid_module.reproduce(grid(out, victims), progress=False)
     first = out / "runs" / calls[0]
     assert finished(first) is not None
     stamp = (first / "state.pt").stat().st_mtime_ns
     ran = []
-    monkeypatch.setattr(grid_module, "_run_in_process", lambda cell: (ran.append(cell.name), real(cell)))
+    monkeypatch.setattr(grid_cells, "_run_in_process", lambda cell: (ran.append(cell.name), real(cell)))
     grid_module.reproduce(grid(out, victims), progress=False)
     assert calls[0] not in ran and ran == ["mnist-5k/copycat-b64-s0"]
     assert (first / "state.pt").stat().st_mtime_ns == stamp
@@ -91,7 +93,7 @@ def test_an_interrupted_grid_resumes_without_redoing_a_finished_run(tmp_path, vi
 
 @pytest.mark.parametrize("damage", ["garbage-state", "log-without-state"])
 def test_a_broken_run_folder_is_moved_aside_and_redone(tmp_path, victims, damage, monkeypatch):
-    monkeypatch.setattr(grid_module, "FRONTIER_DATASETS", ())  # the grid's runs only: the frontier is tested above
+    monkeypatch.setattr(grid_cells, "FRONTIER_DATASETS", ())  # the grid's runs only: the frontier is tested above
     out = tmp_path / "g"
     grid_module.reproduce(grid(out, victims), progress=False)
     folder = out / "runs" / "mnist-5k" / "copycat-b64-s0"
@@ -205,8 +207,8 @@ def test_an_mnist_grid_sets_each_mode_beside_the_paper_with_verdicts_and_the_cos
     pool = ROOT / "tests" / "data" / "image-folder" / "train"  # a folder of images as the attackers' pool
     out = tmp_path / "g"
     s = parameters.parse(["reproduce", "--quick", "--datasets", "mnist", "--modes", "copycat,entropyrev",
-                          "--budget", "16", "--query_batch", "8", "--data_dir", str(fixture), "--ood_pool", str(pool), "--out_dir",
-                          str(out), "--victim_dir", str(victims), "--device", "cpu"])
+                          "--budget", "16", "--query_batch", "8", "--data_dir", str(fixture), "--ood_pool", str(pool),
+                          "--out_dir", str(out), "--victim_dir", str(victims), "--device", "cpu"])
     grid_module.reproduce(s, progress=False)
     assert json.loads((out / "grid.json").read_text())["ood_pool"] == str(pool)
     victim = json.loads((victims / "mnist-victim.pt.json").read_text())
@@ -224,9 +226,11 @@ def test_an_mnist_grid_sets_each_mode_beside_the_paper_with_verdicts_and_the_cos
         assert f"{mine['privacy_cost'] / mine['queries']:.3f} / " in row
         verdict = next(ln for ln in report.splitlines() if ln.startswith(f"- {mode}: "))
         gap = mine["accuracy"] - float(theirs)
-        assert (("agrees" in verdict) == (abs(gap) <= 5 and "differs" not in verdict)) and f"{gap:+.1f} points" in verdict
+        assert (("agrees" in verdict) == (abs(gap) <= 5 and "differs" not in verdict)) \
+            and f"{gap:+.1f} points" in verdict
     copycat = next(ln for ln in report.splitlines() if ln.startswith("- copycat: "))
-    assert "we sent 16 queries to the authors' 11,000" in copycat and "our pool is image-folder/train, the authors' ImageNet" in copycat
+    assert "we sent 16 queries to the authors' 11,000" in copycat \
+        and "our pool is image-folder/train, the authors' ImageNet" in copycat
     assert "the authors' 0.530 per query is beyond what our accountant (sigma 28, delta 1e-05, k 300) charges any " \
            "query, 0.244 at most" in copycat
     assert "What makes an attacker's kNN cost grow faster" in report and "Only read as the cost of reaching" in report

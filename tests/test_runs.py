@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 
 import pandas as pd
 import pytest
@@ -223,7 +222,7 @@ def test_one_process_per_run_folder(victim_path, tmp_path):
 
 KILLER = textwrap.dedent("""
     import os, signal, sys
-    sys.path.insert(0, {root!r})
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
     target, nth = {target!r}, {nth}
     calls = [0]
     real_replace = os.replace
@@ -234,24 +233,22 @@ KILLER = textwrap.dedent("""
                 os.kill(os.getpid(), signal.SIGKILL)  # the temporary file is written, the rename not done
         return real_replace(src, dst, *a, **k)
     os.replace = replace
+    def step(optimizer, args, kwargs):
+        if target == {STEP!r}:
+            calls[0] += 1
+            if calls[0] == nth:
+                os.kill(os.getpid(), signal.SIGKILL)  # in the middle of a round's training, no file open
+    register_optimizer_step_pre_hook(step)
     import main
     sys.exit(main.main({argv!r}))
 """)
+STEP = "optimizer-step"  # a KILLER target: the nth optimizer step of the copy's training (5: in round 3 of 4)
 
 
-def _extract(argv, target="", nth=0, kill_after=None):
-    code = KILLER.format(root=str(ROOT), target=target, nth=nth, argv=argv)
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    timer = threading.Timer(kill_after, proc.kill) if kill_after else None
-    if timer:
-        timer.start()
-    try:
-        out, err = proc.communicate(timeout=600)
-    finally:
-        if timer:
-            timer.cancel()
-    return proc.returncode, err
+def _extract(argv, target="", nth=0):
+    code = KILLER.format(target=target, nth=nth, argv=argv, STEP=STEP)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    return proc.returncode, proc.stderr
 
 
 @pytest.fixture(scope="module")
@@ -262,16 +259,18 @@ def uninterrupted(victim_path, tmp_path_factory):
     return read_log(out)
 
 
-@pytest.mark.parametrize("kill", [("state.pt", 2, None), ("state.pt", 4, None), ("log.csv", 3, None),
-                                  ("round-000003.pt", 1, None), ("", 0, 9.0)],
+@pytest.mark.parametrize("kill", [("state.pt", 2), ("state.pt", 4), ("log.csv", 3), ("round-000003.pt", 1),
+                                  (STEP, 5)],
                          ids=["in-state-write-2", "in-last-state-write", "between-state-and-log",
-                              "in-queries-write-3", "at-9s"])
+                              "in-queries-write-3", "mid-training"])
 def test_sigkill_then_resume_equals_uninterrupted(victim_path, tmp_path, uninterrupted, kill):
-    target, nth, after = kill
+    target, nth = kill
     argv = args(victim_path, tmp_path, "--budget", "256")
-    rc, err = _extract(argv, target, nth, after)
-    if after is None:
-        assert rc == -signal.SIGKILL, err
+    rc, err = _extract(argv, target, nth)
+    assert rc == -signal.SIGKILL, f"the run ended before the kill, so the case checks nothing: {err}"
+    if target == STEP:
+        assert (tmp_path / "state.pt").is_file() and not (tmp_path / "DONE.json").exists(), "killed mid-run"
+    else:
         assert list(tmp_path.rglob(f".{target}.*.tmp")), "the kill came inside the atomic write"
     rc, err = _extract(argv)
     assert rc == 0, err
@@ -297,7 +296,10 @@ def test_round_file_past_the_state_is_dropped(victim_path, tmp_path):
     run(victim_path, tmp_path, "--budget", "128")
     stray = tmp_path / "queries" / "round-000003.pt"
     shutil.copy(tmp_path / "queries" / "round-000002.pt", stray)  # as if killed before the state committed
+    far = tmp_path / "queries" / "round-000007.pt"  # a round this resume never writes: only dropping removes it
+    shutil.copy(tmp_path / "queries" / "round-000002.pt", far)
     run(victim_path, tmp_path, "--budget", "192")
+    assert not far.exists(), "a round file past the committed state is deleted on resume, not kept"
     whole = tmp_path / "whole"
     run(victim_path, whole, "--budget", "192")
     pd.testing.assert_frame_equal(read_log(tmp_path)[DETERMINISTIC], read_log(whole)[DETERMINISTIC])
@@ -322,7 +324,8 @@ def test_resume_from_another_folder(victim_path, tmp_path, monkeypatch):
     monkeypatch.chdir(elsewhere)
     assert run(work / "v.pt", work / "runs/r1", "--data_dir", str(work / "data"),
                "--budget", "192")["final"]["queries"] == 192
-    assert run(work / "v.pt", work / "runs/r1", "--budget", "224")["final"]["queries"] == 224  # mnist-5k reads no data_dir
+    assert run(work / "v.pt", work / "runs/r1", "--budget",
+               "224")["final"]["queries"] == 224  # mnist-5k reads no data_dir
     shutil.copy(victim_path, elsewhere / "v.pt")  # same content, another file
     with pytest.raises(UserError, match="victim_path"):
         run("v.pt", work / "runs/r1", "--budget", "256")

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from data.registry import load_splits, to_float
 from models.checkpoint import load_victim
@@ -42,7 +43,8 @@ def parts(victim_path, tmp_path_factory):
                                              num_classes=10, k=300, sigma=28.0, delta=1e-5)
     path = tmp_path_factory.mktemp("baseline") / "baseline.csv"
     path.write_text(BASELINE)
-    calibrator = calibration.create(calibration.CalibrationConfig(), calibration.load_baseline(path, cost_measure="entropy"))
+    calibrator = calibration.create(calibration.CalibrationConfig(), calibration.load_baseline(path,
+                                                                                               cost_measure="entropy"))
     legit = make_ledger().add(victim.log_probs(splits.eval_x))["entropy_cost"]
     weights = calibration.QueryWeights(legit, max_weight=calibrator.max_factor / calibrator.budget)
     return {"victim": victim, "make_ledger": make_ledger, "calibrator": calibrator, "weights": weights,
@@ -226,7 +228,8 @@ def test_fields_spliced_across_the_delimiters_are_refused(http, service, parts):
     fields = _fields(ch["challenge"])
     reached = 0
     for i in range(1, len(fields) - 2):  # move one character across each delimiter, both ways
-        for left, right in ((fields[i][:-1], fields[i][-1] + fields[i + 1]), (fields[i] + fields[i + 1][:1], fields[i + 1][1:])):
+        for left, right in ((fields[i][:-1], fields[i][-1] + fields[i + 1]), (fields[i] + fields[i + 1][:1],
+                                                                              fields[i + 1][1:])):
             spliced = "|".join(fields[:i] + [left, right] + fields[i + 2:])
             if isinstance(puzzles.parse(spliced), str):
                 continue
@@ -284,7 +287,8 @@ BAD_INPUTS = {
     "wrong-shape": lambda x: {**tensors.encode(x), "shape": [8, 1, 28, 27]},
     "wrong-rank": lambda x: tensors.encode(x.reshape(8, 784)),
     "wrong-dtype": lambda x: {**tensors.encode(x), "dtype": "int64"},
-    "nan": lambda x: tensors.encode(np.where(np.arange(784).reshape(1, 1, 28, 28) == 5, np.nan, x / 255).astype(np.float32)),
+    "nan": lambda x: tensors.encode(np.where(np.arange(784).reshape(1, 1, 28, 28) == 5, np.nan,
+                                             x / 255).astype(np.float32)),
     "inf": lambda x: tensors.encode(np.full(x.shape, np.inf, dtype=np.float32)),
     "short-data": lambda x: {**tensors.encode(x), "data": tensors.encode(x)["data"][:-8]},
     "not-base64": lambda x: {**tensors.encode(x), "data": "!" * len(tensors.encode(x)["data"])},
@@ -319,7 +323,8 @@ def test_oversized_bodies_and_malformed_json_are_4xx(http, service, parts):
             yield b" " * 10_000
     r = http.post("/v1/predict", content=chunks(), headers={"X-API-Key": key, "content-type": "application/json"})
     assert r.status_code == 413
-    for raw in (b"{bad", b"[]", b'{"solution": 5}', b"null", "{\"solution\": \"\udcff\"}".encode("utf-8", "surrogatepass")):
+    for raw in (b"{bad", b"[]", b'{"solution": 5}', b"null", "{\"solution\": \"\udcff\"}".encode("utf-8",
+                                                                                                 "surrogatepass")):
         r = http.post("/v1/predict", content=raw, headers={"X-API-Key": key, "content-type": "application/json"})
         assert 400 <= r.status_code < 500 and "error" in r.json(), raw
 
@@ -336,7 +341,8 @@ def test_missing_unknown_and_revoked_keys_are_refused(http, service, parts):
 
 
 def test_a_key_over_its_rate_gets_429(parts, tmp_path):
-    svc = make_service(parts, state_url("sqlite", tmp_path), rate_limit=(1.0, 3))
+    clock = Clock()  # the limiter runs on the service's clock: frozen here, so no request's timing matters
+    svc = make_service(parts, state_url("sqlite", tmp_path), rate_limit=(1.0, 3), clock=clock)
     try:
         key = add_user(svc, "fast")
         with TestClient(create_app(svc, max_body_bytes=0)) as http:
@@ -344,6 +350,9 @@ def test_a_key_over_its_rate_gets_429(parts, tmp_path):
             assert codes[:3] == [200] * 3 and codes[3] == 429
             r = http.get("/v1/account", headers={"X-API-Key": key})
             assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1 and r.json()["retry_after"] > 0
+            clock.now += 1.0  # one second at 1 request/s: one token, one request
+            codes = [http.get("/v1/account", headers={"X-API-Key": key}).status_code for _ in range(2)]
+            assert codes == [200, 429]
     finally:
         svc.store.close()
 

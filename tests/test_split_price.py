@@ -13,7 +13,8 @@ import threading
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pow import calibration
 from server import tensors
@@ -21,9 +22,22 @@ from server.app import create_app
 from server.service import ApiError, address_range
 from server.store import open_store
 from tests.server_helpers import BASELINE, state_url
-from tests.test_server import (ITEM, Clock, add_user, body, buy, http, kind, make_service, paid,  # noqa: F401
-                               parts, pay_direct, post, service, solve)
-
+from tests.test_server import (  # noqa: F401
+    ITEM,
+    Clock,
+    add_user,
+    body,
+    buy,
+    http,
+    kind,
+    make_service,
+    paid,
+    parts,
+    pay_direct,
+    post,
+    service,
+    solve,
+)
 
 # -- the split property, on the pricer alone -------------------------------------------------------------
 
@@ -31,7 +45,8 @@ from tests.test_server import (ITEM, Clock, add_user, body, buy, http, kind, mak
 def pricer(tmp_path_factory):
     path = tmp_path_factory.mktemp("split") / "baseline.csv"
     path.write_text(BASELINE)
-    calibrator = calibration.create(calibration.CalibrationConfig(), calibration.load_baseline(path, cost_measure="entropy"))
+    calibrator = calibration.create(calibration.CalibrationConfig(), calibration.load_baseline(path,
+                                                                                               cost_measure="entropy"))
     legit = np.random.default_rng(0).beta(0.3, 12.0, size=2000)  # a legitimate-looking per-query cost spread
     weights = calibration.QueryWeights(legit, max_weight=calibrator.max_factor / calibrator.budget)
     return calibration.SplitProofPricer(calibrator, weights, account_factor=4.0)
@@ -278,8 +293,8 @@ def test_anonymous_rate_limits_are_per_address_range(parts, tmp_path):
 # -- replicas: one timing table, challenges redeem anywhere ---------------------------------------------
 
 def test_replicas_share_one_timing_table_and_redeem_each_others_challenges(parts, tmp_path, kind, monkeypatch):
-    import commands.serve as serve_cmd
     import pow.timing as timing
+    import server.build as serve_build
     from parameters import parse
 
     url = state_url(kind, tmp_path)
@@ -288,7 +303,8 @@ def test_replicas_share_one_timing_table_and_redeem_each_others_challenges(parts
     settings = parse(["serve", "--calibration", "x.csv", "--puzzle", "sha256"])
     stores = [open_store(url), open_store(url)]
     try:
-        a, b = (serve_cmd.shared_pricer(settings, st_, 1) for st_ in stores)
+        a, b = (serve_build.shared_pricer(serve_build.DeploymentConfig.of(settings.as_dict()), st_,
+                                          1) for st_ in stores)
         assert a.rate == b.rate == 1e5
         one, two = make_service(parts, url, rate=a.rate), make_service(parts, url, rate=b.rate)
         try:

@@ -6,7 +6,8 @@ import threading
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from common.errors import UserError
 from pow import hashcash, puzzles
@@ -68,9 +69,11 @@ def test_dev_key_challenge_is_refused_by_the_cli(cli):
     env = {k: v for k, v in os.environ.items() if k != KEY_ENV}
     import subprocess
     import sys
+
     from tests.conftest import ROOT
-    run = lambda *a: subprocess.run([sys.executable, str(ROOT / "main.py"), "pow-check", "--solution", sol, *a],
-                                    capture_output=True, text=True, env=env, timeout=120)
+    def run(*a):
+        return subprocess.run([sys.executable, str(ROOT / "main.py"), "pow-check", "--solution", sol, *a],
+                              capture_output=True, text=True, env=env, timeout=120)
     refused = run()
     assert refused.returncode != 0 and "no HMAC key" in refused.stderr and "Traceback" not in refused.stderr
     dev = run("--insecure_dev_key")
