@@ -25,9 +25,9 @@ def _commands():
         if s.server:
             oracle, s = remote_oracle(s)
             try:
-                result = run_extraction(s, remote=oracle)
+                result = run_extraction(s, oracle=oracle)
             finally:
-                oracle.client.close()
+                oracle.close()
         else:
             result = run_extraction(s)
         final = result["final"]

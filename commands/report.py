@@ -294,70 +294,74 @@ def _pm(frame: pd.DataFrame, metric: str, digits: int = 2) -> pd.Series:
 
 
 def figures(logs: dict, cals: dict, grid: dict, folder: Path, cost_column: str) -> dict:
+    """The report's three figures (seed 0): accuracy against time, costs against queries, the calibration
+    curve with every run on it; returns {name: path}."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
     datasets = [d for d in grid["datasets"] if any(k[0] == d for k in logs)]
-    paths = {}
     colours = {m: plt.get_cmap("tab20")(i % 20) for i, m in enumerate(grid["modes"])}
+    first = {d: {mode: frame for (dd, mode, seed), frame in logs.items() if dd == d and seed == 0} for d in datasets}
+    drawings = {"accuracy_vs_time": (_accuracy_figure, "accuracy_vs_time.png"),
+                "costs": (_cost_figure, "costs_vs_queries.png"),
+                "calibration": (_calibration_figure, "calibration_curve.png")}
+    paths = {}
+    for name, (draw, file) in drawings.items():
+        fig = draw(plt, first, colours, cals=cals, cost_column=cost_column)
+        fig.tight_layout()
+        paths[name] = folder / file
+        atomic_savefig(fig, paths[name])
+        plt.close(fig)
+    return paths
 
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.4), squeeze=False)
-    for ax, d in zip(axes[0], datasets):
-        for (dd, mode, seed), frame in logs.items():
-            if dd != d or seed != 0:
-                continue
+
+def _accuracy_figure(plt, first: dict, colours: dict, **_):
+    fig, axes = plt.subplots(1, len(first), figsize=(6 * len(first), 4.4), squeeze=False)
+    for ax, (d, frames) in zip(axes[0], first.items()):
+        for mode, frame in frames.items():
             ax.plot(frame["query_time_s"], frame["accuracy"], "--", color=colours[mode], lw=1, alpha=0.7)
             ax.plot(frame["total_time_s"], frame["accuracy"], "-o", color=colours[mode], ms=3, label=mode)
         ax.set(xscale="log", title=d, xlabel="time (s, log): dashed without PoW, solid with",
                ylabel="stolen accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    paths["accuracy_vs_time"] = folder / "accuracy_vs_time.png"
-    atomic_savefig(fig, paths["accuracy_vs_time"])
-    plt.close(fig)
+    return fig
 
+
+def _cost_figure(plt, first: dict, colours: dict, **_):
     columns = ["privacy_cost", "entropy_cost", "gap_cost"]
-    fig, axes = plt.subplots(len(datasets), 3, figsize=(15, 3.8 * len(datasets)), squeeze=False)
-    for row, d in zip(axes, datasets):
+    fig, axes = plt.subplots(len(first), 3, figsize=(15, 3.8 * len(first)), squeeze=False)
+    for row, (d, frames) in zip(axes, first.items()):
         for ax, column in zip(row, columns):
-            for (dd, mode, seed), frame in logs.items():
-                if dd == d and seed == 0 and column in frame:
+            for mode, frame in frames.items():
+                if column in frame:
                     ax.plot(frame["queries"], frame[column], "-o", ms=2, color=colours[mode], label=mode)
             ax.set(title=f"{d}: {column}", xlabel="queries", ylabel="cumulative cost")
             ax.grid(alpha=0.3)
         row[0].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    paths["costs"] = folder / "costs_vs_queries.png"
-    atomic_savefig(fig, paths["costs"])
-    plt.close(fig)
+    return fig
 
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.2), squeeze=False)
-    for ax, d in zip(axes[0], datasets):
+
+def _calibration_figure(plt, first: dict, colours: dict, *, cals: dict, cost_column: str):
+    fig, axes = plt.subplots(1, len(first), figsize=(6 * len(first), 4.2), squeeze=False)
+    for ax, (d, frames) in zip(axes[0], first.items()):
         cal = cals.get((d, 0))
         if cal is None or not hasattr(cal, "excess"):
             continue
         excess = np.linspace(0, 3 * math.log(cal.max_factor / cal.budget) / math.log(cal.base), 200)
         curve = np.minimum(cal.budget * cal.base ** excess, cal.max_factor)
         ax.plot(excess, curve, "k-", lw=1.5, label="calibration: budget x base^excess, capped")
-        for (dd, mode, seed), frame in logs.items():
-            if dd != d or seed != 0:
-                continue
-            cost = frame[cost_column]
-            e = cal.excess(frame["queries"].to_numpy(float), cost.to_numpy(float))
-            ax.plot(e, cal.multiplier(frame["queries"].to_numpy(float), cost.to_numpy(float)), "o",
-                    color=colours[mode], ms=4, label=mode)
+        for mode, frame in frames.items():
+            queries, cost = frame["queries"].to_numpy(float), frame[cost_column].to_numpy(float)
+            ax.plot(cal.excess(queries, cost), cal.multiplier(queries, cost), "o", color=colours[mode], ms=4,
+                    label=mode)
         ax.set(yscale="log", title=f"{d}: calibration", xlabel="excess cost (legitimate batches' worth)",
                ylabel="extra time per batch / answering time")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths["calibration"] = folder / "calibration_curve.png"
-    atomic_savefig(fig, paths["calibration"])
-    plt.close(fig)
-    return paths
+    return fig
 
 
 def frontier_section(out: Path) -> list:

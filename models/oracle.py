@@ -1,12 +1,19 @@
 """The victim behind an API: the one place where query counting, accounting and proof-of-work attach.
 
 Victim is the shared, stateless model; Account is one client's counters and ledger; VictimOracle is a
-client's metered view (both together), what the extraction loop queries. A server holds one Victim
-and an Account per user.
+client's metered view (both together). A server holds one Victim and an Account per user.
+
+Oracle is what the extraction loop queries: answers, counts and costs, and the payment made. A local
+victim (VictimOracle, unpriced; extraction.oracles.PricedOracle, which prices each round with the
+calibrated PoW) and a live server (server.client.RemoteOracle, which pays the server's own prices)
+reach the loop the same way: it asks each one, after every round, what was paid (settle).
 """
 from __future__ import annotations
 
+import math
 import time
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +23,46 @@ from data.registry import to_float
 from models.training import predict_logits
 
 OUTPUTS = ("labels", "probs")  # what the API returns
+
+
+@dataclass(frozen=True)
+class Payment:
+    """The proof-of-work paid for one round: seconds and expected work, and the round's puzzle difficulty
+    (NaN where nothing was priced)."""
+    seconds: float = 0.0
+    work: float = 0.0
+    difficulty: float = math.nan
+
+
+class Oracle(Protocol):
+    """What the extraction loop queries; see the module's docstring."""
+    priced: bool  # True: it charges proof-of-work (the log's PoW columns are filled)
+
+    @property
+    def queries(self) -> int: ...
+
+    @property
+    def query_time_s(self) -> float: ...
+
+    def query(self, x: torch.Tensor) -> torch.Tensor:
+        """The answers to one batch: labels (int64) or probabilities (float)."""
+
+    def totals(self) -> dict:
+        """queries, query_time_s and the accountants' cumulative costs."""
+
+    def settle(self, queries_before: int, time_before: float) -> Payment:
+        """The payment for the round since (queries_before, time_before): priced here, or read from the
+        server that priced it."""
+
+    def describe(self) -> dict:
+        """What prices it ({"calibrator": ..., "pow_pricer": ...}, or {})."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def close(self) -> None:
+        """Release what it holds (solver processes, connections)."""
 
 
 class Victim:
@@ -78,8 +125,9 @@ class VictimOracle:
     """One client's metered view of the victim: a shared Victim answers, the client's Account is charged.
 
     query_time_s is the time the API spends answering: the forward pass plus the accounting, as a
-    defended server would do both.
+    defended server would do both. It charges no proof-of-work (PricedOracle adds it).
     """
+    priced = False
 
     def __init__(self, model: torch.nn.Module, *, device: torch.device, output: str = "labels", ledger=None,
                  victim: Victim | None = None):
@@ -120,3 +168,12 @@ class VictimOracle:
 
     def load_state_dict(self, state: dict) -> None:
         self.account.load_state_dict(state)
+
+    def settle(self, queries_before: int, time_before: float) -> Payment:
+        return Payment()
+
+    def describe(self) -> dict:
+        return {}
+
+    def close(self) -> None:
+        pass

@@ -65,56 +65,59 @@ def check_target(path, *, overwrite: bool, flag: str = "--victim_path", command:
     return path
 
 
-def train_victim(s: "VictimRecipe", *, progress: bool = True) -> tuple:
+def train_victim(recipe: VictimRecipe, *, progress: bool = True) -> tuple:
     """Train the victim `s` describes, evaluate it on the held-out split and save it with its P.json;
     returns (the metadata, a report line)."""
-    check_target(s.victim_path, overwrite=bool(s.overwrite))
-    target, data = Path(s.victim_path).resolve(), Path(s.data_dir).resolve()
+    check_target(recipe.victim_path, overwrite=bool(recipe.overwrite))
+    target, data = Path(recipe.victim_path).resolve(), Path(recipe.data_dir).resolve()
     if target.exists() and data in target.parents:
-        raise UserError(f"--victim_path {s.victim_path} is a file inside --data_dir {s.data_dir}, among the dataset's "
-                        f"files; train-victim never replaces one, even with --overwrite. Choose another --victim_path")
-    checks.whole("--epochs", s.epochs, lo=1)
-    device = resolve_device(s.device)
-    set_seed(s.seed)
-    splits = load_splits(s.dataset, s.data_dir)
-    arch = s.victim_arch or default_victim_arch(splits.spec)
+        raise UserError(f"--victim_path {recipe.victim_path} is a file inside --data_dir {recipe.data_dir}, among the "
+                        f"dataset's files; train-victim never replaces one, even with --overwrite. Choose another "
+                        f"--victim_path")
+    checks.whole("--epochs", recipe.epochs, lo=1)
+    device = resolve_device(recipe.device)
+    set_seed(recipe.seed)
+    splits = load_splits(recipe.dataset, recipe.data_dir)
+    arch = recipe.victim_arch or default_victim_arch(splits.spec)
     model = architectures.create(arch, splits.spec).to(device)
-    optimizer = make_optimizer(model, optimizer=s.optimizer, lr=s.lr, momentum=s.momentum,
-                               weight_decay=s.weight_decay)
-    scheduler = make_scheduler(optimizer, schedule=s.lr_schedule, epochs=s.epochs, patience=s.plateau_patience)
+    optimizer = make_optimizer(model, optimizer=recipe.optimizer, lr=recipe.lr, momentum=recipe.momentum,
+                               weight_decay=recipe.weight_decay)
+    scheduler = make_scheduler(optimizer, schedule=recipe.lr_schedule, epochs=recipe.epochs,
+                               patience=recipe.plateau_patience)
     history, early = [], []  # per epoch: the training loss, the held-out accuracy and the rate it trained at
-    rate = [s.lr]  # the rate of the epoch under way (the scheduler has already set the next one)
+    rate = [recipe.lr]  # the rate of the epoch under way (the scheduler has already set the next one)
 
     def after_epoch(epoch: int, loss: float) -> bool:
         if not math.isfinite(loss):
             raise UserError(f"the victim's training loss became {loss} at epoch {epoch}: training diverged; lower "
-                            f"--lr (now {s.lr:g}); nothing was saved")
+                            f"--lr (now {recipe.lr:g}); nothing was saved")
         history.append({"epoch": epoch, "loss": round(loss, 5), "lr": rate[-1],
                         "test_accuracy": round(accuracy(model, splits.eval_x, splits.eval_y, device), 2)})
         rate.append(optimizer.param_groups[0]["lr"])
-        if s.lr_schedule == "plateau" and plateaued(optimizer, s.lr):
+        if recipe.lr_schedule == "plateau" and plateaued(optimizer, recipe.lr):
             early.append(epoch)
         return bool(early)
 
     start = time.perf_counter()
-    train_epochs(model, splits.victim_x, splits.victim_y, optimizer=optimizer, epochs=s.epochs,
-                 batch_size=s.batch_size, device=device, generator=torch.Generator().manual_seed(s.seed),
-                 augment=random_shift(s.victim_shift) if s.victim_shift else None, scheduler=scheduler,
+    train_epochs(model, splits.victim_x, splits.victim_y, optimizer=optimizer, epochs=recipe.epochs,
+                 batch_size=recipe.batch_size, device=device, generator=torch.Generator().manual_seed(recipe.seed),
+                 augment=random_shift(recipe.victim_shift) if recipe.victim_shift else None, scheduler=scheduler,
                  progress="train victim" if progress else None, after_epoch=after_epoch)
     seconds = time.perf_counter() - start
     acc = accuracy(model, splits.eval_x, splits.eval_y, device)
     ran = len(history)
     stopped = ("the learning rate was cut twice: the loss plateaued" if early else "ran every epoch")
-    meta = {"dataset": s.dataset, "architecture": arch, "test_accuracy": round(acc, 2), "epochs": ran,
-            "max_epochs": s.epochs, "stopped": stopped, "seed": s.seed, "train_size": len(splits.victim_y),
+    meta = {"dataset": recipe.dataset, "architecture": arch, "test_accuracy": round(acc, 2), "epochs": ran,
+            "max_epochs": recipe.epochs, "stopped": stopped, "seed": recipe.seed, "train_size": len(splits.victim_y),
             "test_size": len(splits.eval_y), "train_time_s": round(seconds, 1), "device": str(device),
-            "recipe": {"optimizer": s.optimizer, "lr": s.lr, "momentum": s.momentum,
-                       "weight_decay": s.weight_decay, "batch_size": s.batch_size, "lr_schedule": s.lr_schedule,
-                       **({"plateau_patience": s.plateau_patience} if s.lr_schedule == "plateau" else {}),
-                       "shift": s.victim_shift},
+            "recipe": {"optimizer": recipe.optimizer, "lr": recipe.lr, "momentum": recipe.momentum,
+                       "weight_decay": recipe.weight_decay, "batch_size": recipe.batch_size,
+                       "lr_schedule": recipe.lr_schedule,
+                       **({"plateau_patience": recipe.plateau_patience} if recipe.lr_schedule == "plateau" else {}),
+                       "shift": recipe.victim_shift},
             "history": history}
-    save_victim(model, s.victim_path, meta)
-    report = (f"victim {arch} on {s.dataset}: test accuracy {acc:.2f}% on {len(splits.eval_y)} held-out images, "
-              f"{ran} of at most {s.epochs} epochs ({stopped}) in {seconds:.0f} s\n"
-              f"saved {s.victim_path} and {s.victim_path}.json")
+    save_victim(model, recipe.victim_path, meta)
+    report = (f"victim {arch} on {recipe.dataset}: test accuracy {acc:.2f}% on {len(splits.eval_y)} held-out images, "
+              f"{ran} of at most {recipe.epochs} epochs ({stopped}) in {seconds:.0f} s\n"
+              f"saved {recipe.victim_path} and {recipe.victim_path}.json")
     return meta, report

@@ -322,6 +322,15 @@ def create_app(service: PredictionService, *, max_body_bytes: int, threads: int 
                               "client's cumulative query cost. Flow: POST /v1/challenge, solve it, POST /v1/predict.",
                   lifespan=lifespan)
 
+    _add_error_handlers(app)
+    _add_routes(app, service, describe)
+    app.add_middleware(Guard, limit=max_body_bytes, service=service)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error answers JSON: the service's own (4xx), invalid requests (422), an unavailable store (503)
+    and, for a bug, 500 with the traceback in the operator's log."""
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
         headers = {"Retry-After": f"{max(1, round(exc.retry_after))}"} if exc.retry_after else None
@@ -350,6 +359,9 @@ def create_app(service: PredictionService, *, max_body_bytes: int, threads: int 
         return JSONResponse({"error": "internal", "detail": "an internal error; the operator's log has it"},
                             status_code=500)
 
+
+def _add_routes(app: FastAPI, service: PredictionService, describe: dict | None) -> None:
+    """The API's routes: challenge, predict, topup, account, and the health check."""
     def client_of(request: Request, x_api_key):
         client = request.scope.get("state", {}).get("client")  # the Guard authenticated it already
         return client if client is not None else service.authenticate(
@@ -379,6 +391,3 @@ def create_app(service: PredictionService, *, max_body_bytes: int, threads: int 
     def healthz():
         service.store.account("__healthz__")
         return {"status": "ok", **(describe or {})}
-
-    app.add_middleware(Guard, limit=max_body_bytes, service=service)
-    return app

@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from common.errors import UserError
+from models.oracle import Payment
 from pow.solver import Solver, default_workers
 from server import tensors
 
@@ -226,13 +227,15 @@ class ApiClient:
 
 
 class RemoteOracle:
-    """The extraction loop's oracle for a live server: query(x) answers through an ApiClient. The server
-    does the accounting and the pricing; this side records the measured PoW and waiting times."""
-    remote = True
+    """The extraction loop's oracle for a live server (a models.oracle.Oracle): query(x) answers through an
+    ApiClient. The server does the accounting and the pricing; this side records the measured PoW and
+    waiting times, and settle() reports what was paid since the last round."""
+    priced = True
 
     def __init__(self, client: ApiClient, *, output: str):
         self.client, self.output = client, output
         self._base = {"queries": 0, "query_time_s": 0.0, "pow_time_s": 0.0, "pow_work": 0.0}
+        self._settled = (0.0, 0.0)  # the PoW seconds and work already reported by settle()
 
     @property
     def queries(self) -> int:
@@ -266,9 +269,22 @@ class RemoteOracle:
         costs = self.client.account()["costs"]
         return {**costs, "queries": self.queries, "query_time_s": self.query_time_s}
 
+    def settle(self, queries_before: int, time_before: float) -> Payment:
+        """What the client solved since the last round: the server priced it, batch by batch."""
+        paid = (self.pow_time_s - self._settled[0], self.pow_work - self._settled[1])
+        self._settled = (self.pow_time_s, self.pow_work)
+        return Payment(paid[0], paid[1], self.client.last_work)
+
+    def describe(self) -> dict:
+        return {}  # the server prices: its calibration is its operator's
+
     def state_dict(self) -> dict:
         return {"queries": self.queries, "query_time_s": self.query_time_s, "pow_time_s": self.pow_time_s,
                 "pow_work": self.pow_work}
 
     def load_state_dict(self, state: dict) -> None:
         self._base = {k: type(self._base[k])(state.get(k, 0)) for k in self._base}
+        self._settled = (self.pow_time_s, self.pow_work)
+
+    def close(self) -> None:
+        self.client.close()

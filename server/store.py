@@ -268,8 +268,7 @@ class Store:
         when given, is a top-up's own token, spent here once (a top-up sent twice pays once). The
         account's credit (work paid beyond earlier prices) counts too, and the batch may leave the account
         owing up to `slack` of its price (negative credit, which the next challenge adds). When the batch is
-        covered, its
-        token is spent with the answer and the account charged; else the batch stays sealed (pending)
+        covered, its token is spent with the answer and the account charged; else the batch stays sealed (pending)
         and Owed says how much more work its answer needs. A token spent already returns that Spent.
         An account that holds MAX_PENDING sealed batches gets TooManyPending for a new one."""
         with self._write() as cur:
@@ -308,17 +307,10 @@ class Store:
                                       "VALUES (?, ?, ?, ?, ?, ?)"),
                             (token, float(expires), account, int(queries), request, json.dumps(response)))
                 cur.execute(self._sql("DELETE FROM pending WHERE token = ?"), (token,))
-                merged = merge(before.ledger)
                 after = AccountRow(account, before.queries + int(queries), before.batches + 1,
-                                   before.answer_s + float(answer_s), merged, before.credit + total - need,
-                                   before.priced + need, before.weight + float(weight))
-                cur.execute(self._sql("UPDATE accounts SET queries = ?, batches = ?, answer_s = ?, ledger = ?, "
-                                      "updated = ?, credit = ?, priced = ?, weight = ? WHERE account = ?"),
-                            (after.queries, after.batches, after.answer_s, json.dumps(merged), time.time(),
-                             after.credit, after.priced, after.weight, account))
-                self._commits += 1
-                if self._commits % PRUNE_EVERY == 0:
-                    self._prune(cur)
+                                   before.answer_s + float(answer_s), merge(before.ledger),
+                                   before.credit + total - need, before.priced + need, before.weight + float(weight))
+                self._charge(cur, after)
                 return after
             owed = need * (1.0 - slack) - total - before.credit
             if prior is None:
@@ -329,6 +321,16 @@ class Store:
             else:
                 cur.execute(self._sql("UPDATE pending SET paid = ?, owed = ? WHERE token = ?"), (total, owed, token))
             return Owed(token, owed, total, float(expires))
+
+    def _charge(self, cur, after: AccountRow) -> None:
+        """Write an answered batch's account row, inside settle's transaction (the row is locked)."""
+        cur.execute(self._sql("UPDATE accounts SET queries = ?, batches = ?, answer_s = ?, ledger = ?, "
+                              "updated = ?, credit = ?, priced = ?, weight = ? WHERE account = ?"),
+                    (after.queries, after.batches, after.answer_s, json.dumps(after.ledger), time.time(),
+                     after.credit, after.priced, after.weight, after.account))
+        self._commits += 1
+        if self._commits % PRUNE_EVERY == 0:
+            self._prune(cur)
 
     def _prune(self, cur) -> None:
         cutoff = time.time() - PRUNE_MARGIN_S

@@ -156,3 +156,52 @@ def test_summarize_prices_every_run_by_one_rule(victim_path, tmp_path):
     priced = pd.read_csv(runs / "copycat" / "log_pow.csv")
     assert priced["total_time_s"].iloc[-1] == pytest.approx(table.set_index("mode").loc["copycat", "time_pow_s"])
     assert (runs / "summary.params.json").exists() and (runs / "accuracy_vs_time.png").stat().st_size > 10_000
+
+
+class _FlatFeeOracle:
+    """An Oracle (models.oracle) that is neither the local victim nor a server: a VictimOracle's answers,
+    and a flat fee of 1.5 s and 7 units of work each round, as a priced server would report it."""
+    priced = True
+
+    def __init__(self, inner):
+        self.inner, self.settled = inner, []
+
+    queries = property(lambda self: self.inner.queries)
+    query_time_s = property(lambda self: self.inner.query_time_s)
+
+    def query(self, x):
+        return self.inner.query(x)
+
+    def totals(self):
+        return self.inner.totals()
+
+    def settle(self, queries_before, time_before):
+        from models.oracle import Payment
+        self.settled.append((queries_before, self.inner.queries))
+        return Payment(1.5, 7.0, 3.0)
+
+    def describe(self):
+        return {}
+
+    def state_dict(self):
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state):
+        self.inner.load_state_dict(state)
+
+    def close(self):
+        raise AssertionError("an oracle passed in is its caller's to close")
+
+
+def test_any_oracle_reaches_the_loop_the_same_way_and_its_payments_are_logged(victim_path, tmp_path):
+    from models.checkpoint import load_victim
+    from models.oracle import VictimOracle
+
+    model, _ = load_victim(victim_path, create_spec("mnist-5k"), device=torch.device("cpu"))
+    oracle = _FlatFeeOracle(VictimOracle(model, device=torch.device("cpu")))
+    result = run_extraction(settings(victim_path, tmp_path, "--budget", "192"), oracle=oracle, progress=False)
+    frame = pd.read_csv(result["log"])
+    assert oracle.settled == [(0, 64), (64, 128), (128, 192)], "settled once a round, with the round's queries"
+    assert frame["pow_time_s"].tolist() == [1.5, 3.0, 4.5] and frame["pow_work"].tolist() == [7.0, 14.0, 21.0]
+    assert (frame["pow_difficulty"] == 3.0).all()
+    assert frame["total_time_s"].tolist() == pytest.approx((frame["query_time_s"] + frame["pow_time_s"]).tolist())
