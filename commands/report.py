@@ -178,7 +178,7 @@ def paper_calibration_ratios(logs: dict, grid: dict, out: Path) -> dict:
 def beside_paper(summary: pd.DataFrame, rows: pd.DataFrame, logs: dict, grid: dict, out: Path) -> list:
     """Per dataset the paper measured (MNIST, SVHN, CIFAR10): our row beside the authors' for each mode
     both ran, and a computed verdict per mode with the measured reasons for a difference."""
-    from pow.paper import growth_claims
+    from pow.paper import growth_claims, read_attacks
 
     lines = []
     paper_ratio = paper_calibration_ratios(logs, grid, out)
@@ -189,6 +189,8 @@ def beside_paper(summary: pd.DataFrame, rows: pd.DataFrame, logs: dict, grid: di
         theirs = growth_claims(PAPER_DIR / f"time_privacy_cost_{name}.csv",
                                PAPER_DIR / f"model_extraction_attack_accuracy_{name}.csv")
         theirs["mode"] = theirs["mode"].replace(PAPER_MODES)
+        curves = read_attacks(PAPER_DIR / f"model_extraction_attack_accuracy_{name}.csv")
+        curves["mode"] = curves["mode"].replace(PAPER_MODES)
         priced = paper_rows([d], list(theirs["mode"]))[name].set_index("mode")
         theirs = theirs.set_index("mode")
         ours = g.set_index("mode")
@@ -206,7 +208,8 @@ def beside_paper(summary: pd.DataFrame, rows: pd.DataFrame, logs: dict, grid: di
                           "ratio, paper calibration": f"{_x(np.mean(ratios)) if ratios else '-'} / "
                                                       f"{_x(priced.loc[mode, 'ratio'])}",
                           "ratio, ours (relative, entropy)": _x(o["ratio"])})
-            verdict.append(_mode_verdict(d, mode, o, t, per_query, grid, _growth_evidence(out, d)))
+            verdict.append(_mode_verdict(d, mode, o, t, per_query, grid, _growth_evidence(out, d),
+                                         curve=_curve_evidence(logs.get((d, mode, 0)), curves[curves["mode"] == mode])))
         lines += [f"## {d} beside the paper (ours / the authors' CSVs)", "",
                   markdown(pd.DataFrame(table), list(table[0]) if table else ["mode"]), "",
                   "The authors' CSVs carry no entropy cost, so our calibration prices only our runs. Verdicts "
@@ -253,7 +256,22 @@ def _pool_name(pool: str) -> str:
     return "/".join(parts[-2:]) if len(parts) > 1 else pool
 
 
-def _mode_verdict(d: str, mode: str, o, t, per_query: float, grid: dict, growth: dict) -> str:
+def _curve_evidence(ours: pd.DataFrame | None, theirs: pd.DataFrame) -> str:
+    """Where along the two accuracy curves an accuracy gap arises: both at the authors' first logged step,
+    both at the end, and the authors' range over the last quarter of their steps ('' without our log)."""
+    theirs = theirs[theirs["queries"] > 0]
+    if ours is None or ours.empty or theirs.empty:
+        return ""
+    first_q = float(theirs["queries"].iloc[0])
+    ours_first = ours.iloc[int((ours["queries"] - first_q).abs().to_numpy().argmin())]
+    late = theirs["accuracy"].iloc[-max(1, len(theirs) // 4):]
+    return (f"along the curves: at {first_q:,.0f} queries ours {ours_first['accuracy']:.1f} (at "
+            f"{ours_first['queries']:,.0f}), theirs {theirs['accuracy'].iloc[0]:.1f}; at the end ours "
+            f"{ours['accuracy'].iloc[-1]:.1f}, theirs {theirs['accuracy'].iloc[-1]:.1f}, their last quarter "
+            f"{late.min():.1f} to {late.max():.1f}, their best {theirs['accuracy'].max():.1f}")
+
+
+def _mode_verdict(d: str, mode: str, o, t, per_query: float, grid: dict, growth: dict, curve: str = "") -> str:
     gap = o["accuracy"] - t["accuracy"]
     share = per_query / t["cost_per_query"] - 1
     if abs(gap) <= ACCURACY_POINTS and abs(share) <= COST_SHARE:
@@ -283,6 +301,8 @@ def _mode_verdict(d: str, mode: str, o, t, per_query: float, grid: dict, growth:
             reasons.append("an in-distribution query costs " + ", ".join(
                 f"{v:.3f} over {name}'s kNN" for name, v in knn.items()) + " (cost_growth.md); the authors' "
                 f"legitimate user paid {t['cost_per_query'] / max(t['growth_per_query'], 1e-12):.3f}")
+    if abs(gap) > ACCURACY_POINTS and curve:
+        reasons.append(curve)
     if not reasons:
         reasons.append("no measured cause in this grid")
     return (f"{mode}: differs (accuracy {gap:+.1f} points, kNN cost per query {share:+.0%}): " + "; ".join(reasons))

@@ -204,3 +204,22 @@ def test_a_victim_of_another_input_shape_is_named_as_such(tmp_path):
                                         r"\(1x28x28"):
         measure({"rgb": str(rgb)}, ["mnist-5k"], ["photos"], data_dir="data", config=GrowthConfig(queries=8),
                 progress=False)
+
+
+def test_an_accuracy_gap_is_located_along_both_curves():
+    from commands.report import _curve_evidence, _mode_verdict
+
+    ours = pd.DataFrame({"queries": [256, 1024, 4096, 10_000], "accuracy": [60.0, 87.5, 89.0, 89.2]})
+    theirs = pd.DataFrame({"queries": [0, 1000, 2000, 3000, 10_000], "accuracy": [10, 82.0, 81.5, 84.0, 83.3]})
+    curve = _curve_evidence(ours, theirs)
+    assert curve == ("along the curves: at 1,000 queries ours 87.5 (at 1,024), theirs 82.0; at the end ours 89.2, "
+                     "theirs 83.3, their last quarter 83.3 to 83.3, their best 84.0")
+    assert _curve_evidence(None, theirs) == "", "no log of ours: nothing to say"
+    grid = {"profile": "full", "ood_pool": "photos"}
+    t = pd.Series({"accuracy": 83.3, "queries": 10_000, "cost_per_query": 0.2, "growth_per_query": 1.0})
+    far = _mode_verdict("mnist", "jacobian", pd.Series({"accuracy": 89.2, "queries": 10_000}), t, 0.2, grid, {},
+                        curve=curve)
+    near = _mode_verdict("mnist", "jacobian", pd.Series({"accuracy": 85.0, "queries": 10_000}), t, 0.2, grid, {},
+                         curve=curve)
+    assert curve in far and "differs" in far, "a gap above 5 points is located along the curves"
+    assert curve not in near and "agrees" in near
