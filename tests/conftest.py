@@ -41,3 +41,18 @@ def run_cli(*args, cwd=ROOT, timeout=600, env_key=None):
 @pytest.fixture
 def cli():
     return run_cli
+
+
+#: modules whose tests run whole extractions, grids, frontiers, servers or CLI processes
+SLOW_MODULES = {"test_attacks", "test_bad_inputs", "test_frontier", "test_loop", "test_reproduce", "test_runs",
+                "test_server_live", "test_sybil", "test_teachers"}
+#: fixtures that make a test slow wherever it is: the grid's victims, `python main.py` in a child process
+SLOW_FIXTURES = {"victims", "cli"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark as slow (pyproject.toml's `slow` marker) every test of SLOW_MODULES and every test that asks for
+    a SLOW_FIXTURES fixture: `bash scripts/test.sh -m "not slow"` runs the rest in under 3 minutes."""
+    for item in items:
+        if item.module.__name__.rpartition(".")[2] in SLOW_MODULES or SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
