@@ -1,45 +1,31 @@
 """Command-line entry point: python main.py COMMAND [--flags]. Parsing in parameters.py; work in packages."""
 from __future__ import annotations
 
+import importlib
 import logging
 import signal
 import sys
 
+#: command -> (module, function). Only the chosen command's module is imported, so a command starts without
+#: loading what the others need (the web stack, matplotlib, ...).
+COMMANDS = {
+    "demo": ("commands.demo", "demo"), "train-victim": ("commands.victim", "train_victim"),
+    "extract": ("commands.extract", "extract"), "privacy-cost": ("commands.costs", "privacy_cost"),
+    "pow-time": ("commands.powtime", "pow_time"), "cost-separation": ("commands.costs", "cost_separation"),
+    "cost-growth": ("commands.costs", "cost_growth"), "pow-mint": ("commands.pow_cmds", "pow_mint"),
+    "pow-check": ("commands.pow_cmds", "pow_check"), "pow-calibrate": ("commands.pow_cmds", "pow_calibrate"),
+    "pow-table": ("commands.pow_table", "pow_table"), "train-teachers": ("commands.teachers", "train_teachers"),
+    "summarize": ("commands.summary", "summarize"), "serve": ("commands.serve", "serve"),
+    "serve-admin": ("commands.serve", "serve_admin"), "query": ("commands.serve", "query"),
+    "sybil": ("commands.sybil", "sybil"), "frontier": ("commands.frontier", "frontier"),
+    "reproduce": ("commands.reproduce", "reproduce"),
+}
 
-def _commands():
-    from commands.costs import cost_growth, cost_separation, privacy_cost
-    from commands.demo import demo
-    from commands.frontier import frontier
-    from commands.pow_cmds import pow_calibrate, pow_check, pow_mint
-    from commands.pow_table import pow_table
-    from commands.powtime import pow_time
-    from commands.reproduce import reproduce
-    from commands.serve import query, remote_oracle, serve, serve_admin
-    from commands.summary import summarize
-    from commands.sybil import sybil
-    from commands.teachers import train_teachers
-    from commands.victim import train_victim
-    from extraction.loop import run_extraction
 
-    def extract(s):
-        if s.server:
-            oracle, s = remote_oracle(s)
-            try:
-                result = run_extraction(s, oracle=oracle)
-            finally:
-                oracle.close()
-        else:
-            result = run_extraction(s)
-        final = result["final"]
-        text = (f"{s.mode} on {s.dataset}: {final['queries']} queries, accuracy {final['accuracy']:.2f}%, "
-                f"fidelity {final['fidelity']:.2f}%\nlog: {result['log']}\nparams: {result['params']}")
-        return result, text
-
-    return {"demo": demo, "train-victim": train_victim, "extract": extract, "privacy-cost": privacy_cost,
-            "pow-time": pow_time, "cost-separation": cost_separation, "cost-growth": cost_growth, "pow-mint": pow_mint,
-            "pow-check": pow_check, "pow-calibrate": pow_calibrate, "pow-table": pow_table,
-            "train-teachers": train_teachers, "summarize": summarize, "serve": serve, "serve-admin": serve_admin,
-            "query": query, "sybil": sybil, "frontier": frontier, "reproduce": reproduce}
+def command(name: str):
+    """The function that runs command `name`."""
+    module, function = COMMANDS[name]
+    return getattr(importlib.import_module(module), function)
 
 
 def attack_script(mode: str, argv=None) -> int:
@@ -67,7 +53,7 @@ def main(argv=None) -> int:
 
     try:
         settings = parameters.parse(argv)
-        _, report = _commands()[settings.command](settings)
+        _, report = command(settings.command)(settings)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

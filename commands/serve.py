@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -13,7 +12,6 @@ from common.errors import UserError
 from server.build import DeploymentConfig, body_limit, build_service, check_serve, size_threads
 
 log = logging.getLogger(__name__)
-API_KEY_ENV = "POW_API_KEY"
 
 
 def serve(s) -> tuple:
@@ -123,18 +121,10 @@ def serve_admin(s) -> tuple:
         store.close()
 
 
-def api_key(s) -> str:
-    key = s.api_key or os.environ.get(API_KEY_ENV, "")
-    if not key:
-        raise UserError(f"no API key: pass --api_key or set ${API_KEY_ENV} (the operator makes one with: "
-                        f"python main.py serve-admin add-user NAME)")
-    return key
-
-
 def query(s) -> tuple:
     """Send the inputs of one .npy file to a server; print (and with --out, save) the answers."""
     from common.io import atomic_write_bytes, check_outputs
-    from server.client import ApiClient
+    from server.client import ApiClient, resolve_api_key
 
     path = Path(s.input or "")
     if not s.input or not path.is_file():
@@ -149,7 +139,7 @@ def query(s) -> tuple:
         raise UserError(f"--input {path} is not a plain .npy array ({exc}); save it with numpy.save") from exc
     if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
         raise UserError(f"--input {path} holds {x.dtype}; images must be uint8 (0..255) or floats in [0, 1]")
-    with ApiClient(s.server, api_key(s), workers=s.workers) as client:
+    with ApiClient(s.server, resolve_api_key(s.api_key), workers=s.workers) as client:
         answers = client.predict(x)
         account = client.account()
     if s.out:
@@ -161,11 +151,3 @@ def query(s) -> tuple:
             f"# {len(x)} inputs, PoW {client.pow_time_s:.3f} s, server {client.wait_time_s:.3f} s; account "
             f"{account['queries']} queries, next batch ~{account['next']['seconds']:.3f} s of PoW")
     return answers, text
-
-
-def remote_oracle(s):
-    """(RemoteOracle, settings without the API key) for extract --server."""
-    from server.client import ApiClient, RemoteOracle
-
-    client = ApiClient(s.server, api_key(s), workers=s.workers)
-    return RemoteOracle(client, output=s.victim_output), s.replace(api_key=None)

@@ -10,6 +10,3 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   fi
 fi
 python3 -m pip install -q -r requirements.txt || { echo "pip install -r requirements.txt failed" >&2; exit 1; }
-# the project's own packages, importable from anywhere (dfme/train.py, benchmarks, tests), pointing at this tree
-python3 -m pip install -q --no-build-isolation --no-deps -e . \
-  || { echo "pip install -e . failed (setuptools >= 64 is needed)" >&2; exit 1; }

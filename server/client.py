@@ -9,6 +9,7 @@ solving, the time waiting on the server, and the round trips each batch took.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -19,9 +20,19 @@ from models.oracle import Payment
 from pow.solver import Solver, default_workers
 from server import tensors
 
+API_KEY_ENV = "POW_API_KEY"  # where a client's API key may come from instead of --api_key
 RETRIES = 12  # attempts per batch, over expiry, top-ups, rate limits and broken connections
 BACKOFF_S = 0.25  # first wait after a broken connection (doubles, at most 5 s)
 NEW_CHALLENGE = {"expired", "wrong_puzzle"}
+
+
+def resolve_api_key(given: str | None, environ=None) -> str:
+    """The API key: `given` (--api_key), else $POW_API_KEY; a UserError that says how to get one."""
+    key = given or (os.environ if environ is None else environ).get(API_KEY_ENV, "")
+    if not key:
+        raise UserError(f"no API key: pass --api_key or set ${API_KEY_ENV} (the operator makes one with: "
+                        f"python main.py serve-admin add-user NAME)")
+    return key
 
 
 class ApiClient:
