@@ -49,3 +49,17 @@ def test_main_model_extraction_entry_point():
     out = subprocess.run([sys.executable, str(ROOT / "main_model_extraction.py"), "--help"], capture_output=True,
                          text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0 and "--mode" in out.stdout and "--calibration" in out.stdout
+
+
+@pytest.mark.parametrize("script", ["dfme/train.py", "MixMatch-pytorch/train.py", "jacobian.py"])
+def test_the_papers_scripts_run_this_checkout_from_anywhere(script, tmp_path):
+    """Started from another folder with nothing installed or on PYTHONPATH, each script runs this checkout's
+    extract (its --help is extract's, with the flags of its own mode)."""
+    import os
+
+    from tests.conftest import ROOT
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True,
+                         cwd=tmp_path, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "usage: main.py extract" in out.stdout and "--dfme_directions" in out.stdout
