@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test suite on a fresh machine: install, then pytest (CPU only), in PYTEST_WORKERS processes (default 2,
-# this machine's cores; pytest-xdist), each test file whole in one of them (--dist loadfile).
+# this machine's cores; pytest-xdist), each test file whole in one of them (--dist worksteal).
 # Extra arguments go to pytest: `bash scripts/test.sh -m "not slow"` skips the slow tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-python3 -m pytest -q -n "${PYTEST_WORKERS:-2}" --dist loadfile tests "$@"
+python3 -m pytest -q -n "${PYTEST_WORKERS:-2}" --dist worksteal tests "$@"
