@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test suite on a fresh machine: install, then pytest (CPU only), in PYTEST_WORKERS processes (default 2,
-# this machine's cores; pytest-xdist), each test file whole in one of them (--dist worksteal).
+# this machine's cores; pytest-xdist); an idle worker takes tests from the busy one (--dist worksteal).
 # Extra arguments go to pytest: `bash scripts/test.sh -m "not slow"` skips the slow tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
