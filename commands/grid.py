@@ -232,9 +232,14 @@ def _run_child(cell: Cell) -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "main.py"), *cell.argv], stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-        raise UserError(f"grid cell {cell.name} failed: {lines[-1] if lines else f'exit {proc.returncode}'}; "
-                        f"rerun alone with: {cell.command()}")
+        raise _failed(cell, proc.returncode, proc.stderr)
+
+
+def _failed(cell: Cell, returncode: int, stderr: str) -> UserError:
+    """A failed child's cell: its last line on stderr, and how to rerun it alone."""
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    return UserError(f"grid cell {cell.name} failed: {lines[-1] if lines else f'exit {returncode}'}; "
+                     f"rerun alone with: {cell.command()}")
 
 
 class _Children:
@@ -254,9 +259,7 @@ class _Children:
             self.procs.append(proc)
         _, err = proc.communicate()
         if proc.returncode != 0 and not self.stopping:
-            lines = [ln for ln in err.splitlines() if ln.strip()]
-            raise UserError(f"grid cell {cell.name} failed: {lines[-1] if lines else f'exit {proc.returncode}'}; "
-                            f"rerun alone with: {cell.command()}")
+            raise _failed(cell, proc.returncode, err)
 
     def stop(self) -> None:
         with self.lock:
