@@ -1,6 +1,6 @@
 """Load on the prediction server over loopback: 8 concurrent clients, batches of 64, the small CNN.
 
-Four stages, each the same count of requests (bounded in number and time), run side by side ROUNDS
+Five stages, each the same count of requests (bounded in number and time), run side by side ROUNDS
 times over; each figure is the median of its rounds:
   inference   the victim's forward pass, called from 8 client threads through a pool sized as the
               server's (--threads workers x cores/threads torch threads each);
@@ -8,9 +8,11 @@ times over; each figure is the median of its rounds:
               MNIST's 8-bit pixels as uint8), is decoded and answered;
   verify      + the API key, the challenge's signature, owner, expiry, spent set and solution
               (pre-solved minimal challenges: solving is excluded);
-  account     + the accountant (the priced measure) and the commit to SQLite: the real /v1/predict.
-Prints requests/s and p50/p99 latency per stage, /v1/predict's share of bare inference's requests/s
-(the median of the rounds' ratios; target 75%), its p99 over p50 (target 3), and the accountant's share.
+  account     + the accountant (the priced measure) and the commit to SQLite: the real /v1/predict;
+  noop        the same bodies to a route that parses them and answers nothing: the HTTP layer's own cost.
+Prints requests/s, p50/p99 latency and the CPU each request took (server and clients) per stage,
+/v1/predict's share of bare inference's requests/s (the median of the rounds' ratios; target 75%), its
+p99 over p50 (target 3), and the accountant's share.
 """
 from __future__ import annotations
 
@@ -26,9 +28,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from benchmarks.results_io import write_result
+
 ROOT = Path(__file__).resolve().parent.parent
 
-CLIENTS, BATCH, REQUESTS, ROUNDS = 8, 64, 30, 3  # requests per client per stage and round
+CLIENTS, BATCH, REQUESTS, ROUNDS = 8, 64, 30, 5  # requests per client per stage and round
 TIME_CAP_S = 120.0  # per stage
 
 
@@ -64,6 +68,10 @@ def build(victim_path: str, state: str, threads: int):
         x = tensors.decode(payload["inputs"], item_shape=service.item_shape, max_batch=256)
         logp = service.victim.log_probs(torch.from_numpy(x.copy()))
         return {"answers": service.victim.answer(logp).tolist()}
+
+    @app.post("/bench/noop")
+    def noop(payload: dict):
+        return {"answers": []}
 
     @app.post("/bench/verify")
     def verify_only(payload: dict, x_api_key: str | None = Header(None)):
@@ -107,7 +115,19 @@ def percentile(values, q):
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
-def stage(name, call, clients=CLIENTS, requests=REQUESTS) -> dict:
+def cpu_s(pid: int | None = None, *, system: bool = False) -> float:
+    """CPU seconds (user + system, or system alone; all threads) used so far by process `pid` (default: this
+    one)."""
+    if pid is None:
+        t = os.times()
+        return t.system + (0.0 if system else t.user)
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[12]) + (0 if system else int(fields[11]))) / os.sysconf("SC_CLK_TCK")
+
+
+def stage(name, call, *, server_pid=None, clients=CLIENTS, requests=REQUESTS) -> dict:
+    """`clients` threads each make `requests` calls; requests/s, latency percentiles, and the CPU each
+    request took in the server's process and in the clients' (this process)."""
     latencies, lock = [], threading.Lock()
     stop = time.perf_counter() + TIME_CAP_S
 
@@ -120,6 +140,8 @@ def stage(name, call, clients=CLIENTS, requests=REQUESTS) -> dict:
             with lock:
                 latencies.append(time.perf_counter() - start)
 
+    pid = server_pid or os.getpid()
+    cpu = (cpu_s(server_pid) if server_pid else 0.0, cpu_s(), cpu_s(pid, system=True))
     start = time.perf_counter()
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for t in threads:
@@ -127,8 +149,126 @@ def stage(name, call, clients=CLIENTS, requests=REQUESTS) -> dict:
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    return {"stage": name, "requests": len(latencies), "requests_per_s": len(latencies) / wall,
-            "p50_ms": 1000 * percentile(latencies, 50), "p99_ms": 1000 * percentile(latencies, 99)}
+    server_cpu = (cpu_s(server_pid) - cpu[0]) if server_pid else 0.0
+    n = len(latencies)
+    return {"stage": name, "requests": n, "requests_per_s": n / wall,
+            "p50_ms": 1000 * percentile(latencies, 50), "p99_ms": 1000 * percentile(latencies, 99),
+            "server_cpu_ms": 1000 * server_cpu / n, "client_cpu_ms": 1000 * (cpu_s() - cpu[1]) / n,
+            "model_process_system_ms": 1000 * (cpu_s(pid, system=True) - cpu[2]) / n}
+
+
+def start(args, work: Path, keys: list):
+    """The server in a subprocess on a fresh SQLite state with one user per key; (process, url, log)."""
+    import httpx
+
+    from server.keys import hash_api_key
+    from server.store import open_store
+    from tests.server_helpers import free_port
+
+    state = f"sqlite:///{work / 'state.db'}"
+    store = open_store(state)
+    try:
+        for i, k in enumerate(keys):
+            store.add_user(f"bench{i}", hash_api_key(k), f"bench{i}")
+    finally:
+        store.close()
+    port = free_port()
+    log = open(work / "server.log", "wb")
+    server = subprocess.Popen([sys.executable, "-m", "benchmarks.bench_server", "--serve", "--port", str(port),
+                               "--state", state, "--victim_path", args.victim_path, "--threads", str(args.threads)],
+                              stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return server, url, log
+        except httpx.TransportError:
+            time.sleep(0.1)
+    server.kill()
+    log.close()
+    raise RuntimeError(f"the benchmark's server did not start; see {work / 'server.log'}")
+
+
+def bare_inference(victim_path: str, x, threads: int):
+    """Stage 1's call: the victim's answer to batch x, from a pool sized like the server's."""
+    import torch
+
+    from data.registry import load_splits
+    from models.checkpoint import load_victim
+    from models.oracle import Victim
+
+    spec = load_splits("mnist-5k", "data").spec
+    victim = Victim(load_victim(victim_path, spec, device=torch.device("cpu"))[0], device=torch.device("cpu"))
+    pool = ThreadPoolExecutor(threads)
+    batch = torch.from_numpy(x.copy())
+
+    def call(i, j):
+        with torch.no_grad():
+            return pool.submit(lambda: victim.answer(victim.log_probs(batch))).result()
+    return call, pool
+
+
+class Clients:
+    """One keep-alive http.client connection per client (lighter than httpx, which would otherwise spend
+    the cores the server shares), and pre-solved minimal challenges for each."""
+
+    def __init__(self, url: str, keys: list):
+        import http.client as httplib
+
+        import httpx
+
+        self.httplib, self.keys = httplib, keys
+        port = int(url.rsplit(":", 1)[1])
+        self.conns = [httplib.HTTPConnection("127.0.0.1", port, timeout=60) for _ in keys]
+        self.http = [httpx.Client(base_url=url, headers={"X-API-Key": k}, timeout=60) for k in keys]
+
+    def post(self, i: int, path: str, body: bytes) -> None:
+        conn, headers = self.conns[i], {"content-type": "application/json", "x-api-key": self.keys[i]}
+        try:
+            conn.request("POST", path, body=body, headers=headers)
+            response = conn.getresponse()
+        except ConnectionError:  # idle past the server's keep-alive (while bodies were made): reopen
+            conn.close()
+            conn.request("POST", path, body=body, headers=headers)
+            response = conn.getresponse()
+        data = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{response.status}: {data[:300]}")
+
+    def bodies(self, i: int, n: int, inputs: dict) -> list:
+        """n request bodies for client i, each with a fresh solved challenge (solving is not timed)."""
+        from pow.solver import Solver
+
+        out = []
+        with Solver(1) as solver:
+            for _ in range(n):
+                ch = self.http[i].post("/v1/challenge", json={"batch": BATCH}).json()["challenge"]
+                out.append(json.dumps({"solution": solver.solve_target(ch)[0], "inputs": inputs}).encode())
+        return out
+
+    def close(self) -> None:
+        for c in self.http + self.conns:
+            c.close()
+
+
+def run_rounds(clients: Clients, inference, inputs: dict, server_pid: int) -> list:
+    """The four stages side by side, ROUNDS times over: the machine's drift hits each alike."""
+    warm = json.dumps({"inputs": inputs}).encode()
+    for _ in range(16):  # untimed: the first requests pay for lazy imports and connection set-up
+        clients.post(0, "/bench/http", warm)
+    rounds = []
+    for _ in range(ROUNDS):
+        row = [stage("inference", inference)]
+        for name, path in (("http", "/bench/http"), ("verify", "/bench/verify"), ("account", "/v1/predict"),
+                           ("noop", "/bench/noop")):
+            # bodies made before the clock starts: the clients share these 2 cores with the server
+            bodies = [clients.bodies(i, REQUESTS + 1, inputs) for i in range(CLIENTS)]
+            for i in range(CLIENTS):  # untimed: each route's first call per client (lazy set-up, new account)
+                clients.post(i, path, bodies[i][REQUESTS])
+            row.append(stage(name, lambda i, j: clients.post(i, path, bodies[i][j]), server_pid=server_pid))
+        rounds.append(row)
+    return rounds
 
 
 def main() -> None:
@@ -142,125 +282,63 @@ def main() -> None:
     if args.serve:
         return serve(args)
 
-    import httpx
-    import torch
-
-    from benchmarks.results_io import write_result
     from data.registry import load_splits
     from server import tensors
-    from server.keys import hash_api_key
-    from server.store import open_store
-    from tests.server_helpers import free_port
+    from server.build import size_threads
 
     if not Path(args.victim_path).exists():
         subprocess.run([sys.executable, str(ROOT / "main.py"), "train-victim", "--victim_path", args.victim_path,
                         "--epochs", "1", "--device", "cpu"], check=True)
-    work = Path(tempfile.mkdtemp(prefix="bench-server-"))
-    state = f"sqlite:///{work / 'state.db'}"
-    store = open_store(state)
     keys = [f"pk_bench{i}" for i in range(CLIENTS)]
-    for i, k in enumerate(keys):
-        store.add_user(f"bench{i}", hash_api_key(k), f"bench{i}")
-    store.close()
-    port = free_port()
-    log = open(work / "server.log", "wb")
-    server = subprocess.Popen([sys.executable, "-m", "benchmarks.bench_server", "--serve", "--port", str(port),
-                               "--state", state, "--victim_path", args.victim_path, "--threads", str(args.threads)],
-                              stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    server, url, log = start(args, Path(tempfile.mkdtemp(prefix="bench-server-")), keys)
+    clients = pool = None
     try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
         x = load_splits("mnist-5k", "data").pool_x[:BATCH].numpy()
         inputs = tensors.encode(x)
-        http = [httpx.Client(base_url=url, headers={"X-API-Key": k}, timeout=60) for k in keys]
-
-        # stage 1: bare inference, in this process, through a pool sized like the server's
-        from models.checkpoint import load_victim
-        from models.oracle import Victim
-        from server.build import size_threads
-        splits = load_splits("mnist-5k", "data")
-        victim = Victim(load_victim(args.victim_path, splits.spec, device=torch.device("cpu"))[0],
-                        device=torch.device("cpu"))
         threads, per = size_threads(args.threads)
-        pool = ThreadPoolExecutor(threads)
-        batch = torch.from_numpy(x.copy())
-
-        def presolved(i, n):
-            from pow.solver import Solver
-            out = []
-            with Solver(1) as solver:
-                for _ in range(n):
-                    ch = http[i].post("/v1/challenge", json={"batch": BATCH}).json()["challenge"]
-                    out.append(solver.solve_target(ch)[0])
-            return out
-
-        # the load: one keep-alive http.client connection per client (lighter than httpx, which the
-        # clients would otherwise spend these shared cores on)
-        import http.client as httplib
-        conns = [httplib.HTTPConnection("127.0.0.1", port, timeout=60) for _ in keys]
-
-        def post(conn, path, body, key):
-            conn.request("POST", path, body=body, headers={"content-type": "application/json", "x-api-key": key})
-            response = conn.getresponse()
-            data = response.read()
-            if response.status != 200:
-                raise RuntimeError(f"{response.status}: {data[:300]}")
-
-        warm = json.dumps({"inputs": inputs}).encode()
-        for _ in range(16):  # untimed: the first requests pay for lazy imports and connection set-up
-            post(conns[0], "/bench/http", warm, keys[0])
-        rounds = []  # the stages side by side, ROUNDS times over: the machine's drift hits each alike
-        for _ in range(ROUNDS):
-            with torch.no_grad():
-                row = [stage("inference", lambda i, j: pool.submit(
-                    lambda: victim.answer(victim.log_probs(batch))).result())]
-            for name, path in (("http", "/bench/http"), ("verify", "/bench/verify"), ("account", "/v1/predict")):
-                # bodies made before the clock starts: the clients share these 2 cores with the server
-                bodies = [[json.dumps({"solution": s, "inputs": inputs}).encode() for s in presolved(i, REQUESTS + 1)]
-                          for i in range(CLIENTS)]
-                for i in range(CLIENTS):  # untimed: each route's first call per client (lazy set-up, new account)
-                    post(conns[i], path, bodies[i][REQUESTS], keys[i])
-                row.append(stage(name, lambda i, j: post(conns[i], path, bodies[i][j], keys[i])))
-            rounds.append(row)
-        pool.shutdown()
-        timings = http[0].get("/bench/timings").json()
-        for c in http + conns:
-            c.close()
+        inference, pool = bare_inference(args.victim_path, x, threads)
+        clients = Clients(url, keys)
+        rounds = run_rounds(clients, inference, inputs, server.pid)
+        timings = clients.http[0].get("/bench/timings").json()
     finally:
+        if clients is not None:
+            clients.close()
+        if pool is not None:
+            pool.shutdown()
         server.kill()
         server.wait()
         log.close()
+    write_result("server_load", summary(rounds, timings, inputs["dtype"], threads, per))
+
+
+def summary(rounds: list, timings: list, wire_dtype: str, threads: int, per: int) -> dict:
+    """Per stage, the median of its rounds; /v1/predict against bare inference; the server's own timings."""
     results = [{"stage": r[0]["stage"], "requests": sum(x["requests"] for x in r),
-                **{k: statistics.median(x[k] for x in r) for k in ("requests_per_s", "p50_ms", "p99_ms")}}
-               for r in zip(*rounds)]  # per stage: the median of its rounds
+                **{k: statistics.median(x[k] for x in r)
+                   for k in ("requests_per_s", "p50_ms", "p99_ms", "server_cpu_ms", "client_cpu_ms",
+                             "model_process_system_ms")}}
+               for r in zip(*rounds)]
     ratios = [r[3]["requests_per_s"] / r[0]["requests_per_s"] for r in rounds]
-    out = {"clients": CLIENTS, "batch": BATCH, "wire_dtype": inputs["dtype"], "rounds": ROUNDS,
-           "requests_per_stage": CLIENTS * REQUESTS, "server_threads": threads, "torch_threads_each": per,
-           "cores": os.cpu_count(), "stages": results,
-           "predict_share_of_inference": statistics.median(ratios),
-           "predict_share_of_inference_rounds": ratios,
-           "predict_share_target": 0.75,
-           "http_verify_overhead": 1 - results[2]["requests_per_s"] / results[0]["requests_per_s"],
-           "http_verify_overhead_target": 0.20,
-           "predict_p99_over_p50": results[3]["p99_ms"] / results[3]["p50_ms"],
-           "predict_p99_over_p50_target": 3.0,
-           "accountant_ms_per_batch": {"p50": 1000 * statistics.median(t["accountant_s"] for t in timings),
-                                       "p99": 1000 * percentile([t["accountant_s"] for t in timings], 99)},
-           "inference_ms_per_batch_in_server": 1000 * statistics.median(t["inference_s"] for t in timings),
-           "commit_ms_per_batch": 1000 * statistics.median(t["commit_s"] for t in timings),
-           "commit_ms_p99": 1000 * percentile([t["commit_s"] for t in timings], 99),
-           "inference_ms_p99": 1000 * percentile([t["inference_s"] for t in timings], 99),
-           "checks_ms_p99": 1000 * percentile([t["checks_s"] for t in timings], 99),
-           "predict_ms_p50": 1000 * statistics.median(t["total_s"] for t in timings),
-           "predict_ms_p99": 1000 * percentile([t["total_s"] for t in timings], 99),
-           "accountant_share_of_batch": statistics.median(
-               t["accountant_s"] / (t["inference_s"] + t["accountant_s"] + t["commit_s"]) for t in timings)}
-    write_result("server_load", out)
+
+    def ms(key, q=50):
+        return 1000 * percentile([t[key] for t in timings], q)
+    return {"clients": CLIENTS, "batch": BATCH, "wire_dtype": wire_dtype, "rounds": ROUNDS,
+            "requests_per_stage": CLIENTS * REQUESTS, "server_threads": threads, "torch_threads_each": per,
+            "cores": os.cpu_count(), "stages": results,
+            "predict_share_of_inference": statistics.median(ratios),
+            "predict_share_of_inference_rounds": ratios,
+            "predict_share_target": 0.75,
+            "http_verify_overhead": 1 - results[2]["requests_per_s"] / results[0]["requests_per_s"],
+            "http_verify_overhead_target": 0.20,
+            "predict_p99_over_p50": results[3]["p99_ms"] / results[3]["p50_ms"],
+            "predict_p99_over_p50_target": 3.0,
+            "accountant_ms_per_batch": {"p50": ms("accountant_s"), "p99": ms("accountant_s", 99)},
+            "inference_ms_per_batch_in_server": ms("inference_s"), "inference_ms_p99": ms("inference_s", 99),
+            "commit_ms_per_batch": ms("commit_s"), "commit_ms_p99": ms("commit_s", 99),
+            "checks_ms_p99": ms("checks_s", 99),
+            "predict_ms_p50": ms("total_s"), "predict_ms_p99": ms("total_s", 99),
+            "accountant_share_of_batch": statistics.median(
+                t["accountant_s"] / (t["inference_s"] + t["accountant_s"] + t["commit_s"]) for t in timings)}
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import math
+import statistics
 import threading
 import time
 from dataclasses import dataclass
@@ -144,6 +145,7 @@ class PredictionService:
         #: seconds of each answered batch's parts (inference, accountant, commit); the latest 10,000
         self.timings: collections.deque = collections.deque(maxlen=10_000)
         self._recent: dict = collections.defaultdict(lambda: collections.deque(maxlen=RECENT))  # by batch size
+        self._typical: dict = {}  # by batch size: the median of its _recent, kept as each batch is answered
         self._recent_lock = threading.Lock()
 
     # -- identity ----------------------------------------------------------------------------------
@@ -189,8 +191,13 @@ class PredictionService:
         batches (None before the first: the baseline's time). Quotes and prices both use it, so a batch's
         price moves with its queries' weights, not with the jitter of one measurement."""
         with self._recent_lock:
-            recent = list(self._recent.get(batch, ()))
-        return float(np.median(recent)) if recent else None
+            return self._typical.get(batch)
+
+    def _answered_in(self, batch: int, seconds: float) -> None:
+        with self._recent_lock:
+            recent = self._recent[batch]
+            recent.append(seconds)
+            self._typical[batch] = float(statistics.median(recent))
 
     def _work(self, seconds: float) -> float:
         return min(max(0.0, seconds) * self.puzzle_pricer.rate, puzzles.MAX_WORK)
@@ -289,8 +296,7 @@ class PredictionService:
             raise ApiError(422, "bad_inputs", "these inputs' costs are not finite numbers; nothing was charged")
         answer_s = time.perf_counter() - start
         typical = self.typical_answer_s(len(x))
-        with self._recent_lock:
-            self._recent[len(x)].append(answer_s)
+        self._answered_in(len(x), answer_s)
         response = {"output": self.victim.output, "queries": len(x), "answers": _answers(answer)}
         sealed = {"delta": ledger.state_dict(), "costs": costs.tolist(), "answer_s": answer_s, "typical_s": typical}
         expires = max(float(ch.expires), self.clock() + self.config.ttl_s)  # time to pay a top-up
