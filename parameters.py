@@ -20,7 +20,7 @@ from extraction.cost_growth import GrowthConfig
 from models.architectures import ARCHITECTURES
 from models.oracle import OUTPUTS
 from models.training import LR_SCHEDULES, MAX_LR
-from pow.calibration import CALIBRATIONS, QueryPriceConfig
+from pow.calibration import CALIBRATIONS, PAPER_BASE, CalibrationConfig, QueryPriceConfig
 from pow.pricing import POW_MODES
 from pow.solver import SOLVERS
 from pow.timing import PUZZLES, TABLES
@@ -54,14 +54,13 @@ DEFAULTS = dict(
     dataset=DEFAULT_DATASET, data_dir="data", seed=0, device="auto", victim_path=None, victim_arch=None,
     victim_output="labels", mode="standard", budget=1024, query_batch=64, batches_per_round=4,
     stolen_arch=None, out_dir=None, ood_pool="photos", cost_measure="entropy", cap_rdp=False,
-    rdp_conversion="classic", calibration=None, calibration_mode="relative", base=None, pow_budget=1.0,
-    tolerance=3.0, deficit_tolerance=None, max_factor=1000.0, min_s=0.1, max_s=2948.467908, fresh=False, votes=None,
+    rdp_conversion="classic", calibration=None, base=None, fresh=False, votes=None,
     log=None,
     out=None, runs=None, queries=1000, sigmas="28,10", datasets="mnist-5k,fashion-mnist", epochs=None, bases=None,
     budgets=None, pow="simulated", puzzle="scrypt", pow_subs=1, solver="python", workers=None,
     timing_table="live", timing_csv="results/pow_timing.csv", stamp=None, solution=None, challenge=None,
     resource="client", bits=None, work=None, key=None, min_work=1.0, puzzles="hashcash,sha256,scrypt",
-    max_seconds=1.0, trials=20, attacks=None, plot=None, one_sided=False, victim_dir="checkpoints",
+    max_seconds=1.0, trials=20, attacks=None, plot=None, victim_dir="checkpoints",
     insecure_dev_key=False, overwrite=False, sampling="random", jacobian_cap=None, teachers_path=None,
     pate_sigma=None, num_models=None, lr_schedule="cosine", plateau_patience=2,
     host="127.0.0.1", port=8000, state="sqlite:///server-state.db", key_file=None, max_batch=256, ttl_s=600.0,
@@ -71,6 +70,9 @@ DEFAULTS = dict(
     report_only=None, victims=None, ood_pools=None, dfme_budget=None,
 )
 DEFAULTS.update({f.name: f.default for f in dataclasses.fields(QueryPriceConfig)})
+# the calibration's defaults are CalibrationConfig's (--base stays None: its default depends on the mode)
+DEFAULTS.update({f.name: f.default for f in dataclasses.fields(CalibrationConfig) if f.name not in ("base",
+                                                                                                     "query_batch")})
 #: every attack's own options (Options dataclasses): their defaults join DEFAULTS, their flags join extract
 MODE_OPTIONS = {f.name: (name, f) for name, cls in sorted(ATTACKS.items()) if cls.Options is not None
                 for f in dataclasses.fields(cls.Options)}
@@ -230,22 +232,29 @@ def _calibration(p: argparse.ArgumentParser) -> None:
                         "entropy=entropy_cost, gap=gap_cost (default: entropy, chosen by measured separation)")
     p.add_argument("--calibration_mode", default=None, choices=sorted(CALIBRATIONS),
                    help="relative (legitimate users pay a set share of their query time) or paper "
-                        "(base ** |cost - expected| seconds per 1,000 queries) (default: relative)")
+                        "(base ** |cost - expected| seconds per 1,000 queries) "
+                        f"(default: {CalibrationConfig.calibration_mode})")
     p.add_argument("--base", type=_num(float, 1, lo_open=True), default=None,
-                   help="exponential base (default: 1.0075 paper; 1.05 relative, per legitimate batch of excess)")
+                   help=f"exponential base (default: {PAPER_BASE:g} paper; {CalibrationConfig.base:g} relative, per "
+                        f"legitimate batch of excess)")
     p.add_argument("--pow_budget", type=_POS_FLOAT, default=None,
-                   help="relative: a legitimate user's PoW time as a share of their query time (default: 1.0)")
+                   help="relative: a legitimate user's PoW time as a share of their query time "
+                        f"(default: {CalibrationConfig.pow_budget:g})")
     p.add_argument("--tolerance", type=_NONNEG_FLOAT, default=None,
-                   help="relative: excess ignored, in legitimate-spread standard deviations (default: 3.0)")
+                   help="relative: excess ignored, in legitimate-spread standard deviations "
+                        f"(default: {CalibrationConfig.tolerance:g})")
     p.add_argument("--deficit_tolerance", type=_NONNEG_FLOAT, default=None,
                    help="relative: also price a cumulative cost BELOW the legitimate line by more than this many "
                         "standard deviations (the two-sided rule, as the paper's |cost - expected|); "
                         "default: off, one-sided (see the README's frontier)")
     p.add_argument("--max_factor", type=_POS_FLOAT, default=None,
-                   help="relative: most PoW time per batch, in legitimate query times per batch (default: 1000)")
-    p.add_argument("--min_s", type=_POS_FLOAT, default=None, help="paper: least extra seconds per step (default: 0.1)")
+                   help="relative: most PoW time per batch, in legitimate query times per batch "
+                        f"(default: {CalibrationConfig.max_factor:g})")
+    p.add_argument("--min_s", type=_POS_FLOAT, default=None,
+                   help=f"paper: least extra seconds per step (default: {CalibrationConfig.min_s:g})")
     p.add_argument("--max_s", type=_POS_FLOAT, default=None,
-                   help="paper: most extra seconds per step, the slowest measured puzzle (default: 2948.47)")
+                   help="paper: most extra seconds per step, the slowest measured puzzle "
+                        f"(default: {CalibrationConfig.max_s:.2f})")
 
 
 def _puzzle(p: argparse.ArgumentParser) -> None:
@@ -730,7 +739,7 @@ def resolve(args: argparse.Namespace) -> Settings:
     if command == "pow-table" and "calibration_mode" not in given:
         values["calibration_mode"] = "paper"
     if values.get("base") is None:
-        values["base"] = 1.0075 if values["calibration_mode"] == "paper" else 1.05
+        values["base"] = CalibrationConfig.default_base(values["calibration_mode"])
     if values.get("out_dir") is None:
         values["out_dir"] = "results/demo" if command == "demo" else f"results/{dataset}-{values['mode']}"
     return Settings(values)

@@ -36,13 +36,62 @@ def replica(s, state: str, key: bytes):
     return {"url": http.url, "http": http, "service": service, "store": store}
 
 
+class Hoarder:
+    """One user's HTTP client and solver against the replicas (request i goes to replica i mod their count):
+    it buys batches, hoards challenges, sends batches all at once, and pays their top-ups."""
+
+    def __init__(self, http, solver, nodes: list):
+        self.http, self.solver, self.nodes = http, solver, nodes
+
+    def url(self, i: int) -> str:
+        return self.nodes[i % len(self.nodes)]["url"]
+
+    def challenge(self, i: int = 0) -> dict:
+        return self.http.post(f"{self.url(i)}/v1/challenge", json={"batch": BATCH}).json()
+
+    def topped_up(self, i: int, reply, solution: str) -> tuple:
+        """(the 200 reply, the top-ups' work) once every 402 has been paid, each at its own commit's price."""
+        work = 0.0
+        while reply.status_code == 402:
+            due = reply.json()["topup"]
+            work += due["work"]
+            reply = self.http.post(f"{self.url(i)}/v1/topup", json={
+                "solution": solution, "topup": self.solver.solve_target(due["challenge"])[0]})
+        return reply, work
+
+    def pay(self, x) -> object:
+        from server import tensors
+
+        solution = self.solver.solve_target(self.challenge()["challenge"])[0]
+        reply = self.http.post(f"{self.url(0)}/v1/predict", json={"solution": solution, "inputs": tensors.encode(x)})
+        return self.topped_up(0, reply, solution)[0]
+
+    def race(self, hoard: list, batches: list) -> list:
+        """Send every hoarded solution with its batch at once, from one thread each; their replies."""
+        from server import tensors
+
+        replies, barrier = [None] * len(hoard), threading.Barrier(len(hoard))
+
+        def send(i):
+            barrier.wait()
+            replies[i] = self.http.post(f"{self.url(i)}/v1/predict",
+                                        json={"solution": hoard[i][0], "inputs": tensors.encode(batches[i])})
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(len(hoard))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return replies
+
+
 def run(replicas: int, tmp: Path, s) -> dict:
     import httpx
     import numpy as np
 
+    from data.registry import load_splits
     from pow.puzzles import token_of
     from pow.solver import Solver
-    from server import tensors
     from server.keys import hash_api_key, new_api_key
     from server.store import open_store
 
@@ -51,44 +100,17 @@ def run(replicas: int, tmp: Path, s) -> dict:
     admin = open_store(state)
     key = new_api_key()
     admin.add_user("hoarder", hash_api_key(key), "hoarder")
-    headers = {"X-API-Key": key}
-    rng = np.random.default_rng(0)
-    from data.registry import load_splits
     legit = load_splits(s.dataset, s.data_dir).pool_x[:BATCH].numpy()
+    rng = np.random.default_rng(0)
+    noise = [rng.integers(0, 256, size=(BATCH, 1, 28, 28), dtype=np.uint8) for _ in range(HOARD)]
     try:
-        with Solver(1) as solver, httpx.Client(headers=headers, timeout=120) as http:
-            def challenge(node):
-                return http.post(f"{node['url']}/v1/challenge", json={"batch": BATCH}).json()
-
-            def pay(node, x):
-                ch = challenge(node)
-                sol = solver.solve_target(ch["challenge"])[0]
-                r = http.post(f"{node['url']}/v1/predict", json={"solution": sol, "inputs": tensors.encode(x)})
-                while r.status_code == 402:
-                    due = r.json()["topup"]
-                    r = http.post(f"{node['url']}/v1/topup", json={
-                        "solution": sol, "topup": solver.solve_target(due["challenge"])[0]})
-                return r
-
-            assert pay(nodes[0], legit).status_code == 200
-            hoard = []
-            for i in range(HOARD):
-                ch = challenge(nodes[i % replicas])
-                hoard.append((solver.solve_target(ch["challenge"])[0], ch["work"]))
+        with Solver(1) as solver, httpx.Client(headers={"X-API-Key": key}, timeout=120) as http:
+            user = Hoarder(http, solver, nodes)
+            assert user.pay(legit).status_code == 200
+            hoard = [(solver.solve_target(ch["challenge"])[0], ch["work"])
+                     for ch in (user.challenge(i) for i in range(HOARD))]
             before = admin.account("hoarder")
-            noise = [rng.integers(0, 256, size=(BATCH, 1, 28, 28), dtype=np.uint8) for _ in range(HOARD)]
-            replies, barrier = [None] * HOARD, threading.Barrier(HOARD)
-
-            def send(i):
-                barrier.wait()
-                replies[i] = http.post(f"{nodes[i % replicas]['url']}/v1/predict",
-                                       json={"solution": hoard[i][0], "inputs": tensors.encode(noise[i])})
-
-            threads = [threading.Thread(target=send, args=(i,)) for i in range(HOARD)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            replies = user.race(hoard, noise)
             codes = [r.status_code for r in replies]
             direct = admin.account("hoarder")
             sealed = [i for i, r in enumerate(replies) if r.status_code == 402]
@@ -97,13 +119,9 @@ def run(replicas: int, tmp: Path, s) -> dict:
             unpaid_pow_s = sum(hoard[i][1] for i in sealed) / RATE
             topups = 0.0
             for i in sealed:  # now pay them, one by one (each at the price current at its own commit)
-                r = replies[i]
-                while r.status_code == 402:
-                    due = r.json()["topup"]
-                    topups += due["work"]
-                    r = http.post(f"{nodes[i % replicas]['url']}/v1/topup", json={
-                        "solution": hoard[i][0], "topup": solver.solve_target(due["challenge"])[0]})
-                assert r.status_code == 200, r.text
+                reply, work = user.topped_up(i, replies[i], hoard[i][0])
+                assert reply.status_code == 200, reply.text
+                topups += work
             after = admin.account("hoarder")
     finally:
         admin.close()

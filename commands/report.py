@@ -31,9 +31,10 @@ COST_SHARE = 0.25  # beside the paper: so is a larger relative difference in kNN
 POOL_MODES = ("copycat", "knockoff")  # the modes whose queries come from the out-of-distribution pool
 
 
-def _settings():
-    import parameters
-    return parameters.parse(["summarize", "--runs", "."])  # the calibration defaults, as summarize uses them
+def _cost_measure() -> str:
+    """The cost measure summarize prices with by default."""
+    from parameters import DEFAULTS
+    return DEFAULTS["cost_measure"]
 
 
 def collect(grid: dict, out: Path) -> tuple:
@@ -43,7 +44,6 @@ def collect(grid: dict, out: Path) -> tuple:
     from extraction.summary import summarize_runs
     from pow.calibration import CalibrationConfig
 
-    s = _settings()
     rows, logs, cals = [], {}, {}
     runs = [c for c in cells(grid, out) if c.kind in ("baseline", "attack")]
     for d in grid["datasets"]:
@@ -53,7 +53,7 @@ def collect(grid: dict, out: Path) -> tuple:
             if "standard" not in mine:
                 continue
             table, priced, cal = summarize_runs(mine, mine["standard"] / "log.csv",
-                                                config=CalibrationConfig.of(s.as_dict()), cost_measure=s.cost_measure)
+                                                config=CalibrationConfig(), cost_measure=_cost_measure())
             cals[(d, seed)] = cal
             base = table.set_index("mode").loc["standard"]
             for row in table.to_dict("records"):
@@ -142,14 +142,13 @@ def _x(v: float) -> str:
 
 def paper_rows(datasets: list, modes: list) -> dict:
     """{paper dataset: its pow-table summary, for the modes we share}."""
-    import parameters
+    from pow.calibration import PAPER_BASE, PAPER_MAX_S, PAPER_MIN_S
     from pow.paper import pow_table
-    s = parameters.parse(["pow-table", "--calibration", "x", "--attacks", "x"])
     out = {}
     for name in dict.fromkeys(PAPER_DATA[d] for d in datasets):
         summary, _ = pow_table(PAPER_DIR / f"time_privacy_cost_{name}.csv",
-                               PAPER_DIR / f"model_extraction_attack_accuracy_{name}.csv", base=s.base, min_s=s.min_s,
-                               max_s=s.max_s)
+                               PAPER_DIR / f"model_extraction_attack_accuracy_{name}.csv", base=PAPER_BASE,
+                               min_s=PAPER_MIN_S, max_s=PAPER_MAX_S)
         summary["mode"] = summary["mode"].replace(PAPER_MODES)
         out[name] = summary[summary["mode"].isin(modes)].reset_index(drop=True)
     return out
@@ -161,7 +160,7 @@ def paper_calibration_ratios(logs: dict, grid: dict, out: Path) -> dict:
     from commands.grid import cells
     from pow import calibration
 
-    config = calibration.CalibrationConfig(calibration_mode="paper", base=1.0075)
+    config = calibration.CalibrationConfig(calibration_mode="paper", base=calibration.PAPER_BASE)
     base = {(c.dataset, c.name.rsplit("-s", 1)[1]): c.folder / "log.csv" for c in cells(grid, out)
             if c.kind == "baseline"}
     ratios, cals = {}, {}
@@ -412,7 +411,7 @@ def write_report(grid: dict, out: Path) -> Path:
     atomic_write_csv(out / "summary.csv", summary)
     atomic_write_csv(out / "runs.csv", rows)
     from privacy.accountants import cost_column
-    cost = cost_column(_settings().cost_measure)
+    cost = cost_column(_cost_measure())
     cross = cross_seed_legit(logs, cals, grid["datasets"], grid["seeds"], cost)
     lines += ["## Verdicts", "", *[f"- {v}" for v in verdicts(summary, cross)], ""]
     missing = [c.name for c in cells(grid, out) if c.kind in ("baseline", "attack") and finished(c.folder) is None]

@@ -43,6 +43,10 @@ MAX_QUERIES = 1e15  # a query count above this is not a count
 STEP_QUERIES = 1000  # paper: one logged step = 16 batches of 64, counted as 1,000 queries
 PAPER_COLUMNS = ("time", "privacy", "queries")  # the paper's legitimate-user CSV format
 CALIBRATIONS = ("paper", "relative")
+# the defaults, here once (the calibrators, CalibrationConfig and so the flags read them)
+PAPER_BASE, RELATIVE_BASE = 1.0075, 1.05  # the paper's base; the relative one's, per legitimate batch of excess
+PAPER_MIN_S, PAPER_MAX_S = 0.1, 2948.467908  # the paper's clip, seconds per 1,000 queries
+TOLERANCE, MAX_FACTOR = 3.0, 1000.0  # relative: free band in baseline sd; the cap on the PoW factor
 
 
 @dataclass(frozen=True)
@@ -122,8 +126,8 @@ class PaperCalibrator:
     """The paper's calibration: base ** |cost - expected| seconds per 1,000 queries, clipped."""
     name = "paper"
 
-    def __init__(self, baseline: Baseline, *, base: float = 1.0075, min_s: float = 0.1, max_s: float = 2948.467908,
-                 one_sided: bool = False):
+    def __init__(self, baseline: Baseline, *, base: float = PAPER_BASE, min_s: float = PAPER_MIN_S,
+                 max_s: float = PAPER_MAX_S, one_sided: bool = False):
         base = checks.finite("base", base, lo=1, lo_open=True)
         min_s = checks.finite("min_s", min_s, lo=0, lo_open=True)
         max_s = checks.finite("max_s", max_s, lo=min_s)
@@ -165,8 +169,9 @@ class RelativeCalibrator:
     """PoW as a share of the legitimate query time, growing exponentially with the excess cost."""
     name = "relative"
 
-    def __init__(self, baseline: Baseline, *, base: float = 1.05, budget: float = 1.0, tolerance: float = 3.0,
-                 max_factor: float = 1000.0, batch_size: int = 64, deficit_tolerance: float | None = None):
+    def __init__(self, baseline: Baseline, *, base: float = RELATIVE_BASE, budget: float = 1.0,
+                 tolerance: float = TOLERANCE, max_factor: float = MAX_FACTOR, batch_size: int = 64,
+                 deficit_tolerance: float | None = None):
         base = checks.finite("base", base, lo=1, lo_open=True)
         if deficit_tolerance is not None:
             deficit_tolerance = checks.finite("deficit_tolerance", deficit_tolerance, lo=0)
@@ -253,17 +258,22 @@ class RelativeCalibrator:
 
 @dataclass(frozen=True)
 class CalibrationConfig:
-    """The calibration's own settings (the flags of the same names)."""
+    """The calibration's own settings (the flags of the same names; their defaults are these)."""
     calibration_mode: str = "relative"
-    base: float = 1.05
+    base: float = RELATIVE_BASE
     pow_budget: float = 1.0
-    tolerance: float = 3.0
-    max_factor: float = 1000.0
+    tolerance: float = TOLERANCE
+    max_factor: float = MAX_FACTOR
     query_batch: int = 64
-    min_s: float = 0.1
-    max_s: float = 2948.467908
+    min_s: float = PAPER_MIN_S
+    max_s: float = PAPER_MAX_S
     one_sided: bool = False
     deficit_tolerance: float | None = None  # relative: None is one-sided; T prices deficits beyond T sd
+
+    @staticmethod
+    def default_base(calibration_mode: str) -> float:
+        """--base when none is given: the paper's 1.0075 for its calibration, else the relative one's 1.05."""
+        return PAPER_BASE if calibration_mode == "paper" else RELATIVE_BASE
 
     @classmethod
     def of(cls, values: dict) -> "CalibrationConfig":

@@ -123,22 +123,8 @@ class Guard:
             return await _send_json(send, 400, {"error": "bad_http", "detail": "a header value holds a control "
                                                 "character; send printable header values"}, {"connection": "close"})
         headers = dict(raw_headers)
-        if scope.get("path", "").startswith(f"/{API_VERSION}/"):
-            import anyio.to_thread
-
-            raw = headers.get(b"x-api-key")
-            address = (scope.get("client") or (None,))[0]
-            key = raw.decode("latin-1") if raw is not None else None
-            try:  # a local read (SQLite) takes microseconds, less than a hop to a worker thread and back
-                client = (self.service.authenticate(key, address) if self.service.store.local_reads
-                          else await anyio.to_thread.run_sync(self.service.authenticate, key, address))
-            except ApiError as exc:
-                extra = {"retry-after": f"{max(1, round(exc.retry_after))}"} if exc.retry_after else {}
-                return await _send_json(send, exc.status, exc.body(), extra)
-            except (UserError, *DRIVER_ERRORS):
-                return await _send_json(send, 503, {"error": "unavailable", "detail": "the server's database is "
-                                                    "unavailable; retry later"}, {"retry-after": "5"})
-            scope.setdefault("state", {})["client"] = client
+        if scope.get("path", "").startswith(f"/{API_VERSION}/") and not await self._authenticate(scope, headers, send):
+            return
         declared = headers.get(b"content-length")
         if declared is not None and self.limit:
             try:
@@ -148,24 +134,9 @@ class Guard:
             if too_big:
                 return await _send_json(send, 413, {"error": "body_too_large",
                                                     "detail": f"the request body exceeds {self.limit} bytes"})
-        chunks, seen = [], 0
-        while True:  # read the body first, never more than the limit, then hand it on whole
-            try:
-                message = await asyncio.wait_for(receive(), BODY_TIMEOUT_S)
-            except asyncio.TimeoutError:
-                return await _send_json(send, 408, {"error": "body_timeout", "detail": f"the request body "
-                                                    f"stalled for {BODY_TIMEOUT_S:g} s; send it whole"},
-                                        {"connection": "close"})
-            if message["type"] != "http.request":
-                return  # the client went away
-            seen += len(message.get("body", b""))
-            if self.limit and seen > self.limit:
-                return await _send_json(send, 413, {"error": "body_too_large",
-                                                    "detail": f"the request body exceeds {self.limit} bytes"})
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        whole = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        whole = await self._body(receive, send)
+        if whole is None:
+            return
         sent = False
 
         async def replay():
@@ -176,6 +147,49 @@ class Guard:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _authenticate(self, scope, headers: dict, send) -> bool:
+        """Put the request's client in scope["state"]["client"]; False once a rejection has been sent."""
+        import anyio.to_thread
+
+        raw = headers.get(b"x-api-key")
+        address = (scope.get("client") or (None,))[0]
+        key = raw.decode("latin-1") if raw is not None else None
+        try:  # a local read (SQLite) takes microseconds, less than a hop to a worker thread and back
+            client = (self.service.authenticate(key, address) if self.service.store.local_reads
+                      else await anyio.to_thread.run_sync(self.service.authenticate, key, address))
+        except ApiError as exc:
+            extra = {"retry-after": f"{max(1, round(exc.retry_after))}"} if exc.retry_after else {}
+            await _send_json(send, exc.status, exc.body(), extra)
+            return False
+        except (UserError, *DRIVER_ERRORS):
+            await _send_json(send, 503, {"error": "unavailable", "detail": "the server's database is unavailable; "
+                                         "retry later"}, {"retry-after": "5"})
+            return False
+        scope.setdefault("state", {})["client"] = client
+        return True
+
+    async def _body(self, receive, send) -> dict | None:
+        """The whole body as one http.request message, never more than the limit and never waiting more
+        than BODY_TIMEOUT_S between its parts; None once a rejection has been sent (or the client left)."""
+        chunks, seen = [], 0
+        while True:
+            try:
+                message = await asyncio.wait_for(receive(), BODY_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                await _send_json(send, 408, {"error": "body_timeout", "detail": f"the request body stalled for "
+                                             f"{BODY_TIMEOUT_S:g} s; send it whole"}, {"connection": "close"})
+                return None
+            if message["type"] != "http.request":
+                return None  # the client went away
+            seen += len(message.get("body", b""))
+            if self.limit and seen > self.limit:
+                await _send_json(send, 413, {"error": "body_too_large",
+                                             "detail": f"the request body exceeds {self.limit} bytes"})
+                return None
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
 
 async def _send_json(send, status: int, body: dict, headers: dict | None = None) -> None:

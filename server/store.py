@@ -284,12 +284,8 @@ class Store:
             row = cur.fetchone()
             if row is not None:
                 return Spent(token, row[0], int(row[1]), row[2], json.loads(row[3]))
-            if paid_token is not None:
-                cur.execute(self._sql("INSERT INTO spent (token, expires, account, queries, request, response) "
-                                      "VALUES (?, ?, ?, 0, 'topup', '{}') ON CONFLICT (token) DO NOTHING"),
-                            (paid_token, float(paid_expires or expires), account))
-                if cur.rowcount != 1:
-                    paid = 0.0  # this top-up paid already
+            if paid_token is not None and not self._spend_topup(cur, paid_token, paid_expires or expires, account):
+                paid = 0.0  # this top-up paid already
             cur.execute(self._sql("SELECT paid, request FROM pending WHERE token = ?"), (token,))
             prior = cur.fetchone()
             if prior is not None and prior[1] != request:  # another batch sealed under this challenge first
@@ -316,13 +312,25 @@ class Store:
                 return after
             owed = need * (1.0 - slack) - total - before.credit
             if prior is None:
-                cur.execute(self._sql("INSERT INTO pending (token, expires, account, queries, request, response, "
-                                      "sealed, paid, owed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"),
-                            (token, float(expires), account, int(queries), request, json.dumps(response),
-                             json.dumps(sealed), total, owed))
+                self._seal(cur, Sealed(token, account, int(queries), request, response, sealed, total, owed,
+                                       float(expires)))
             else:
                 cur.execute(self._sql("UPDATE pending SET paid = ?, owed = ? WHERE token = ?"), (total, owed, token))
             return Owed(token, owed, total, float(expires))
+
+    def _spend_topup(self, cur, token: str, expires: float, account: str) -> bool:
+        """Spend a top-up's own token inside settle's transaction; False when it was spent already."""
+        cur.execute(self._sql("INSERT INTO spent (token, expires, account, queries, request, response) "
+                              "VALUES (?, ?, ?, 0, 'topup', '{}') ON CONFLICT (token) DO NOTHING"),
+                    (token, float(expires), account))
+        return cur.rowcount == 1
+
+    def _seal(self, cur, held: Sealed) -> None:
+        """Keep a batch's answer sealed until its top-up is paid, inside settle's transaction."""
+        cur.execute(self._sql("INSERT INTO pending (token, expires, account, queries, request, response, sealed, "
+                              "paid, owed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+                    (held.token, held.expires, held.account, held.queries, held.request, json.dumps(held.response),
+                     json.dumps(held.sealed), held.paid, held.owed))
 
     def _charge(self, cur, after: AccountRow) -> None:
         """Write an answered batch's account row, inside settle's transaction (the row is locked)."""

@@ -50,9 +50,21 @@ SLOW_MODULES = {"test_attacks", "test_bad_inputs", "test_frontier", "test_loop",
 SLOW_FIXTURES = {"victims", "cli"}
 
 
+def pytest_addoption(parser):
+    parser.addoption("--timed", choices=("all", "skip", "only"), default="all",
+                     help="tests marked timed (they measure wall time on every core): run them with the rest (all), "
+                          "leave them out (skip), or run only them (only); scripts/test.sh runs them alone, last")
+
+
 def pytest_collection_modifyitems(config, items):
     """Mark as slow (pyproject.toml's `slow` marker) every test of SLOW_MODULES and every test that asks for
-    a SLOW_FIXTURES fixture: `bash scripts/test.sh -m "not slow"` runs the rest in under 3 minutes."""
+    a SLOW_FIXTURES fixture: `bash scripts/test.sh -m "not slow"` runs the rest in under 3 minutes. Then
+    keep or leave out the `timed` tests as --timed says."""
     for item in items:
         if item.module.__name__.rpartition(".")[2] in SLOW_MODULES or SLOW_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)
+    timed = config.getoption("--timed")
+    if timed != "all":
+        chosen = [(item.get_closest_marker("timed") is not None) == (timed == "only") for item in items]
+        config.hook.pytest_deselected(items=[item for item, keep in zip(items, chosen) if not keep])
+        items[:] = [item for item, keep in zip(items, chosen) if keep]
