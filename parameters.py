@@ -314,7 +314,8 @@ def _extraction(p: argparse.ArgumentParser) -> None:
                    help="knockoff: random order, or adaptive (a gradient bandit over the pool's groups) "
                         "(default: random)")
     for key, (mode, f) in MODE_OPTIONS.items():  # ranges are checked by the Options dataclass
-        cast = {"int": int, "float": float}[f.type if isinstance(f.type, str) else f.type.__name__]
+        kind = (f.type if isinstance(f.type, str) else f.type.__name__).split("|")[0].strip()  # "int | None": int
+        cast = {"int": int, "float": float}[kind]
         p.add_argument(f"--{key}", type=_num(cast), default=None,
                        help=f"{mode}: {f.metadata['help']} (default: {f.default})")
 

@@ -9,9 +9,10 @@ with MixMatch steps:
     kept >= 0.5 so each mix stays closer to its own image);
   * loss = cross-entropy on the mixed labelled part + lambda_u * ramp * squared error on the mixed
     unlabelled part, lambda_u = 75, ramped up linearly over the first 16 epochs.
-One epoch is one pass over the unlabelled pool; each round trains --stolen_epochs of them with Adam
-(--mixmatch_lr). The whole batch goes through the network in one forward pass, so batch-norm sees
-labelled and unlabelled images together (the purpose of the original's interleaving).
+One epoch is one pass over the unlabelled pool (or --mixmatch_steps steps); each round trains
+--stolen_epochs of them with Adam (--mixmatch_lr). The whole batch goes through the network in one
+forward pass, so batch-norm sees labelled and unlabelled images together (the purpose of the original's
+interleaving).
 Labels answered so far come back from the run's saved queries on resume (restore_history).
 """
 from __future__ import annotations
@@ -40,12 +41,16 @@ class MixMatchOptions:
     mixmatch_alpha: float = field(default=0.75, metadata={"help": "mixup Beta(alpha, alpha)"})
     mixmatch_lambda_u: float = field(default=75.0, metadata={"help": "weight of the unlabelled loss"})
     mixmatch_lr: float = field(default=0.002, metadata={"help": "Adam learning rate"})
+    mixmatch_steps: int | None = field(default=None, metadata={
+        "help": "optimiser steps per epoch (None: one pass over the unlabelled pool; the original takes 1024)"})
 
     def __post_init__(self):
         checks.finite("--mixmatch_t", self.mixmatch_t, lo=0.01, hi=10)
         checks.finite("--mixmatch_alpha", self.mixmatch_alpha, lo=0, hi=100, lo_open=True)
         checks.finite("--mixmatch_lambda_u", self.mixmatch_lambda_u, lo=0, hi=1e4)
         checks.finite("--mixmatch_lr", self.mixmatch_lr, lo=0, hi=1, lo_open=True)
+        if self.mixmatch_steps is not None:
+            checks.whole("--mixmatch_steps", self.mixmatch_steps, lo=1, hi=1_000_000)
 
 
 def sharpen(probs: torch.Tensor, t: float) -> torch.Tensor:
@@ -143,8 +148,9 @@ class MixMatchAttack(TrainingAttack):
         x_l, y_l = torch.cat(self.x_l), torch.cat(self.y_l)
         unlabelled = self.pool[self.sent:]
         batch = self.ctx.batch_size
-        steps = self.ctx.epochs * math.ceil(len(unlabelled) / batch)
-        ramp_end = max(1, RAMP_EPOCHS * math.ceil(len(unlabelled) / batch))
+        per_epoch = o.mixmatch_steps or math.ceil(len(unlabelled) / batch)
+        steps = self.ctx.epochs * per_epoch
+        ramp_end = max(1, RAMP_EPOCHS * per_epoch)
         stolen.train()
         for _ in range(steps):
             li = torch.randint(0, len(x_l), (min(batch, len(x_l)),), generator=self.generator)
