@@ -16,7 +16,10 @@ import asyncio
 import json
 import logging
 import re
+import socket
+import threading
 
+import uvicorn
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -280,32 +283,41 @@ def guarded_protocol():
     return GuardedHttpToolsProtocol
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server with an event set once it listens (or once its run ends, started or not)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.ready = threading.Event()
+
+    async def startup(self, sockets=None):
+        await super().startup(sockets=sockets)
+        self.ready.set()
+
+
 class ThreadedServer:
     """The app under uvicorn with the guarded protocol, on a free loopback port, in a thread of this
     process (sybil over HTTP, the benchmarks, the edge tests). close() stops it and frees the port."""
 
     def __init__(self, app, *, start_timeout_s: float = 30.0):
-        import socket
-        import threading
-        import time
-
-        import uvicorn
-
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(256)
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="error", access_log=False, http=guarded_protocol(),
-                                                    h11_max_incomplete_event_size=MAX_HEAD_BYTES))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.server = _Server(uvicorn.Config(app, log_level="error", access_log=False, http=guarded_protocol(),
+                                             h11_max_incomplete_event_size=MAX_HEAD_BYTES))
+        self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
-        deadline = time.time() + start_timeout_s
-        while not self.server.started and time.time() < deadline and self.thread.is_alive():
-            time.sleep(0.02)
-        if not self.server.started:
+        if not self.server.ready.wait(start_timeout_s) or not self.server.started:
             self.close()
             raise RuntimeError("the threaded server did not start")
+
+    def _run(self) -> None:
+        try:
+            self.server.run(sockets=[self.sock])
+        finally:
+            self.server.ready.set()  # a server that failed to start wakes its starter too
 
     def close(self) -> None:
         try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -100,12 +99,15 @@ def test_sigkill_mid_load_loses_no_answer_and_charges_none_twice(victim_path, fi
     clients = [ApiClient(f"http://127.0.0.1:{port}", k, workers=1, retries=40) for k in keys]
     received = [0] * 4
     errors = []
+    going = threading.Event()  # set once 40 answers have come back
 
     def load(i):
         try:
             for j in range(10):
                 x = images[(40 * i + 4 * j) % 390:(40 * i + 4 * j) % 390 + 4 + j % 3]
                 received[i] += len(clients[i].predict(x))
+                if sum(received) >= 40:
+                    going.set()
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(repr(exc))
 
@@ -113,10 +115,7 @@ def test_sigkill_mid_load_loses_no_answer_and_charges_none_twice(victim_path, fi
     try:
         for t in threads:
             t.start()
-        deadline = time.time() + 60
-        while sum(received) < 40 and time.time() < deadline:
-            time.sleep(0.01)
-        assert sum(received) >= 40, "the load did not get going"
+        assert going.wait(60), "the load did not get going"
         os.kill(server.pid, signal.SIGKILL)
         server.wait()
         killed_at = sum(received)
