@@ -108,28 +108,28 @@ class InProcessReplay:
     def price(self, x: torch.Tensor, *, keys: int, batch: int, tag: str) -> dict:
         self.count += 1
         store = open_store(f"sqlite:///{self.tmp / f'split-{self.count}.db'}", durable=False)
-        self.service.store = store
+        service = self.service.on_store(store)
         try:
             users = []
             for i in range(keys):
                 store.add_user(f"{tag}-{i}", hash_api_key(f"pk_{tag}_{i}"), f"{tag}-{i}")
-                users.append(self.service.authenticate(f"pk_{tag}_{i}"))
+                users.append(service.authenticate(f"pk_{tag}_{i}"))
             work, trips = 0.0, []
             for b, start in enumerate(range(0, len(x), batch)):
                 part = x[start:start + batch].numpy()
                 user = users[b % keys]
-                ch = self.service.challenge(user, len(part))
+                ch = service.challenge(user, len(part))
                 work += ch["work"]
                 solution, trip = ch["challenge"] + "|0", 1
                 try:
-                    self.service.predict(user, solution, tensors.encode(part))
+                    service.predict(user, solution, tensors.encode(part))
                 except ApiError as exc:
                     due = exc.extra.get("topup")
                     while due is not None:
                         work += due["work"]
                         trip += 1
                         try:
-                            self.service.topup(user, solution, due["challenge"] + "|0")
+                            service.topup(user, solution, due["challenge"] + "|0")
                             due = None
                         except ApiError as again:
                             if again.status != 402:

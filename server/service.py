@@ -28,6 +28,7 @@ Each predict request is checked in this order, and the first failure answers (ne
 from __future__ import annotations
 
 import collections
+import copy
 import hashlib
 import math
 import statistics
@@ -147,6 +148,13 @@ class PredictionService:
         self._recent: dict = collections.defaultdict(lambda: collections.deque(maxlen=RECENT))  # by batch size
         self._typical: dict = {}  # by batch size: the median of its _recent, kept as each batch is answered
         self._recent_lock = threading.Lock()
+
+    def on_store(self, store) -> "PredictionService":
+        """This service over another store: the same victim, pricers, key, clock, rate limiter and recent
+        answering times (a replay prices each split on a fresh store this way, without changing this one)."""
+        twin = copy.copy(self)
+        twin.store = store
+        return twin
 
     # -- identity ----------------------------------------------------------------------------------
     def authenticate(self, api_key, address: str | None = None) -> Client:

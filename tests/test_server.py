@@ -188,6 +188,23 @@ def test_a_resent_request_is_redelivered_once_charged(http, service, parts):
     assert http.get("/v1/account", headers={"X-API-Key": key}).json()["queries"] == 32
 
 
+def test_a_service_on_another_store_charges_that_store_only(service, parts, tmp_path):
+    from server.store import open_store
+    (tmp_path / "other").mkdir()
+    other = open_store(state_url("sqlite", tmp_path / "other"))
+    try:
+        twin = service.on_store(other)
+        assert twin.store is other and service.store is not other and twin.victim is service.victim
+        key = new_api_key()
+        other.add_user("twin", hash_api_key(key), "twin")
+        user = twin.authenticate(key)
+        x = parts["images"][:8]
+        twin.predict(user, solve(twin.challenge(user, len(x))["challenge"]), tensors.encode(x))
+        assert other.account("twin").queries == 8 and service.store.account("twin").queries == 0
+    finally:
+        other.close()
+
+
 # -- security: every attack is accepted 0 times ------------------------------------------------------------
 
 def _fields(text):
