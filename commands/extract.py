@@ -1,6 +1,7 @@
 """extract: one extraction attack against a victim, local or behind a live server (--server URL)."""
 from __future__ import annotations
 
+from extraction.config import ExtractionConfig
 from extraction.loop import run_extraction
 from server.client import ApiClient, RemoteOracle, resolve_api_key
 
@@ -11,11 +12,11 @@ def extract(s) -> tuple:
         client = ApiClient(s.server, resolve_api_key(s.api_key), workers=s.workers)
         oracle, s = RemoteOracle(client, output=s.victim_output), s.replace(api_key=None)  # the key is never logged
         try:
-            result = run_extraction(s, oracle=oracle)
+            result = run_extraction(ExtractionConfig.of(s.as_dict()), oracle=oracle)
         finally:
             oracle.close()
     else:
-        result = run_extraction(s)
+        result = run_extraction(ExtractionConfig.of(s.as_dict()))
     final = result["final"]
     text = (f"{s.mode} on {s.dataset}: {final['queries']} queries, accuracy {final['accuracy']:.2f}%, "
             f"fidelity {final['fidelity']:.2f}%\nlog: {result['log']}\nparams: {result['params']}")

@@ -76,15 +76,16 @@ def comparable(settings: dict) -> dict:
     return out
 
 
-def input_files(settings) -> dict:
-    """The input files a run reads, by setting name: victim checkpoint, baseline, timing table."""
-    files = {"victim_path": settings.victim_path}
-    if settings.cost_measure in PATE_MEASURES:
-        files["teachers_path"] = settings.teachers_path
-    if settings.calibration:
-        files["calibration"] = settings.calibration
-        if settings.timing_table == "measured":
-            files["timing_csv"] = settings.timing_csv
+def input_files(config) -> dict:
+    """The input files a run reads, by setting name: victim checkpoint, teachers, baseline, timing table
+    (`config`: an extraction.config.ExtractionConfig)."""
+    files = {"victim_path": config.run.victim_path}
+    if config.accountant.cost_measure in PATE_MEASURES:
+        files["teachers_path"] = config.accountant.teachers_path
+    if config.pow.calibration:
+        files["calibration"] = config.pow.calibration
+        if config.pow.timing_table == "measured":
+            files["timing_csv"] = config.pow.timing_csv
     return files
 
 
