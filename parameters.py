@@ -239,10 +239,10 @@ def _calibration(p: argparse.ArgumentParser) -> None:
                         f"legitimate batch of excess)")
     p.add_argument("--pow_budget", type=_POS_FLOAT, default=None,
                    help="relative: a legitimate user's PoW time as a share of their query time "
-                        f"(default: {CalibrationConfig.pow_budget:g})")
+                        f"(default: {CalibrationConfig.pow_budget})")
     p.add_argument("--tolerance", type=_NONNEG_FLOAT, default=None,
                    help="relative: excess ignored, in legitimate-spread standard deviations "
-                        f"(default: {CalibrationConfig.tolerance:g})")
+                        f"(default: {CalibrationConfig.tolerance})")
     p.add_argument("--deficit_tolerance", type=_NONNEG_FLOAT, default=None,
                    help="relative: also price a cumulative cost BELOW the legitimate line by more than this many "
                         "standard deviations (the two-sided rule, as the paper's |cost - expected|); "

@@ -19,6 +19,7 @@ import re
 import socket
 import threading
 
+import anyio.to_thread
 import uvicorn
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
@@ -153,14 +154,11 @@ class Guard:
 
     async def _authenticate(self, scope, headers: dict, send) -> bool:
         """Put the request's client in scope["state"]["client"]; False once a rejection has been sent."""
-        import anyio.to_thread
-
         raw = headers.get(b"x-api-key")
         address = (scope.get("client") or (None,))[0]
         key = raw.decode("latin-1") if raw is not None else None
-        try:  # a local read (SQLite) takes microseconds, less than a hop to a worker thread and back
-            client = (self.service.authenticate(key, address) if self.service.store.local_reads
-                      else await anyio.to_thread.run_sync(self.service.authenticate, key, address))
+        try:
+            client = await self._client(key, address)
         except ApiError as exc:
             extra = {"retry-after": f"{max(1, round(exc.retry_after))}"} if exc.retry_after else {}
             await _send_json(send, exc.status, exc.body(), extra)
@@ -171,6 +169,12 @@ class Guard:
             return False
         scope.setdefault("state", {})["client"] = client
         return True
+
+    async def _client(self, key, address):
+        """service.authenticate, in a worker thread: its read may wait for the database (a SQLite reader waits
+        up to 10 s while another process holds the WAL index, as in WAL recovery), and must never stall the
+        event loop, which serves every other connection."""
+        return await anyio.to_thread.run_sync(self.service.authenticate, key, address)
 
     async def _body(self, receive, send) -> dict | None:
         """The whole body as one http.request message, never more than the limit and never waiting more
@@ -335,7 +339,6 @@ def create_app(service: PredictionService, *, max_body_bytes: int, threads: int 
     @asynccontextmanager
     async def lifespan(app):
         if threads:
-            import anyio.to_thread
             anyio.to_thread.current_default_thread_limiter().total_tokens = threads
         import gc
         # the model, the libraries and the service are loaded: keep them out of the collector's full
@@ -388,11 +391,12 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def _answered(reply: dict) -> Response:
-    """A PredictOut, serialised here: the service's reply has exactly its fields and types, and FastAPI's
-    response validation would cost each request one more hop to a worker thread and a walk over every answer."""
-    body = {"output": reply["output"], "queries": reply["queries"], "answers": reply["answers"],
-            "account": reply.get("account"), "redelivered": reply.get("redelivered", False)}
-    return Response(json.dumps(body, allow_nan=False, separators=(",", ":")).encode(), media_type="application/json")
+    """A PredictOut, serialised here by pydantic without validation (the service's reply has exactly its
+    fields and types): FastAPI's response validation would cost each request one more hop to a worker
+    thread and a walk over every answer."""
+    body = PredictOut.model_construct(output=reply["output"], queries=reply["queries"], answers=reply["answers"],
+                                      account=reply.get("account"), redelivered=reply.get("redelivered", False))
+    return Response(body.model_dump_json(), media_type="application/json")
 
 
 def _add_routes(app: FastAPI, service: PredictionService, describe: dict | None) -> None:

@@ -112,8 +112,6 @@ class Spent:
 class Store:
     """The common SQL; subclasses open connections (one per thread) and start write transactions."""
     placeholder = "?"
-    #: reads are of a local file (microseconds, never waiting on a writer): an event loop may make them itself
-    local_reads = False
 
     def __init__(self):
         self._local = threading.local()
@@ -353,7 +351,6 @@ class Store:
 class SQLiteStore(Store):
     """The embedded default: one file in WAL mode; every thread has its own connection, and a write takes
     the database's write lock first (BEGIN IMMEDIATE), so commits from threads and processes serialise."""
-    local_reads = True  # WAL: a reader never waits for a writer
 
     def __init__(self, path, *, durable: bool = True):
         super().__init__()

@@ -115,3 +115,44 @@ def test_connections_over_the_cap_get_a_json_429(live):
     finally:
         for s in held:
             s.close()
+
+
+def test_a_locked_database_never_stalls_the_event_loop(live, tmp_path, monkeypatch):
+    """Another process holds the SQLite state's WAL-index read locks (as during WAL recovery): the API key's
+    lookup waits for them in a worker thread, never on the event loop, so requests that need no database
+    are answered meanwhile, and the waiting one is answered once the lock is gone."""
+    import subprocess
+    import sys
+    import threading
+
+    import httpx
+
+    svc, looking = live["svc"], threading.Event()
+    real = svc.authenticate
+
+    def watched(*args):
+        looking.set()
+        return real(*args)
+
+    url = f"http://127.0.0.1:{live['port']}"
+    assert httpx.get(f"{url}/v1/account", headers={"X-API-Key": live["key"]}).status_code == 200  # shm made
+    monkeypatch.setattr(svc, "authenticate", watched)
+    locker = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
+                               f"fd = os.open({str(tmp_path / 'state.db-shm')!r}, os.O_RDWR)\n"
+                               "fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 8, 120)\n"
+                               "print('locked', flush=True)\ntime.sleep(4)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert locker.stdout.readline().strip() == "locked"
+        answered = {}
+        waiting = threading.Thread(target=lambda: answered.update(account=httpx.get(
+            f"{url}/v1/account", headers={"X-API-Key": live["key"]}, timeout=30).status_code))
+        waiting.start()
+        assert looking.wait(10), "the lookup never started"
+        start = time.time()
+        assert httpx.get(f"{url}/openapi.json", timeout=30).status_code == 200
+        assert time.time() - start < 1.0 and locker.poll() is None  # answered while the lock was held
+        waiting.join(30)
+        assert answered == {"account": 200}
+    finally:
+        locker.kill()
+        locker.wait()
