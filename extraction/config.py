@@ -104,6 +104,15 @@ class ExtractionConfig:
                    pow=_take(PowConfig, values, pricing=CalibrationConfig.of(values)),
                    training=_take(TrainingConfig, values), settings=dict(values))
 
+    def identity(self) -> dict:
+        """The settings this run reads, by flag name (its own mode's options only, no other command's flag):
+        what a run folder compares before it resumes (extraction.state.comparable relaxes it)."""
+        parts = (RunConfig, AttackConfig, AccountantConfig, PowConfig, TrainingConfig, CalibrationConfig)
+        names = [f.name for part in parts for f in dataclasses.fields(part) if f.name not in ("options", "pricing")]
+        if self.attack.options is not None:
+            names += [f.name for f in dataclasses.fields(self.attack.options)]
+        return {k: self.settings.get(k) for k in dict.fromkeys(names)}
+
     def replace(self, **settings) -> "ExtractionConfig":
         """The same run with some settings changed (by their flag names)."""
         return ExtractionConfig.of({**self.settings, **settings})

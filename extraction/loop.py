@@ -202,7 +202,7 @@ def _resume(c: ExtractionConfig, folder, inputs, *, oracle, attack, stolen, opti
     if c.run.fresh:
         folder.discard()
         return None
-    state = folder.load(c.settings, inputs, budget=c.attack.budget)
+    state = folder.load(c.identity(), inputs, budget=c.attack.budget)
     if state is None:
         return None
     if _keeps_queries(attack) and state["saved_queries"] != state["oracle"]["queries"]:
@@ -270,6 +270,7 @@ def _rounds(c: ExtractionConfig, folder, state, *, splits, victim, device, oracl
     a = c.attack
     cost_col = cost_column(c.accountant.cost_measure)
     resolved = state["resolved"] if state else comparable(c.settings)  # paths as resolved when the run began
+    identity = state["identity"] if state and "identity" in state else comparable(c.identity())
     victim_eval = predict_logits(victim, splits.eval_x, device).argmax(1)
     params = _metadata(c, oracle, pate)
     bar = tqdm(total=a.budget, initial=min(oracle.queries, a.budget), unit="query", disable=not progress,
@@ -301,7 +302,7 @@ def _rounds(c: ExtractionConfig, folder, state, *, splits, victim, device, oracl
                              train_time=(rows[-1]["train_time_s"] if rows else 0.0) + train_time))
             bar.set_postfix(acc=f"{rows[-1]['accuracy']:.1f}", cost=f"{totals.get(cost_col, np.nan):.1f}")
             state = {
-                "settings": c.settings, "resolved": resolved, "inputs": inputs, "rows": rows,
+                "settings": c.settings, "resolved": resolved, "identity": identity, "inputs": inputs, "rows": rows,
                 "saved_queries": sum(len(x) for x in xs), "round_hashes": state["round_hashes"] if state else [],
                 "pow_time_s": pow_time, "pow_work": pow_work, "stolen": stolen.state_dict(),
                 "optimizer": optimizer.state_dict(), "oracle": oracle.state_dict(), "attack": attack.state_dict(),

@@ -16,7 +16,6 @@ and whenever a run starts again, so they always agree with it. The rules:
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -26,7 +25,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from attacks import ATTACKS
 from common.errors import UserError
 from common.io import (
     FolderLock,
@@ -57,17 +55,15 @@ FRESH = "pass --fresh to start over there (the old results are replaced), or cho
 
 
 def comparable(settings: dict) -> dict:
-    """The settings that must match for a resume, with paths resolved (dir/, ./dir and dir agree)."""
+    """The settings that must match for a resume, with paths resolved (dir/, ./dir and dir agree): those
+    given (a run's identity, ExtractionConfig.identity()) less those a resume may change and those this
+    run does not read."""
     out = {k: v for k, v in settings.items() if k not in RESUMABLE_CHANGES}
     if not (out.get("calibration") and out.get("timing_table") == "measured"):
         out.pop("timing_csv", None)  # not read by this run: its spelling does not matter
     if out.get("cost_measure") not in PATE_MEASURES:
         out.pop("teachers_path", None)
         out.pop("pate_sigma", None)
-    for name, cls in ATTACKS.items():  # another mode's own flags are not read by this run
-        if name != out.get("mode") and cls.Options is not None:
-            for f in dataclasses.fields(cls.Options):
-                out.pop(f.name, None)
     if out.get("dataset") in EMBEDDED and out.get("ood_pool") not in FOLDER_POOLS:
         out.pop("data_dir", None)  # nothing is read from it
     for key in PATH_SETTINGS:
@@ -187,8 +183,9 @@ class RunFolder:
             raise UserError(f"{self.dir / QUERIES} holds {sent} queries, the state {state['saved_queries']}; {FRESH}")
         return xs, answers
 
-    def load(self, settings: dict, inputs: dict, *, budget: int) -> dict | None:
-        """The saved state, checked against the settings and inputs; None when there is none to resume."""
+    def load(self, identity: dict, inputs: dict, *, budget: int) -> dict | None:
+        """The saved state, checked against the run's identity (the settings it reads, by flag name: see
+        ExtractionConfig.identity) and inputs; None when there is none to resume."""
         path = self.dir / STATE
         if not path.exists():
             if (self.dir / LOG).exists():
@@ -199,9 +196,12 @@ class RunFolder:
             raise UserError(f"{path} is not a file; {FRESH}")
         state = safe_torch_load(path, "saved state", f"it is damaged or not a run's state; {FRESH}")
         check_state(state, path)
-        # old: resolved where and when the run began; filtered by today's rules too, so a setting that
-        # stopped counting (another mode's flag) does not block a resume
-        old, new = comparable(state["resolved"]), comparable(settings)
+        # old: resolved where and when the run began. A state saved before identities were (version 3 without
+        # "identity") is read for today's identity's settings only: the others (other modes' and commands'
+        # flags) were never read by the run
+        new = comparable(identity)
+        saved = state.get("identity")
+        old = comparable(saved if saved is not None else {k: state["resolved"].get(k) for k in identity})
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if changed:
             raise UserError(f"{self.dir} holds a run with other settings ({', '.join(changed)}); {FRESH}")

@@ -99,6 +99,31 @@ def test_resume_with_smaller_budget_is_refused(victim_path, tmp_path):
     assert (tmp_path / "log.csv").read_bytes() == before
 
 
+def test_a_changed_setting_the_run_reads_is_refused_and_others_are_not(victim_path, tmp_path):
+    run(victim_path, tmp_path, "--budget", "64")
+    with pytest.raises(UserError, match=r"other settings \(k\)"):
+        run(victim_path, tmp_path, "--budget", "128", "--k", "7")
+    run(victim_path, tmp_path, "--budget", "128", "--dfme_nz", "8", "--mixmatch_steps", "3")  # other modes' flags
+    assert read_log(tmp_path)["queries"].iloc[-1] == 128
+
+
+@pytest.mark.parametrize("own", [False, True])
+def test_a_state_saved_before_identities_resumes_on_the_settings_it_reads(victim_path, tmp_path, own):
+    """A state saved before a run's identity was (no "identity" key) is compared on the settings this run
+    reads: another mode's or command's flag saved with it never blocks the resume; one of its own does."""
+    run(victim_path, tmp_path, "--budget", "64")
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    del state["identity"]
+    state["resolved"].update({"dfme_nz": 999, "rate": 1.0, **({"k": 7} if own else {})})
+    torch.save(state, tmp_path / "state.pt")
+    if own:
+        with pytest.raises(UserError, match=r"other settings \(k\)"):
+            run(victim_path, tmp_path, "--budget", "128")
+    else:
+        run(victim_path, tmp_path, "--budget", "128")
+        assert read_log(tmp_path)["queries"].iloc[-1] == 128
+
+
 def test_missing_state_is_refused_not_restarted(victim_path, tmp_path):
     run(victim_path, tmp_path, "--budget", "256")
     (tmp_path / "state.pt").unlink()
