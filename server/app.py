@@ -157,8 +157,9 @@ class Guard:
         raw = headers.get(b"x-api-key")
         address = (scope.get("client") or (None,))[0]
         key = raw.decode("latin-1") if raw is not None else None
-        try:
-            client = await self._client(key, address)
+        try:  # in a worker thread: a SQLite reader waits up to 10 s while another process holds the WAL index
+            # (WAL recovery), and on the event loop that wait would stall every other connection
+            client = await anyio.to_thread.run_sync(self.service.authenticate, key, address)
         except ApiError as exc:
             extra = {"retry-after": f"{max(1, round(exc.retry_after))}"} if exc.retry_after else {}
             await _send_json(send, exc.status, exc.body(), extra)
@@ -169,12 +170,6 @@ class Guard:
             return False
         scope.setdefault("state", {})["client"] = client
         return True
-
-    async def _client(self, key, address):
-        """service.authenticate, in a worker thread: its read may wait for the database (a SQLite reader waits
-        up to 10 s while another process holds the WAL index, as in WAL recovery), and must never stall the
-        event loop, which serves every other connection."""
-        return await anyio.to_thread.run_sync(self.service.authenticate, key, address)
 
     async def _body(self, receive, send) -> dict | None:
         """The whole body as one http.request message, never more than the limit and never waiting more
