@@ -106,11 +106,11 @@ def test_in_loop_pow_equals_pow_time(victim_path, tmp_path):
 
 def test_demo_meets_the_claims(victim_path, tmp_path):
     s = parameters.parse(["demo", "--victim_path", str(victim_path), "--out_dir", str(tmp_path), "--device", "cpu",
-                          "--budget", "512", "--stolen_epochs", "3"])
+                          "--budget", "1024", "--stolen_epochs", "3"])
     table, text = demo(s, progress=False)
     ratio = dict(zip(table["mode"], table["ratio"]))
     assert ratio["standard"] <= 2.0 + 1e-9
-    assert ratio["copycat"] >= 10 * ratio["standard"]
+    assert ratio["copycat"] >= 10 * ratio["standard"], ratio
     assert (tmp_path / "accuracy_vs_time.png").stat().st_size > 10_000
     assert (tmp_path / "summary.csv").exists() and (tmp_path / "params.json").exists()
     assert "ratio" in text
@@ -146,13 +146,13 @@ def test_summarize_prices_every_run_by_one_rule(victim_path, tmp_path):
     from commands.summary import summarize
     runs = tmp_path / "runs"
     for mode in ("standard", "entropy", "copycat"):
-        run_extraction(settings(victim_path, runs / mode, "--mode", mode, "--budget", "512",
+        run_extraction(settings(victim_path, runs / mode, "--mode", mode, "--budget", "1024",
                                 "--batches_per_round", "2", "--stolen_epochs", "1"), progress=False)
     before = (runs / "copycat" / "log.csv").read_bytes()
     table, text = summarize(parameters.parse(["summarize", "--runs", str(runs)]), progress=False)
     assert table["mode"].tolist() == ["standard"] + [m for m in ATTACKS if m in ("copycat", "entropy")]
     ratio = dict(zip(table["mode"], table["ratio"]))
-    assert ratio["standard"] == pytest.approx(2.0) and ratio["copycat"] > 10
+    assert ratio["standard"] == pytest.approx(2.0) and ratio["copycat"] > 10, ratio
     assert (runs / "copycat" / "log.csv").read_bytes() == before
     priced = pd.read_csv(runs / "copycat" / "log_pow.csv")
     assert priced["total_time_s"].iloc[-1] == pytest.approx(table.set_index("mode").loc["copycat", "time_pow_s"])
