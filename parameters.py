@@ -64,8 +64,8 @@ DEFAULTS = dict(
     insecure_dev_key=False, overwrite=False, sampling="random", jacobian_cap=None, teachers_path=None,
     pate_sigma=None, num_models=None, lr_schedule="cosine", plateau_patience=2,
     host="127.0.0.1", port=8000, state="sqlite:///server-state.db", key_file=None, max_batch=256, ttl_s=600.0,
-    rate=50.0, burst=100, threads=None, server=None, api_key=None, input=None, action=None, name=None, group=None,
-    accounts="1,16,256,1024", batches="1,16,64,256", anonymous=False, log_costs=None, sybil_runs=None,
+    rate=50.0, burst=100, threads=None, processes=1, server=None, api_key=None, input=None, action=None, name=None,
+    group=None, accounts="1,16,256,1024", batches="1,16,64,256", anonymous=False, log_costs=None, sybil_runs=None,
     reps_cache=None, quick=False, modes=None, seeds=1, jobs=1, list=False, slurm=False,
     report_only=None, victims=None, ood_pools=None, dfme_budget=None,
 )
@@ -440,7 +440,11 @@ def _parser_serve(sub) -> None:
     p.add_argument("--burst", type=_num(int, 1, 10 ** 6), default=None,
                    help="requests per API key at once (default: 100)")
     p.add_argument("--threads", type=_num(int, 1, 1024), default=None,
-                   help="request threads; torch gets cores / threads each, at least 1 (default: twice the cores)")
+                   help="request threads of each process; torch gets cores / (threads x processes) each, at least "
+                        "1 (default: twice the cores, shared out over the processes)")
+    p.add_argument("--processes", type=_num(int, 1, 64), default=None,
+                   help="server processes on the one port, each its own interpreter, service and store connection; "
+                        "the rate limit is per process, so a key may reach processes x --rate (default: 1)")
     _split_price(p)
     p.add_argument("--log_costs", default=None, type=_list(_choice(COST_MEASURES, "cost measure"), "cost measure"),
                    help="comma-separated measures the server also accounts (and shows in /v1/account) beside the "

@@ -1,7 +1,8 @@
 """Load on the prediction server over loopback: 8 concurrent clients, batches of 64, the small CNN.
 
-Five stages, each the same count of requests (bounded in number and time), run side by side ROUNDS
-times over; each figure is the median of its rounds:
+Five stages (and /v1/predict once more for each other --processes count: default 1,2), each the same
+count of requests (bounded in number and time), run side by side ROUNDS times over; each figure is the
+median of its rounds:
   inference   the victim's forward pass, called from 8 client threads through a pool sized as the
               server's (--threads workers x cores/threads torch threads each);
   http        + FastAPI/uvicorn: the batch travels as JSON/base64 (encoded as the client encodes it:
@@ -26,6 +27,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.results_io import write_result
@@ -36,7 +38,7 @@ CLIENTS, BATCH, REQUESTS, ROUNDS = 8, 64, 30, 5  # requests per client per stage
 TIME_CAP_S = 120.0  # per stage
 
 
-def build(victim_path: str, state: str, threads: int):
+def build(victim_path: str, state: str, threads: int, processes: int = 1):
     """The real service with minimal (work 1) challenges, plus two stripped-down routes for the stages."""
     import torch
 
@@ -58,7 +60,7 @@ def build(victim_path: str, state: str, threads: int):
     # every challenge: work 1, and every price below it (solving excluded; verification included)
     service, describe = build_service(DeploymentConfig.of(s.as_dict()), store, b"b" * 32,
                                       puzzle_pricer=PuzzlePricer("sha256", rate=1e-9))
-    threads, _ = size_threads(threads)
+    threads, _ = size_threads(threads, processes)
     app = create_app(service, max_body_bytes=body_limit(service.item_shape, 256), threads=threads)
 
     from fastapi import Header
@@ -102,12 +104,32 @@ def _timing(folder: Path) -> Path:
     return path
 
 
-def serve(args) -> None:
-    import uvicorn
-    app, _ = build(args.victim_path, args.state, args.threads)
-    from server.app import MAX_HEAD_BYTES, guarded_protocol
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False,
-                http=guarded_protocol(), h11_max_incomplete_event_size=MAX_HEAD_BYTES)
+@dataclass(frozen=True)
+class BenchRecipe:
+    """build()'s app for each server process (picklable: --processes starts them with spawn)."""
+    victim_path: str
+    state: str
+    threads: int
+    processes: int
+
+    def __call__(self):
+        from server.serving import Built
+        app, service = build(self.victim_path, self.state, self.threads, self.processes)
+        return Built(app, service.store.close)
+
+
+def serve(args, processes: int) -> None:
+    import socket
+
+    from server.serving import serve_socket
+    sock = socket.socket()
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", args.port))
+        sock.listen(2048)
+        serve_socket(sock, BenchRecipe(args.victim_path, args.state, args.threads, processes), processes=processes)
+    finally:
+        sock.close()
 
 
 def percentile(values, q):
@@ -121,8 +143,26 @@ def cpu_s(pid: int | None = None, *, system: bool = False) -> float:
     if pid is None:
         t = os.times()
         return t.system + (0.0 if system else t.user)
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    fields = _stat(pid)
     return (int(fields[12]) + (0 if system else int(fields[11]))) / os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list:
+    """/proc/PID/stat's fields after the command's name (field 3, the state, comes first)."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds used so far by process `pid` and its live children (the server's workers)."""
+    total = cpu_s(pid)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int(_stat(int(entry.name))[1]) == pid:
+                    total += cpu_s(int(entry.name))
+            except (OSError, IndexError, ValueError):  # a process that ended meanwhile
+                continue
+    return total
 
 
 def stage(name, call, *, server_pid=None, clients=CLIENTS, requests=REQUESTS) -> dict:
@@ -141,7 +181,7 @@ def stage(name, call, *, server_pid=None, clients=CLIENTS, requests=REQUESTS) ->
                 latencies.append(time.perf_counter() - start)
 
     pid = server_pid or os.getpid()
-    cpu = (cpu_s(server_pid) if server_pid else 0.0, cpu_s(), cpu_s(pid, system=True))
+    cpu = (tree_cpu_s(server_pid) if server_pid else 0.0, cpu_s(), cpu_s(pid, system=True))
     start = time.perf_counter()
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for t in threads:
@@ -149,7 +189,7 @@ def stage(name, call, *, server_pid=None, clients=CLIENTS, requests=REQUESTS) ->
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    server_cpu = (cpu_s(server_pid) - cpu[0]) if server_pid else 0.0
+    server_cpu = (tree_cpu_s(server_pid) - cpu[0]) if server_pid else 0.0
     n = len(latencies)
     return {"stage": name, "requests": n, "requests_per_s": n / wall,
             "p50_ms": 1000 * percentile(latencies, 50), "p99_ms": 1000 * percentile(latencies, 99),
@@ -157,14 +197,16 @@ def stage(name, call, *, server_pid=None, clients=CLIENTS, requests=REQUESTS) ->
             "model_process_system_ms": 1000 * (cpu_s(pid, system=True) - cpu[2]) / n}
 
 
-def start(args, work: Path, keys: list):
-    """The server in a subprocess on a fresh SQLite state with one user per key; (process, url, log)."""
+def start(args, work: Path, keys: list, processes: int):
+    """The server (`processes` of them on one port) in a subprocess on a fresh SQLite state with one user
+    per key; (process, url, log)."""
     import httpx
 
     from server.keys import hash_api_key
     from server.store import open_store
     from tests.server_helpers import free_port
 
+    work.mkdir(parents=True)
     state = f"sqlite:///{work / 'state.db'}"
     store = open_store(state)
     try:
@@ -175,7 +217,8 @@ def start(args, work: Path, keys: list):
     port = free_port()
     log = open(work / "server.log", "wb")
     server = subprocess.Popen([sys.executable, "-m", "benchmarks.bench_server", "--serve", "--port", str(port),
-                               "--state", state, "--victim_path", args.victim_path, "--threads", str(args.threads)],
+                               "--state", state, "--victim_path", args.victim_path, "--threads", str(args.threads),
+                               "--processes", str(processes)],
                               stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -252,21 +295,25 @@ class Clients:
             c.close()
 
 
-def run_rounds(clients: Clients, inference, inputs: dict, server_pid: int) -> list:
-    """The four stages side by side, ROUNDS times over: the machine's drift hits each alike."""
+def run_rounds(servers: list, inference, inputs: dict) -> list:
+    """The stages side by side, ROUNDS times over: the machine's drift hits each alike. `servers` holds
+    (Clients, server pid, processes); the first gets every stage, each other one /v1/predict."""
     warm = json.dumps({"inputs": inputs}).encode()
-    for _ in range(16):  # untimed: the first requests pay for lazy imports and connection set-up
-        clients.post(0, "/bench/http", warm)
+    for clients, _, _ in servers:
+        for _ in range(16):  # untimed: the first requests pay for lazy imports and connection set-up
+            clients.post(0, "/bench/http", warm)
+    plan = [(servers[0], name, path) for name, path in (
+        ("http", "/bench/http"), ("verify", "/bench/verify"), ("account", "/v1/predict"), ("noop", "/bench/noop"))]
+    plan += [(server, f"account, {server[2]} processes", "/v1/predict") for server in servers[1:]]
     rounds = []
     for _ in range(ROUNDS):
         row = [stage("inference", inference)]
-        for name, path in (("http", "/bench/http"), ("verify", "/bench/verify"), ("account", "/v1/predict"),
-                           ("noop", "/bench/noop")):
+        for (clients, pid, _), name, path in plan:
             # bodies made before the clock starts: the clients share these 2 cores with the server
             bodies = [clients.bodies(i, REQUESTS + 1, inputs) for i in range(CLIENTS)]
             for i in range(CLIENTS):  # untimed: each route's first call per client (lazy set-up, new account)
                 clients.post(i, path, bodies[i][REQUESTS])
-            row.append(stage(name, lambda i, j: clients.post(i, path, bodies[i][j]), server_pid=server_pid))
+            row.append(stage(name, lambda i, j: clients.post(i, path, bodies[i][j]), server_pid=pid))
         rounds.append(row)
     return rounds
 
@@ -278,9 +325,13 @@ def main() -> None:
     parser.add_argument("--state", default=None)
     parser.add_argument("--victim_path", default=str(ROOT / "checkpoints" / "mnist-5k-victim.pt"))
     parser.add_argument("--threads", type=int, default=0, help="request threads (default: the server's)")
+    parser.add_argument("--processes", default="1,2",
+                        help="comma-separated server process counts, measured side by side; the first gets every "
+                             "stage, the others /v1/predict (with --serve: this server's count)")
     args = parser.parse_args()
+    counts = [int(n) for n in args.processes.split(",")]
     if args.serve:
-        return serve(args)
+        return serve(args, counts[0])
 
     from data.registry import load_splits
     from server import tensors
@@ -290,25 +341,30 @@ def main() -> None:
         subprocess.run([sys.executable, str(ROOT / "main.py"), "train-victim", "--victim_path", args.victim_path,
                         "--epochs", "1", "--device", "cpu"], check=True)
     keys = [f"pk_bench{i}" for i in range(CLIENTS)]
-    server, url, log = start(args, Path(tempfile.mkdtemp(prefix="bench-server-")), keys)
-    clients = pool = None
+    work = Path(tempfile.mkdtemp(prefix="bench-server-"))
+    started, servers, pool = [], [], None
     try:
+        for n in counts:
+            started.append(start(args, work / f"{n}-processes", keys, n))
         x = load_splits("mnist-5k", "data").pool_x[:BATCH].numpy()
         inputs = tensors.encode(x)
-        threads, per = size_threads(args.threads)
-        inference, pool = bare_inference(args.victim_path, x, threads)
-        clients = Clients(url, keys)
-        rounds = run_rounds(clients, inference, inputs, server.pid)
-        timings = clients.http[0].get("/bench/timings").json()
+        threads, per = size_threads(args.threads, counts[0])
+        # bare inference with the server's parallelism: a thread per route of every process
+        inference, pool = bare_inference(args.victim_path, x, threads * counts[0])
+        servers = [(Clients(url, keys), process.pid, n) for (process, url, _), n in zip(started, counts)]
+        rounds = run_rounds(servers, inference, inputs)
+        timings = servers[0][0].http[0].get("/bench/timings").json()
     finally:
-        if clients is not None:
+        for clients, _, _ in servers:
             clients.close()
         if pool is not None:
             pool.shutdown()
-        server.kill()
-        server.wait()
-        log.close()
-    write_result("server_load", summary(rounds, timings, inputs["dtype"], threads, per))
+        for process, _, log in started:
+            process.terminate()  # the supervisor stops its workers
+            process.wait()
+            log.close()
+    write_result("server_load", {**summary(rounds, timings, inputs["dtype"], threads, per),
+                                 "server_processes": counts})
 
 
 def summary(rounds: list, timings: list, wire_dtype: str, threads: int, per: int) -> dict:
@@ -319,6 +375,9 @@ def summary(rounds: list, timings: list, wire_dtype: str, threads: int, per: int
                              "model_process_system_ms")}}
                for r in zip(*rounds)]
     ratios = [r[3]["requests_per_s"] / r[0]["requests_per_s"] for r in rounds]
+    by_processes = {rounds[0][k]["stage"]: statistics.median(r[k]["requests_per_s"] / r[0]["requests_per_s"]
+                                                             for r in rounds)
+                    for k in range(5, len(rounds[0]))}  # stage 5 on: /v1/predict of the other process counts
 
     def ms(key, q=50):
         return 1000 * percentile([t[key] for t in timings], q)
@@ -328,6 +387,7 @@ def summary(rounds: list, timings: list, wire_dtype: str, threads: int, per: int
             "predict_share_of_inference": statistics.median(ratios),
             "predict_share_of_inference_rounds": ratios,
             "predict_share_target": 0.75,
+            "predict_share_other_process_counts": by_processes,
             "http_verify_overhead": 1 - results[2]["requests_per_s"] / results[0]["requests_per_s"],
             "http_verify_overhead_target": 0.20,
             "predict_p99_over_p50": results[3]["p99_ms"] / results[3]["p50_ms"],

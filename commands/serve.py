@@ -9,43 +9,50 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import UserError
-from server.build import DeploymentConfig, body_limit, build_service, check_serve, size_threads
+from server.build import DeploymentConfig, check_serve, size_threads
 
 log = logging.getLogger(__name__)
 
 
 def serve(s) -> tuple:
-    """Run the API with uvicorn until interrupted."""
-    import uvicorn
-
-    from server.app import MAX_HEAD_BYTES, create_app, guarded_protocol
+    """Run the API with uvicorn, in one process or --processes, until interrupted."""
     from server.keys import server_key
-    from server.store import open_store
+    from server.serving import ServiceRecipe, serve_socket
 
     key = server_key(s.key_file)
     config = DeploymentConfig.of(s.as_dict())
     check_serve(config)
     sock = _bind(s.host, s.port)  # a port in use fails here, before any file is opened or made
     try:
-        store = open_store(s.state)
-        try:
-            service, describe = build_service(config, store, key)
-            threads, per = size_threads(s.threads)
-            app = create_app(service, max_body_bytes=body_limit(service.item_shape, s.max_batch), threads=threads,
-                             describe=describe)
-            if not _loopback(s.host):
-                print(f"warning: listening on {s.host}, not loopback: put a TLS proxy in front, since API keys and "
-                      f"answers travel in clear", file=sys.stderr)
-            print(f"serving {s.dataset} on http://{s.host}:{s.port} (state {store.describe}, {threads} threads x "
-                  f"{per} torch threads); docs at /docs", file=sys.stderr, flush=True)
-            server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, http=guarded_protocol(),
-                                                   h11_max_incomplete_event_size=MAX_HEAD_BYTES))
-            server.run(sockets=[sock])
-        finally:
-            store.close()
+        where = _prepare_store(config, s.state, s.processes)
+        threads, per = size_threads(s.threads, s.processes)
+        if not _loopback(s.host):
+            print(f"warning: listening on {s.host}, not loopback: put a TLS proxy in front, since API keys and "
+                  f"answers travel in clear", file=sys.stderr)
+        shape = f"{s.processes} processes x " if s.processes > 1 else ""
+        serve_socket(sock, ServiceRecipe(config, s.state, key, s.threads, s.processes), processes=s.processes,
+                     on_ready=lambda: print(f"serving {s.dataset} on http://{s.host}:{s.port} (state {where}, {shape}"
+                                            f"{threads} threads x {per} torch threads); docs at /docs",
+                                            file=sys.stderr, flush=True))
     finally:
         sock.close()
     return None, "server stopped"
+
+
+def _prepare_store(config: DeploymentConfig, state: str, processes: int) -> str:
+    """Open (or make) the store once before any worker starts, so a bad --state fails here; with several
+    processes, the live timing table is measured once, here, for all. Returns the store's description."""
+    from pow.solver import default_workers
+    from server.build import shared_pricer
+    from server.store import open_store
+
+    store = open_store(state)
+    try:
+        if processes > 1:
+            shared_pricer(config, store, config.workers or default_workers())
+        return store.describe
+    finally:
+        store.close()
 
 
 def _loopback(host: str) -> bool:

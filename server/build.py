@@ -182,13 +182,14 @@ def body_limit(spec_shape: tuple, max_batch: int) -> int:
 ROUTES_PER_CORE = 2  # request threads per core, by default
 
 
-def size_threads(threads: int | None) -> tuple:
-    """(route threads, torch threads per route). By default twice the cores, one torch thread each: a
-    route waiting on its commit's fsync, or for its next request, leaves a core to another (on 2 cores
-    this served 70% of bare inference's requests/s where one route per core served 63%)."""
+def size_threads(threads: int | None, processes: int = 1) -> tuple:
+    """(route threads, torch threads per route) of each of `processes` server processes. By default twice
+    the cores in all, one torch thread each: a route waiting on its commit's fsync, or for its next
+    request, leaves a core to another (on 2 cores this served 70% of bare inference's requests/s where
+    one route per core served 63%)."""
     cores = os.cpu_count() or 1
-    threads = threads or ROUTES_PER_CORE * cores
-    per = max(1, cores // threads)
+    threads = threads or max(1, ROUTES_PER_CORE * cores // processes)
+    per = max(1, cores // (threads * processes))
     torch.set_num_threads(per)
     return threads, per
 

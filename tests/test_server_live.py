@@ -2,9 +2,12 @@
 `extract --server`, and a crash: SIGKILL mid-load, restart, and every answer accounted exactly once."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,63 +82,167 @@ def test_admin_commands_and_a_query_from_the_cli(victim_path, files, keyfile, tm
         server.wait()
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
-def test_sigkill_mid_load_loses_no_answer_and_charges_none_twice(victim_path, files, keyfile, tmp_path, kind):
-    url = state_url(kind, tmp_path)
+def add_clients(url: str, n: int = 4) -> list:
+    """n users c0..c{n-1} on the store at `url`; their API keys."""
+    from server.keys import hash_api_key, new_api_key
     store = open_store(url)
     keys = []
     try:
-        from server.keys import hash_api_key, new_api_key
-        for i in range(4):
+        for i in range(n):
             keys.append(new_api_key())
             store.add_user(f"c{i}", hash_api_key(keys[-1]), f"c{i}")
     finally:
         store.close()
+    return keys
+
+
+class Load:
+    """4 clients, 10 batches of 4 to 6 queries each, in threads; `going` is set once 40 answers came back."""
+
+    def __init__(self, port: int, keys: list):
+        self.images = load_splits("mnist-5k", "data").pool_x[:400].numpy()
+        self.clients = [ApiClient(f"http://127.0.0.1:{port}", k, workers=1, retries=40) for k in keys]
+        self.received = [0] * len(keys)
+        self.errors = []
+        self.going = threading.Event()
+        self.threads = [threading.Thread(target=self._load, args=(i,)) for i in range(len(keys))]
+        for t in self.threads:
+            t.start()
+
+    def _load(self, i):
+        try:
+            for j in range(10):
+                x = self.images[(40 * i + 4 * j) % 390:(40 * i + 4 * j) % 390 + 4 + j % 3]
+                self.received[i] += len(self.clients[i].predict(x))
+                if sum(self.received) >= 40:
+                    self.going.set()
+        except Exception as exc:  # noqa: BLE001 - reported by join
+            self.errors.append(repr(exc))
+
+    def join(self):
+        for t in self.threads:
+            t.join(120)
+        assert not any(t.is_alive() for t in self.threads), "the load did not finish"
+        assert not self.errors, self.errors
+
+    def close(self):
+        for c in self.clients:
+            c.close()
+
+    def check_accounts(self, url: str):
+        """Every answer received is charged once, and every spent challenge is still spent."""
+        import hashlib
+        store = open_store(url)
+        try:
+            for i, c in enumerate(self.clients):
+                assert self.received[i] == c.queries == store.account(f"c{i}").queries, (i, self.received, c.queries)
+                for text in c.answered:
+                    assert store.spent(hashlib.sha256(text.encode()).hexdigest()) is not None
+            assert store.spent_count() == sum(len(c.answered) for c in self.clients) == 40
+        finally:
+            store.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_sigkill_mid_load_loses_no_answer_and_charges_none_twice(victim_path, files, keyfile, tmp_path, kind):
+    url = state_url(kind, tmp_path)
+    keys = add_clients(url)
     port = free_port()
     env = {**os.environ, "SERVER_LOG": str(tmp_path / "server.log")}
     args = serve_args(victim_path, files, url, port)
     server = start_server(args, env=env)
-    images = load_splits("mnist-5k", "data").pool_x[:400].numpy()
-    clients = [ApiClient(f"http://127.0.0.1:{port}", k, workers=1, retries=40) for k in keys]
-    received = [0] * 4
-    errors = []
-    going = threading.Event()  # set once 40 answers have come back
-
-    def load(i):
-        try:
-            for j in range(10):
-                x = images[(40 * i + 4 * j) % 390:(40 * i + 4 * j) % 390 + 4 + j % 3]
-                received[i] += len(clients[i].predict(x))
-                if sum(received) >= 40:
-                    going.set()
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(repr(exc))
-
-    threads = [threading.Thread(target=load, args=(i,)) for i in range(4)]
+    load = Load(port, keys)
     try:
-        for t in threads:
-            t.start()
-        assert going.wait(60), "the load did not get going"
+        assert load.going.wait(60), "the load did not get going"
         os.kill(server.pid, signal.SIGKILL)
         server.wait()
-        killed_at = sum(received)
+        killed_at = sum(load.received)
         server = start_server(args, env=env)
-        for t in threads:
-            t.join(120)
-        assert not errors, errors
-        assert killed_at < sum(received), "the kill came after the load"
+        load.join()
+        assert killed_at < sum(load.received), "the kill came after the load"
     finally:
         server.kill()
         server.wait()
-        for c in clients:
-            c.close()
-    store = open_store(url)
+        load.close()
+    load.check_accounts(url)
+
+
+def workers_of(pid: int) -> list:
+    """The live serve workers of supervisor `pid`: its children that multiprocessing spawned."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rpartition(")")[2].split()[1]) == pid \
+                    and b"spawn_main" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):  # a process that ended meanwhile
+            continue
+    return sorted(found)
+
+
+def await_workers(pid: int, count: int, *, gone=(), timeout_s: float = 90.0) -> list:
+    """The supervisor's workers once there are `count` of them and none of `gone` among them."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = workers_of(pid)
+        if len(found) == count and not set(found) & set(gone):
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"supervisor {pid} has workers {workers_of(pid)}, not {count} without {list(gone)}")
+
+
+def test_processes_share_one_port_and_state_and_a_killed_worker_is_replaced(victim_path, files, keyfile, tmp_path):
+    """serve --processes 2: two workers answer on one port from one SQLite state; a worker SIGKILLed under
+    load is replaced, and no answer is lost or charged twice; SIGTERM stops the supervisor and every worker."""
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    keys = add_clients(url)
+    port = free_port()
+    env = {**os.environ, "SERVER_LOG": str(tmp_path / "server.log")}
+    server = start_server([*serve_args(victim_path, files, url, port), "--processes", "2"], env=env)
+    load = None
     try:
-        import hashlib
-        for i, c in enumerate(clients):
-            assert received[i] == c.queries == store.account(f"c{i}").queries, (i, received, c.queries)
-            for text in c.answered:  # every spent challenge is still spent
-                assert store.spent(hashlib.sha256(text.encode()).hexdigest()) is not None
-        assert store.spent_count() == sum(len(c.answered) for c in clients) == 40
+        workers = await_workers(server.pid, 2)
+        load = Load(port, keys)
+        assert load.going.wait(60), "the load did not get going"
+        os.kill(workers[0], signal.SIGKILL)
+        replaced = await_workers(server.pid, 2, gone=[workers[0]])
+        assert workers[1] in replaced
+        load.join()
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(60) == 0
+        assert not [p for p in replaced if Path(f"/proc/{p}").exists()], "a worker outlived its supervisor"
+    finally:
+        server.kill()
+        server.wait()
+        if load is not None:
+            load.close()
+    log = (tmp_path / "server.log").read_text()
+    assert "2 processes x 2 threads" in log and "was killed by SIGKILL; starting it again" in log, log
+    load.check_accounts(url)
+
+
+def test_workers_die_with_their_supervisor_and_report_why_they_cannot_start(victim_path, files, keyfile, tmp_path):
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    port = free_port()
+    env = {**os.environ, "SERVER_LOG": str(tmp_path / "server.log")}
+    args = [*serve_args(victim_path, files, url, port), "--processes", "2"]
+    server = start_server(args, env=env)
+    try:
+        workers = await_workers(server.pid, 2)
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait()
+        deadline = time.monotonic() + 30
+        while [p for p in workers if Path(f"/proc/{p}").exists()] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in workers if Path(f"/proc/{p}").exists()], "a worker outlived its supervisor"
+    finally:
+        server.kill()
+        server.wait()
+    store = open_store(url)  # a state kept for other costs: each worker refuses it as it builds its service
+    try:
+        store.set_shared("ledger", json.dumps(["gap_cost"]))
     finally:
         store.close()
+    r = run_cli("serve", *args, timeout=180)
+    assert r.returncode == 2 and "error:" in r.stderr and "keeps accounts of the costs" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
