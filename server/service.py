@@ -42,7 +42,7 @@ import torch
 from pow import puzzles
 from server import tensors
 from server.keys import hash_api_key
-from server.store import AccountRow, Owed, Spent, TooManyPending
+from server.store import AccountRow, Owed, Revoked, Spent, TooManyPending
 
 MARGIN = 0.25  # after its first batch, a challenge asks this share more than the expected price (kept as credit)
 FRESH = 0.5  # the least share of its expected price that a challenge asks, whatever the account's credit
@@ -55,6 +55,10 @@ def _request_digest(solution: str, inputs: dict) -> str:
     data = inputs.get("data")
     digest.update(data.encode() if isinstance(data, str) else repr(data).encode())
     return digest.hexdigest()
+
+
+def _revoked() -> "ApiError":
+    return ApiError(403, "revoked_api_key", "this API key was revoked; ask the operator for a new one")
 
 
 class ApiError(Exception):
@@ -172,7 +176,7 @@ class PredictionService:
             raise ApiError(401, "unknown_api_key", "this API key is not known here; ask the operator for one")
         self._limit(user.name)  # known users only: the buckets are bounded by the users
         if user.revoked:
-            raise ApiError(403, "revoked_api_key", "this API key was revoked; ask the operator for a new one")
+            raise _revoked()
         return user
 
     def _limit(self, name: str) -> None:
@@ -361,8 +365,11 @@ class PredictionService:
 
         try:
             result = self.store.settle(token=token, expires=expires, account=user.account, queries=queries,
+                                       user=None if self.config.anonymous else user.name,
                                        answer_s=answer_s, merge=merge, price=price, paid=paid, request=request,
                                        response=response, sealed=sealed, slack=SLACK, **topup)
+        except Revoked:
+            raise _revoked() from None
         except TooManyPending:
             raise ApiError(429, "too_many_sealed", "this account holds too many sealed batches; pay their top-ups "
                                                    "or let them expire", retry_after=self.config.ttl_s) from None

@@ -100,6 +100,10 @@ class TooManyPending(Exception):
     """An account holds MAX_PENDING sealed batches already (a 429 for the client)."""
 
 
+class Revoked(Exception):
+    """The batch's user is revoked (or gone): checked inside the commit, so no revoked key spends."""
+
+
 @dataclass(frozen=True)
 class Spent:
     token: str
@@ -258,7 +262,8 @@ class Store:
 
     def settle(self, *, token: str, expires: float, account: str, queries: int, answer_s: float, merge, price,
                paid: float, request: str, response: dict, sealed: dict, paid_token: str | None = None,
-               paid_expires: float | None = None, slack: float = 0.0) -> AccountRow | Spent | Owed:
+               paid_expires: float | None = None, slack: float = 0.0, user: str | None = None
+               ) -> AccountRow | Spent | Owed:
         """Answer a batch if what was paid for it covers its price, in one transaction.
 
         The account row is locked first; `price(row) -> (work, weight)` prices the batch against the
@@ -270,7 +275,8 @@ class Store:
         owing up to `slack` of its price (negative credit, which the next challenge adds). When the batch is
         covered, its token is spent with the answer and the account charged; else the batch stays sealed (pending)
         and Owed says how much more work its answer needs. A token spent already returns that Spent.
-        An account that holds MAX_PENDING sealed batches gets TooManyPending for a new one."""
+        An account that holds MAX_PENDING sealed batches gets TooManyPending for a new one, and a batch of a
+        `user` who is revoked (or not in the store) gets Revoked, whatever was paid."""
         with self._write() as cur:
             # the account row is locked first: every settle of this token (bound to this account's user)
             # waits here, so the spent and sealed reads below see whatever a racing settle committed
@@ -278,6 +284,11 @@ class Store:
                                   "ON CONFLICT (account) DO NOTHING"), (account,))
             cur.execute(self._sql(self._ACCOUNT + self._for_update), (account,))
             before = self._row(account, cur.fetchone())
+            if user is not None:
+                cur.execute(self._sql("SELECT revoked FROM users WHERE name = ?"), (user,))
+                row = cur.fetchone()
+                if row is None or row[0]:
+                    raise Revoked(user)
             cur.execute(self._sql("SELECT account, queries, request, response FROM spent WHERE token = ?"), (token,))
             row = cur.fetchone()
             if row is not None:

@@ -357,6 +357,21 @@ def test_missing_unknown_and_revoked_keys_are_refused(http, service, parts):
     assert http.get("/v1/account", headers={"X-API-Key": key}).status_code == 403
 
 
+def test_a_key_revoked_while_its_batch_is_answered_is_refused_in_the_commit(http, service, parts):
+    """The user is read again inside the commit's transaction: a batch authenticated before its key was
+    revoked is neither answered nor charged, and its challenge stays unspent."""
+    key = add_user(service, "late")
+    user = service.authenticate(key)
+    solution, _ = paid(http, key, parts["images"][:8])
+    service.store.revoke("late")
+    with pytest.raises(ApiError) as caught:
+        service.predict(user, solution, tensors.encode(parts["images"][:8]))
+    assert caught.value.status == 403 and caught.value.code == "revoked_api_key"
+    token = puzzles.token_of(puzzles.split_solution(solution)[0])
+    assert service.store.account("late").queries == 0 and service.store.spent(token) is None
+    assert service.store.sealed(token) is None and service.store.pending_count("late") == 0
+
+
 def test_a_key_over_its_rate_gets_429(parts, tmp_path):
     clock = Clock()  # the limiter runs on the service's clock: frozen here, so no request's timing matters
     svc = make_service(parts, state_url("sqlite", tmp_path), rate_limit=(1.0, 3), clock=clock)
