@@ -15,7 +15,8 @@ from common import checks
 from common.errors import ConfigError
 from data.ood import OOD_POOLS
 from data.profiles import PROFILES
-from data.registry import DATASETS
+from data.registry import DATASETS, DEFAULT_DATASET
+from extraction.config import AccountantConfig, AttackConfig, PowConfig, RunConfig, TrainingConfig
 from extraction.cost_growth import GrowthConfig
 from models.architectures import ARCHITECTURES
 from models.oracle import OUTPUTS
@@ -26,9 +27,9 @@ from pow.solver import SOLVERS
 from pow.timing import PUZZLES, TABLES
 from privacy.accountants import COST_MEASURES
 from privacy.rdp import CONVERSIONS, MIN_SIGMA
+from server.service import ServiceConfig
 
 SOFT_TARGET_MODES = sorted(name for name, cls in ATTACKS.items() if cls.soft_targets)
-DEFAULT_DATASET = "mnist-5k"  # the embedded default: needs no download
 
 _MNIST_LIKE = dict(optimizer="sgd", lr=0.1, momentum=0.5, weight_decay=1e-4, batch_size=64,
                    k=300, sigma=28.0, delta=1e-5, stolen_epochs=10, victim_shift=2,
@@ -49,30 +50,48 @@ PRESETS = {
     "folder": {**_RGB, "victim_epochs": 30},
 }
 
-#: global defaults (flags whose default does not depend on the dataset)
+#: the typed configs whose field defaults are the flags' defaults: each is written there, and only there
+CONFIG_DEFAULTS = (RunConfig, AttackConfig, AccountantConfig, PowConfig, TrainingConfig, CalibrationConfig,
+                   QueryPriceConfig, ServiceConfig)
+#: config fields that are no flag of that name: the mode's options and the calibration (their own fields are),
+#: --base (its default depends on --calibration_mode), the service's subs (--pow_subs) and cost column
+_NOT_FLAGS = {"options", "pricing", "base", "subs", "cost_column"}
+
+
+def config_defaults(configs=CONFIG_DEFAULTS) -> dict:
+    """{flag name: default} of the configs' fields that have one (the others come from the dataset preset
+    or are derived); two configs that name one flag must give it one default."""
+    found, owner = {}, {}
+    for cls in configs:
+        for f in dataclasses.fields(cls):
+            if f.name in _NOT_FLAGS or f.default is dataclasses.MISSING:
+                continue
+            if f.name in found and found[f.name] != f.default:
+                raise ConfigError(f"--{f.name} has two defaults: {found[f.name]!r} ({owner[f.name]}) and "
+                                  f"{f.default!r} ({cls.__name__}); keep one")
+            found[f.name], owner[f.name] = f.default, cls.__name__
+    return found
+
+
+#: global defaults (flags whose default does not depend on the dataset): the commands' own flags here, the
+#: rest from the configs above
 DEFAULTS = dict(
-    dataset=DEFAULT_DATASET, data_dir="data", seed=0, device="auto", victim_path=None, victim_arch=None,
-    victim_output="labels", mode="standard", budget=1024, query_batch=64, batches_per_round=4,
-    stolen_arch=None, out_dir=None, ood_pool="photos", cost_measure="entropy", cap_rdp=False,
-    rdp_conversion="classic", calibration=None, base=None, fresh=False, votes=None,
-    log=None,
+    base=None, votes=None, log=None,
     out=None, runs=None, queries=1000, sigmas="28,10", datasets="mnist-5k,fashion-mnist", epochs=None, bases=None,
-    budgets=None, pow="simulated", puzzle="scrypt", pow_subs=1, solver="python", workers=None,
-    timing_table="live", timing_csv="results/pow_timing.csv", stamp=None, solution=None, challenge=None,
+    budgets=None, stamp=None, solution=None, challenge=None,
     resource="client", bits=None, work=None, key=None, min_work=1.0, puzzles="hashcash,sha256,scrypt",
     max_seconds=1.0, trials=20, attacks=None, plot=None, victim_dir="checkpoints",
-    insecure_dev_key=False, overwrite=False, sampling="random", jacobian_cap=None, teachers_path=None,
-    pate_sigma=None, num_models=None, lr_schedule="cosine", plateau_patience=2,
-    host="127.0.0.1", port=8000, state="sqlite:///server-state.db", key_file=None, max_batch=256, ttl_s=600.0,
-    rate=50.0, burst=100, threads=None, processes=1, server=None, api_key=None, input=None, action=None, name=None,
-    group=None, accounts="1,16,256,1024", batches="1,16,64,256", anonymous=False, log_costs=None, sybil_runs=None,
-    reps_cache=None, quick=False, modes=None, seeds=1, jobs=1, list=False, slurm=False,
+    insecure_dev_key=False, overwrite=False, num_models=None, lr_schedule="cosine", plateau_patience=2,
+    host="127.0.0.1", port=8000, state="sqlite:///server-state.db", key_file=None,
+    threads=None, processes=1, server=None, api_key=None, input=None, action=None, name=None,
+    group=None, accounts="1,16,256,1024", batches="1,16,64,256", log_costs=None, sybil_runs=None,
+    quick=False, modes=None, seeds=1, jobs=1, list=False, slurm=False,
     report_only=None, victims=None, ood_pools=None, dfme_budget=None,
 )
-DEFAULTS.update({f.name: f.default for f in dataclasses.fields(QueryPriceConfig)})
-# the calibration's defaults are CalibrationConfig's (--base stays None: its default depends on the mode)
-DEFAULTS.update({f.name: f.default for f in dataclasses.fields(CalibrationConfig) if f.name not in ("base",
-                                                                                                     "query_batch")})
+_twice = DEFAULTS.keys() & config_defaults().keys()
+if _twice:
+    raise ConfigError(f"defaults written twice, in parameters.DEFAULTS and in a config: {sorted(_twice)}")
+DEFAULTS.update(config_defaults())
 #: every attack's own options (Options dataclasses): their defaults join DEFAULTS, their flags join extract
 MODE_OPTIONS = {f.name: (name, f) for name, cls in sorted(ATTACKS.items()) if cls.Options is not None
                 for f in dataclasses.fields(cls.Options)}
@@ -84,6 +103,12 @@ FRONTIER_DEFAULTS = dict(
     attackers="copycat,knockoff,dfme,worstcaseood,worstcase,entropyrev,jacobian,jacobiantr,mixmatch",
     profiles=",".join(PROFILES), deficit_tolerances="off,6,3", budget=2048, accounts="1,16,256",
     batches="1,64,256", stolen_epochs=1, out_dir="results/frontier")
+
+
+def _d(key: str) -> str:
+    """'(default: V)' for a help text, V the flag's one default (a config's, or DEFAULTS')."""
+    value = DEFAULTS[key]
+    return f"(default: {value:g})" if isinstance(value, float) else f"(default: {value})"
 
 
 def _ood_pool(text):
@@ -183,10 +208,11 @@ def _preset_help(key: str) -> str:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default=None, choices=sorted(DATASETS),
                    help=f"one of: {', '.join(DATASETS)} (default: {DEFAULT_DATASET})")
-    p.add_argument("--data_dir", default=None, help="where datasets are (or are downloaded to) (default: data)")
+    p.add_argument("--data_dir", default=None, help=f"where datasets are (or are downloaded to) {_d('data_dir')}")
     p.add_argument("--seed", type=_NONNEG_INT, default=None,
-                   help="random seed; the same seed repeats a run (default: 0)")
-    p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto = CUDA when present)")
+                   help=f"random seed; the same seed repeats a run {_d('seed')}")
+    p.add_argument("--device", default=None,
+                   help=f"auto, cpu, cuda or cuda:N (default: {DEFAULTS['device']} = CUDA when present)")
 
 
 def _victim(p: argparse.ArgumentParser) -> None:
@@ -215,7 +241,7 @@ def _accountant(p: argparse.ArgumentParser, with_knn: bool = True) -> None:
                    help="cap the data-dependent RDP at the data-independent bound (default: off, as the paper)")
     p.add_argument("--rdp_conversion", default=None, choices=CONVERSIONS,
                    help="RDP to (eps, delta): classic (the paper's) or improved (Balle et al. 2020) "
-                        "(default: classic)")
+                        f"{_d('rdp_conversion')}")
 
 
 def _pate(p: argparse.ArgumentParser) -> None:
@@ -260,15 +286,15 @@ def _calibration(p: argparse.ArgumentParser) -> None:
 def _puzzle(p: argparse.ArgumentParser) -> None:
     p.add_argument("--puzzle", default=None, choices=PUZZLES,
                    help="hashcash (SHA-1 bits), sha256 (numeric target) or scrypt (memory-hard numeric "
-                        "target) (default: scrypt)")
+                        f"target) {_d('puzzle')}")
     _solver(p)
 
 
 def _solver(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pow_subs", type=_num(int, 1, 4096), default=None,
-                   help="sub-solutions per target puzzle; solve-time CV falls as 1/sqrt(n) (default: 1)")
+                   help=f"sub-solutions per target puzzle; solve-time CV falls as 1/sqrt(n) {_d('pow_subs')}")
     p.add_argument("--solver", default=None, choices=SOLVERS,
-                   help="hashcash client: python or native (the hashcash tool) (default: python)")
+                   help=f"hashcash client: python or native (the hashcash tool) {_d('solver')}")
     p.add_argument("--workers", type=_num(int, 1, 1024), default=None, help="solver processes (default: all cores)")
 
 
@@ -286,33 +312,35 @@ def _stamp_fields(p: argparse.ArgumentParser) -> None:
 def _pow(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pow", default=None, choices=POW_MODES,
                    help="simulated: add each puzzle's expected solve time; real: solve every batch's puzzle "
-                        "and add the measured time (default: simulated)")
+                        f"and add the measured time {_d('pow')}")
     _puzzle(p)
     p.add_argument("--timing_table", default=None, choices=TABLES,
                    help="seconds -> difficulty: live (rate measured at start), measured (--timing_csv from "
-                        "pow-calibrate) or paper (the paper's hashcash table) (default: live)")
-    p.add_argument("--timing_csv", default=None, help="pow-calibrate's CSV (default: results/pow_timing.csv)")
+                        f"pow-calibrate) or paper (the paper's hashcash table) {_d('timing_table')}")
+    p.add_argument("--timing_csv", default=None, help=f"pow-calibrate's CSV {_d('timing_csv')}")
 
 
 def _extraction(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--budget", type=_POS_INT, default=None, help="queries the attacker may send (default: 1024)")
-    p.add_argument("--query_batch", type=_POS_INT, default=None, help="queries per batch (default: 64)")
+    p.add_argument("--budget", type=_POS_INT, default=None, help=f"queries the attacker may send {_d('budget')}")
+    p.add_argument("--query_batch", type=_POS_INT, default=None, help=f"queries per batch {_d('query_batch')}")
     p.add_argument("--batches_per_round", type=_POS_INT, default=None,
-                   help="batches between logged rounds; the stolen model trains once a round (default: 4)")
+                   help=f"batches between logged rounds; the stolen model trains once a round "
+                        f"{_d('batches_per_round')}")
     p.add_argument("--stolen_arch", default=None, choices=sorted(ARCHITECTURES),
                    help="architecture of the stolen copy (default: mnistnet for 28x28, resnet18 for 32x32x3)")
     p.add_argument("--stolen_epochs", type=_NONNEG_INT, default=None,
                    help=_preset_help("stolen_epochs") + "; epochs on all answers so far, each round")
     p.add_argument("--victim_output", default=None, choices=OUTPUTS,
-                   help="what the API answers (default: labels; probs for knockoff, which trains on them)")
+                   help=f"what the API answers (default: {DEFAULTS['victim_output']}; probs for knockoff, which trains "
+                        f"on them)")
     p.add_argument("--ood_pool", default=None, type=_ood_pool,
                    help="natural out-of-distribution images for copycat and knockoff: a pool name, or a folder of "
-                        "images (e.g. CIFAR-10's JPEGs; turned to the victim's channels and size) (default: photos)")
+                        f"images (e.g. CIFAR-10's JPEGs; turned to the victim's channels and size) {_d('ood_pool')}")
     p.add_argument("--jacobian_cap", type=_POS_INT, default=None,
                    help="jacobian: most points augmented per generation, a seeded random subset (default: all)")
     p.add_argument("--sampling", default=None, choices=SAMPLINGS,
                    help="knockoff: random order, or adaptive (a gradient bandit over the pool's groups) "
-                        "(default: random)")
+                        f"{_d('sampling')}")
     for key, (mode, f) in MODE_OPTIONS.items():  # ranges are checked by the Options dataclass
         kind = (f.type if isinstance(f.type, str) else f.type.__name__).split("|")[0].strip()  # "int | None": int
         cast = {"int": int, "float": float}[kind]
@@ -368,7 +396,7 @@ def _parser_train_victim(sub) -> None:
                         "--plateau_patience epochs, and stop after the second cut (default: " + ", ".join(
                             f"{n}: {p.get('lr_schedule', DEFAULTS['lr_schedule'])}" for n, p in PRESETS.items()) + ")")
     p.add_argument("--plateau_patience", type=_NONNEG_INT, default=None,
-                   help=f"epochs without a lower loss before a cut (default: {DEFAULTS['plateau_patience']})")
+                   help=f"epochs without a lower loss before a cut {_d('plateau_patience')}")
     p.add_argument("--victim_shift", type=_NONNEG_INT, default=None,
                    help="augmentation: random shifts of up to this many pixels; " + _preset_help("victim_shift"))
     p.add_argument("--overwrite", action="store_true", default=None,
@@ -391,7 +419,7 @@ def _parser_extract(sub) -> None:
     p = sub.add_parser("extract", help="run one extraction attack against a victim and log every round")
     _common(p)
     _victim(p)
-    p.add_argument("--mode", default=None, help=f"attack: one of {', '.join(ATTACKS)} (default: standard)")
+    p.add_argument("--mode", default=None, help=f"attack: one of {', '.join(ATTACKS)} {_d('mode')}")
     _extraction(p)
     _training(p)
     _accountant(p)
@@ -418,27 +446,27 @@ def _parser_serve(sub) -> None:
     _common(p)
     _victim(p)
     p.add_argument("--victim_output", default=None, choices=OUTPUTS,
-                   help="what the API answers: labels, or probs (default: labels)")
+                   help=f"what the API answers: labels, or probs {_d('victim_output')}")
     _accountant(p)
     _pate(p)
     _calibration(p)
     _puzzle(p)
     p.add_argument("--timing_table", default=None, choices=TABLES,
                    help="a client's solve speed: live (measured here at start, --workers processes) or "
-                        "measured (--timing_csv) (default: live)")
-    p.add_argument("--timing_csv", default=None, help="pow-calibrate's CSV (default: results/pow_timing.csv)")
+                        f"measured (--timing_csv) {_d('timing_table')}")
+    p.add_argument("--timing_csv", default=None, help=f"pow-calibrate's CSV {_d('timing_csv')}")
     p.add_argument("--calibration", default=None, required=True,
                    help="a legitimate user's log.csv (a standard run's): the baseline prices are set against")
     _server_state(p)
     p.add_argument("--host", default=None, help="address to listen on (default: 127.0.0.1, loopback only)")
     p.add_argument("--port", type=_num(int, 1, 65535), default=None, help="(default: 8000)")
     p.add_argument("--max_batch", type=_num(int, 1, 100_000), default=None,
-                   help="most inputs one challenge pays for (default: 256)")
-    p.add_argument("--ttl_s", type=_num(float, 1, 86400), default=None, help="challenge lifetime, s (default: 600)")
+                   help=f"most inputs one challenge pays for {_d('max_batch')}")
+    p.add_argument("--ttl_s", type=_num(float, 1, 86400), default=None, help=f"challenge lifetime, s {_d('ttl_s')}")
     p.add_argument("--rate", type=_num(float, 0, 1e6, lo_open=True), default=None,
-                   help="requests per second per API key, sustained (default: 50)")
+                   help=f"requests per second per API key, sustained {_d('rate')}")
     p.add_argument("--burst", type=_num(int, 1, 10 ** 6), default=None,
-                   help="requests per API key at once (default: 100)")
+                   help=f"requests per API key at once {_d('burst')}")
     p.add_argument("--threads", type=_num(int, 1, 1024), default=None,
                    help="request threads of each process; torch gets cores / (threads x processes) each, at least "
                         "1 (default: twice the cores, shared out over the processes)")
@@ -483,13 +511,13 @@ def _parser_sybil(sub) -> None:
     p.add_argument("--modes", default=None, type=_list(_choice(ATTACKS, "mode"), "mode"),
                    help="comma-separated attack modes whose query streams are split (default: copycat; the "
                         "legitimate user, standard, is always measured)")
-    p.add_argument("--budget", type=_POS_INT, default=None, help="queries of each client in all (default: 1024)")
+    p.add_argument("--budget", type=_POS_INT, default=None, help=f"queries of each client in all {_d('budget')}")
     p.add_argument("--accounts", default=None, type=_list(_num(int, 1, 4096), "count"),
                    help="comma-separated numbers of API keys (default: 1,16,256,1024)")
     p.add_argument("--batches", default=None, type=_list(_num(int, 1, 256), "batch size"),
                    help="comma-separated batch sizes (default: 1,16,64,256)")
-    p.add_argument("--ood_pool", default=None, type=_ood_pool, help="copycat's and knockoff's images (default: photos)")
-    p.add_argument("--sampling", default=None, choices=SAMPLINGS, help="knockoff: random or adaptive (default: random)")
+    p.add_argument("--ood_pool", default=None, type=_ood_pool, help=f"copycat's and knockoff's images {_d('ood_pool')}")
+    p.add_argument("--sampling", default=None, choices=SAMPLINGS, help=f"knockoff: random or adaptive {_d('sampling')}")
     p.add_argument("--stolen_epochs", type=_NONNEG_INT, default=None,
                    help=_preset_help("stolen_epochs") + "; the attacks' own copies train as they query")
     p.add_argument("--server", default=None,
@@ -506,10 +534,10 @@ def _parser_frontier(sub) -> None:
                                         "under every split, and every legitimate profile's price, per rule")
     p.add_argument("--datasets", default=None, type=_NAMES_DATASETS,
                    help="comma-separated (default: mnist-5k,fashion-mnist)")
-    p.add_argument("--data_dir", default=None, help="(default: data)")
+    p.add_argument("--data_dir", default=None, help=f"{_d('data_dir')}")
     p.add_argument("--seed", type=_NONNEG_INT, default=None,
-                   help="the streams' seed; the baseline is recorded with seed + 1 (default: 0)")
-    p.add_argument("--device", default=None, help="(default: auto)")
+                   help=f"the streams' seed; the baseline is recorded with seed + 1 {_d('seed')}")
+    p.add_argument("--device", default=None, help=f"{_d('device')}")
     p.add_argument("--victim_dir", default=None,
                    help="folder of DATASET-victim.pt checkpoints, trained there when missing (default: checkpoints)")
     _accountant(p)
@@ -530,8 +558,8 @@ def _parser_frontier(sub) -> None:
                    help=f"comma-separated numbers of API keys (default: {FRONTIER_DEFAULTS['accounts']})")
     p.add_argument("--batches", default=None, type=_list(_num(int, 1, 256), "batch size"),
                    help=f"comma-separated batch sizes (default: {FRONTIER_DEFAULTS['batches']})")
-    p.add_argument("--ood_pool", default=None, type=_ood_pool, help="the attackers' images (default: photos)")
-    p.add_argument("--sampling", default=None, choices=SAMPLINGS, help="knockoff: random or adaptive (default: random)")
+    p.add_argument("--ood_pool", default=None, type=_ood_pool, help=f"the attackers' images {_d('ood_pool')}")
+    p.add_argument("--sampling", default=None, choices=SAMPLINGS, help=f"knockoff: random or adaptive {_d('sampling')}")
     p.add_argument("--stolen_epochs", type=_NONNEG_INT, default=None,
                    help="the attacks' copies' epochs per round as they query (default: 1)")
     p.add_argument("--out_dir", default=None,
@@ -553,7 +581,7 @@ def _parser_reproduce(sub) -> None:
                         "or 2M; --quick: 512, DFME 2,240)")
     p.add_argument("--ood_pool", default=None, type=_ood_pool,
                    help="copycat's, knockoff's and the other pool attacks' images: photos, a dataset, or a folder "
-                        "such as CIFAR-10's JPEGs (turned grey and resized for an MNIST victim) (default: photos)")
+                        f"such as CIFAR-10's JPEGs (turned grey and resized for an MNIST victim) {_d('ood_pool')}")
     p.add_argument("--victim_arch", default=None, choices=sorted(ARCHITECTURES),
                    help="the victims' architecture (default: mnistnet for 28x28, resnet34_8x for 32x32x3; "
                         "mnistnet is CIFAR-10's CPU scale)")
@@ -570,10 +598,10 @@ def _parser_reproduce(sub) -> None:
     p.add_argument("--slurm", action="store_true", default=None,
                    help="write SLURM job arrays (DIR/slurm/submit.sh) instead of running")
     p.add_argument("--report_only", default=None, metavar="DIR", help="rebuild DIR/report.md from finished runs")
-    p.add_argument("--data_dir", default=None, help="(default: data)")
+    p.add_argument("--data_dir", default=None, help=f"{_d('data_dir')}")
     p.add_argument("--victim_dir", default=None,
                    help="where DATASET-victim.pt are, or are trained to (default: checkpoints)")
-    p.add_argument("--device", default=None, help="(default: auto)")
+    p.add_argument("--device", default=None, help=f"{_d('device')}")
 
 
 def _parser_summarize(sub) -> None:
@@ -589,7 +617,7 @@ def _parser_privacy_cost(sub) -> None:
     p = sub.add_parser("privacy-cost", help="per-query epsilon and cumulative costs of vote histograms (CSV)")
     p.add_argument("--votes", required=True, help="CSV with one vote histogram per row (header optional)")
     p.add_argument("--dataset", default=None, choices=sorted(DATASETS),
-                   help="preset for sigma and delta (default: mnist-5k)")
+                   help=f"preset for sigma and delta {_d('dataset')}")
     _accountant(p, with_knn=False)
     p.add_argument("--out", default=None, help="also write the table as CSV here (default: print only)")
 
@@ -623,7 +651,7 @@ def _parser_pow_check(sub) -> None:
     p.add_argument("--stamp", default=None, help="a hashcash stamp")
     p.add_argument("--puzzle", default=None, choices=PUZZLES,
                    help="the puzzle kind the server requires; a solution of another kind is rejected "
-                        "(default: scrypt)")
+                        f"{_d('puzzle')}")
     p.add_argument("--solution", default=None, help="a pow1 solution (challenge|nonces)")
     p.add_argument("--min_work", type=_num(float, 1), default=None, help="pow1: least work accepted (default: 1)")
 
@@ -654,15 +682,15 @@ def _parser_cost_separation(sub) -> None:
                        help="mean cost per query of each measure, in-distribution vs out-of-distribution")
     p.add_argument("--datasets", default=None, type=_NAMES_DATASETS,
                    help="comma-separated datasets (default: mnist-5k,fashion-mnist)")
-    p.add_argument("--data_dir", default=None, help="(default: data)")
-    p.add_argument("--seed", type=_NONNEG_INT, default=None, help="(default: 0)")
-    p.add_argument("--device", default=None, help="(default: auto)")
+    p.add_argument("--data_dir", default=None, help=f"{_d('data_dir')}")
+    p.add_argument("--seed", type=_NONNEG_INT, default=None, help=f"{_d('seed')}")
+    p.add_argument("--device", default=None, help=f"{_d('device')}")
     p.add_argument("--victim_dir", default=None,
                    help="folder of DATASET-victim.pt checkpoints (default: checkpoints)")
     p.add_argument("--queries", type=_POS_INT, default=None, help="queries per client (default: 1000)")
     p.add_argument("--sigmas", default=None, type=_list(_num(float, MIN_SIGMA, 1e6), "sigma"),
                    help="comma-separated private-kNN sigmas (default: 28,10)")
-    p.add_argument("--ood_pool", default=None, type=_ood_pool, help="(default: photos)")
+    p.add_argument("--ood_pool", default=None, type=_ood_pool, help=f"{_d('ood_pool')}")
     p.add_argument("--pate_sigma", type=_num(float, MIN_SIGMA, 1e6), default=None,
                    help="GNMax noise over the votes of DATASET-teachers.pt in --victim_dir (default: 0.04 per teacher)")
     p.add_argument("--out", default=None, help="CSV of the table (default: results/cost_separation.csv)")
@@ -679,10 +707,10 @@ def _parser_cost_growth(sub) -> None:
                         "datasets' input shape (default: VICTIM_DIR/DATASET-victim.pt per dataset)")
     p.add_argument("--ood_pools", default=None, type=_list(_ood_pool, "pool"),
                    help="comma-separated out-of-distribution pools: names or image folders (default: photos)")
-    p.add_argument("--data_dir", default=None, help="(default: data)")
+    p.add_argument("--data_dir", default=None, help=f"{_d('data_dir')}")
     p.add_argument("--victim_dir", default=None, help="(default: checkpoints)")
-    p.add_argument("--seed", type=_NONNEG_INT, default=None, help="(default: 0)")
-    p.add_argument("--device", default=None, help="(default: auto)")
+    p.add_argument("--seed", type=_NONNEG_INT, default=None, help=f"{_d('seed')}")
+    p.add_argument("--device", default=None, help=f"{_d('device')}")
     p.add_argument("--queries", type=_POS_INT, default=None,
                    help=f"queries of each kind (default: {GrowthConfig.queries})")
     p.add_argument("--sigmas", default=None, type=_list(_num(float, MIN_SIGMA, 1e6), "sigma"),

@@ -21,6 +21,7 @@ from data.idx import read_idx
 
 log = logging.getLogger(__name__)
 
+DEFAULT_DATASET = "mnist-5k"  # the embedded default: 5,000 real MNIST digits that need no download
 SPLIT_SEED = 0  # fixed seed of the split permutation: every run sees the same split
 POOL_FRACTION = 0.8  # share of a held-out test set that becomes the attacker's query pool
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist

@@ -1,8 +1,9 @@
 """The extraction run's typed settings: one ExtractionConfig of parts, each the settings one part reads.
 
-Built once from a command's resolved settings (ExtractionConfig.of(settings.as_dict()); parameters.py
-holds the defaults). run_extraction and its helpers read these parts only; `settings` keeps the whole
-resolved mapping for what describes the run (params.json, the resume check).
+Built once from a command's resolved settings (ExtractionConfig.of(settings.as_dict())). Each part's field
+defaults are the flags' defaults (parameters.py reads them; the dataset presets give the rest).
+run_extraction and its helpers read these parts only; `settings` keeps the whole resolved mapping for what
+describes the run (params.json, the resume check).
 """
 from __future__ import annotations
 
@@ -11,68 +12,72 @@ from dataclasses import dataclass
 from typing import Any
 
 from attacks import ATTACKS, options_for
+from data.registry import DEFAULT_DATASET
+from pow import kinds
 from pow.calibration import CalibrationConfig
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunConfig:
-    """Where the run's data, victim and outputs are, and how it runs."""
-    dataset: str
-    data_dir: str
-    seed: int
-    device: str
-    victim_path: str
-    victim_arch: str | None
-    victim_output: str
-    out_dir: str
-    fresh: bool
+    """Where the run's data, victim and outputs are, and how it runs. victim_path and out_dir default to
+    paths derived from the dataset and mode (parameters.resolve)."""
+    dataset: str = DEFAULT_DATASET
+    data_dir: str = "data"
+    seed: int = 0
+    device: str = "auto"
+    victim_path: str | None = None
+    victim_arch: str | None = None
+    victim_output: str = "labels"
+    out_dir: str | None = None
+    fresh: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AttackConfig:
     """The attack: its mode and own Options, its budget and how it spends it."""
-    mode: str
-    budget: int
-    query_batch: int
-    batches_per_round: int
-    sampling: str
-    jacobian_cap: int | None
-    ood_pool: str
+    mode: str = "standard"
+    budget: int = 1024
+    query_batch: int = CalibrationConfig.query_batch  # the batch the calibration prices
+    batches_per_round: int = 4
+    sampling: str = "random"
+    jacobian_cap: int | None = None
+    ood_pool: str = "photos"
     options: Any = None  # the mode's Options dataclass (None for a mode without any)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AccountantConfig:
-    """The cost measure that prices the run, and the accountants' parameters."""
-    cost_measure: str
+    """The cost measure that prices the run, and the accountants' parameters (k, sigma and delta are the
+    dataset preset's; teachers_path defaults to a path derived from the dataset)."""
+    cost_measure: str = "entropy"
     k: int
     sigma: float
     delta: float
-    cap_rdp: bool
-    rdp_conversion: str
-    pate_sigma: float | None
-    teachers_path: str | None
-    reps_cache: str | None
+    cap_rdp: bool = False
+    rdp_conversion: str = "classic"
+    pate_sigma: float | None = None
+    teachers_path: str | None = None
+    reps_cache: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PowConfig:
     """The calibrated PoW: the baseline (None: unpriced), the calibration, and how the PoW is paid."""
-    calibration: str | None
-    pricing: CalibrationConfig
-    pow: str
-    puzzle: str
-    pow_subs: int
-    solver: str
-    workers: int | None
-    timing_table: str
-    timing_csv: str
+    calibration: str | None = None
+    pricing: CalibrationConfig = CalibrationConfig()
+    pow: str = "simulated"
+    puzzle: str = kinds.DEFAULT
+    pow_subs: int = kinds.DEFAULT_SUBS
+    solver: str = "python"
+    workers: int | None = None  # None: every core
+    timing_table: str = "live"
+    timing_csv: str = "results/pow_timing.csv"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainingConfig:
-    """How the stolen copy is built and trained."""
-    stolen_arch: str | None
+    """How the stolen copy is built and trained (all but the architecture from the dataset preset)."""
+    stolen_arch: str | None = None
     stolen_epochs: int
     batch_size: int
     optimizer: str

@@ -30,6 +30,8 @@ PAPER_HASHCASH_SECONDS = {
     23: 15.106678, 24: 23.196483, 25: 151.251428, 26: 245.364584, 27: 565.612546, 28: 666.044603,
     29: 1069.022753, 30: 1533.945173, 31: 2832.509785, 32: 2948.467908,
 }
+DEFAULT = "scrypt"  # the puzzle a server issues and an extraction pays, unless --puzzle says otherwise
+DEFAULT_SUBS = 1  # sub-puzzles per challenge (--pow_subs)
 MODEL_BITS = range(1, 41)  # hashcash levels a rate model prices when no table gives their times
 CALIBRATION_TARGET_LEVELS = 10  # pow-calibrate: target-puzzle work levels, geometric from 1 to rate x seconds
 

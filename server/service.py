@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pow import puzzles
+from pow import kinds, puzzles
 from server import tensors
 from server.keys import hash_api_key
 from server.store import AccountRow, Owed, Revoked, Spent, TooManyPending
@@ -77,8 +77,10 @@ class ApiError(Exception):
 
 @dataclass(frozen=True)
 class ServiceConfig:
-    puzzle: str = "scrypt"
-    subs: int = 1
+    """The service's own limits (the flags of the same names: --max_batch, --ttl_s, --rate, --burst,
+    --anonymous take their defaults from here)."""
+    puzzle: str = kinds.DEFAULT
+    subs: int = kinds.DEFAULT_SUBS
     max_batch: int = 256
     ttl_s: float = 600.0
     cost_column: str = "entropy_cost"
