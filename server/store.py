@@ -284,11 +284,7 @@ class Store:
                                   "ON CONFLICT (account) DO NOTHING"), (account,))
             cur.execute(self._sql(self._ACCOUNT + self._for_update), (account,))
             before = self._row(account, cur.fetchone())
-            if user is not None:
-                cur.execute(self._sql("SELECT revoked FROM users WHERE name = ?"), (user,))
-                row = cur.fetchone()
-                if row is None or row[0]:
-                    raise Revoked(user)
+            self._check_user(cur, user)
             cur.execute(self._sql("SELECT account, queries, request, response FROM spent WHERE token = ?"), (token,))
             row = cur.fetchone()
             if row is not None:
@@ -302,10 +298,7 @@ class Store:
             if prior is not None and paid_token is None:
                 paid = 0.0  # the same batch again: its challenge's work was counted when it was sealed
             if prior is None:
-                cur.execute(self._sql("SELECT COUNT(*) FROM pending WHERE account = ? AND expires >= ?"),
-                            (account, time.time()))
-                if int(cur.fetchone()[0]) >= MAX_PENDING:
-                    raise TooManyPending(account)
+                self._check_room(cur, account)
             total = float(paid) + (float(prior[0]) if prior is not None else 0.0)
             need, weight = price(before)
             due = need * (1.0 - slack) - 1e-9 * max(1.0, need)  # a top-up of exactly the owed work covers it,
@@ -326,6 +319,22 @@ class Store:
             else:
                 cur.execute(self._sql("UPDATE pending SET paid = ?, owed = ? WHERE token = ?"), (total, owed, token))
             return Owed(token, owed, total, float(expires))
+
+    def _check_user(self, cur, user: str | None) -> None:
+        """Inside settle's transaction: the batch of a revoked (or unknown) user is refused."""
+        if user is None:
+            return
+        cur.execute(self._sql("SELECT revoked FROM users WHERE name = ?"), (user,))
+        row = cur.fetchone()
+        if row is None or row[0]:
+            raise Revoked(user)
+
+    def _check_room(self, cur, account: str) -> None:
+        """Inside settle's transaction: an account holding MAX_PENDING sealed batches may seal no more."""
+        cur.execute(self._sql("SELECT COUNT(*) FROM pending WHERE account = ? AND expires >= ?"),
+                    (account, time.time()))
+        if int(cur.fetchone()[0]) >= MAX_PENDING:
+            raise TooManyPending(account)
 
     def _spend_topup(self, cur, token: str, expires: float, account: str) -> bool:
         """Spend a top-up's own token inside settle's transaction; False when it was spent already."""
