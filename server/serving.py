@@ -184,7 +184,7 @@ def worker_main(recipe, sock, index: int, events, parent: int) -> None:
     except UserError as exc:
         events.put((index, str(exc)))
         sys.exit(2)
-    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the supervisor stops too
+    except KeyboardInterrupt:  # a SIGINT sent to this worker alone (or a Ctrl-C before setpgrp above ran)
         sys.exit(130)
     try:
         run_app(built.app, sock, on_started=lambda: events.put((index, None)))
