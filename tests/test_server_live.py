@@ -191,6 +191,14 @@ def await_workers(pid: int, count: int, *, gone=(), timeout_s: float = 90.0) -> 
     raise AssertionError(f"supervisor {pid} has workers {workers_of(pid)}, not {count} without {list(gone)}")
 
 
+def await_serving(log: Path, timeout_s: float = 120.0) -> None:
+    """Until the supervisor says every worker serves (/healthz answers once the first one does)."""
+    deadline = time.monotonic() + timeout_s
+    while "serving mnist-5k on" not in log.read_text():
+        assert time.monotonic() < deadline, f"not every worker started: {log.read_text()[-2000:]}"
+        time.sleep(0.1)
+
+
 def test_processes_share_one_port_and_state_and_a_killed_worker_is_replaced(victim_path, files, keyfile, tmp_path):
     """serve --processes 2: two workers answer on one port from one SQLite state; a worker SIGKILLed under
     load is replaced, and no answer is lost or charged twice; SIGTERM stops the supervisor and every worker."""
@@ -201,6 +209,7 @@ def test_processes_share_one_port_and_state_and_a_killed_worker_is_replaced(vict
     server = start_server([*serve_args(victim_path, files, url, port), "--processes", "2"], env=env)
     load = None
     try:
+        await_serving(tmp_path / "server.log")  # a worker killed while it starts stops the server instead
         workers = await_workers(server.pid, 2)
         load = Load(port, keys)
         assert load.going.wait(60), "the load did not get going"
@@ -228,6 +237,7 @@ def test_workers_die_with_their_supervisor_and_report_why_they_cannot_start(vict
     args = [*serve_args(victim_path, files, url, port), "--processes", "2"]
     server = start_server(args, env=env)
     try:
+        await_serving(tmp_path / "server.log")
         workers = await_workers(server.pid, 2)
         os.kill(server.pid, signal.SIGKILL)
         server.wait()
