@@ -252,14 +252,18 @@ def _pate(p: argparse.ArgumentParser) -> None:
                         "10 for 250 MNIST teachers, 2 for 50 CIFAR10 teachers)")
 
 
+#: commands whose --calibration_mode defaults to another mode than CalibrationConfig's (resolve() sets it)
+CALIBRATION_MODE_OF = {"pow-table": "paper"}  # the paper's own table, priced by the paper's calibration
+
+
 def _calibration(p: argparse.ArgumentParser) -> None:
+    mode = CALIBRATION_MODE_OF.get(p.prog.split()[-1], CalibrationConfig.calibration_mode)
     p.add_argument("--cost_measure", default=None, choices=sorted(COST_MEASURES),
                    help="cumulative cost the calibrator reads: knn=privacy_cost, knn_eps=privacy_eps, "
                         "entropy=entropy_cost, gap=gap_cost (default: entropy, chosen by measured separation)")
     p.add_argument("--calibration_mode", default=None, choices=sorted(CALIBRATIONS),
                    help="relative (legitimate users pay a set share of their query time) or paper "
-                        "(base ** |cost - expected| seconds per 1,000 queries) "
-                        f"(default: {CalibrationConfig.calibration_mode})")
+                        f"(base ** |cost - expected| seconds per 1,000 queries) (default: {mode})")
     p.add_argument("--base", type=_num(float, 1, lo_open=True), default=None,
                    help=f"exponential base (default: {PAPER_BASE:g} paper; {CalibrationConfig.base:g} relative, per "
                         f"legitimate batch of excess)")
@@ -769,8 +773,8 @@ def resolve(args: argparse.Namespace) -> Settings:
                                          ("queries", GrowthConfig.queries),
                                          ("sigmas", ",".join(f"{v:g}" for v in GrowthConfig.sigmas)))
                        if k not in given})
-    if command == "pow-table" and "calibration_mode" not in given:
-        values["calibration_mode"] = "paper"
+    if command in CALIBRATION_MODE_OF and "calibration_mode" not in given:
+        values["calibration_mode"] = CALIBRATION_MODE_OF[command]
     if values.get("base") is None:
         values["base"] = CalibrationConfig.default_base(values["calibration_mode"])
     if values.get("out_dir") is None:

@@ -17,6 +17,7 @@ from server.service import ServiceConfig
 OWN_DEFAULTS = {
     ("frontier", "budget"): "the frontier's smaller grid (FRONTIER_DEFAULTS)",
     ("reproduce", "budget"): "each cell's own: the paper's budget per dataset and attack",
+    ("pow-table", "calibration_mode"): "the paper's table, priced by the paper's calibration",
 }
 
 
@@ -68,3 +69,12 @@ def test_help_texts_show_each_flags_default():
             assert shown.group(1).startswith(rendered), (command, action.dest, shown.group(1), value)
             checked += 1
     assert checked > 40
+
+
+def test_pow_table_says_and_uses_the_papers_calibration():
+    assert parameters.parse(["pow-table", "--calibration", "c.csv", "--attacks", "a.csv"]).calibration_mode == "paper"
+    assert parameters.parse(["extract"]).calibration_mode == "relative"
+    modes = {command: next(a.help for a in parser._actions if a.dest == "calibration_mode")
+             for command, parser in subparsers().items() if any(a.dest == "calibration_mode" for a in parser._actions)}
+    assert "(default: paper)" in modes.pop("pow-table")
+    assert modes and all("(default: relative)" in text for text in modes.values())
