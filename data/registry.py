@@ -5,9 +5,11 @@ Normalisation lives inside the models, so attacks work in pixel space.
 """
 from __future__ import annotations
 
-import logging
-import socket
+import contextlib
 import dataclasses
+import logging
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -87,13 +89,27 @@ def _torchvision(spec: DatasetSpec, data_dir: Path, build: Callable[[bool], tupl
         pass
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    before = _folders(data_dir)
     try:
         log.info("downloading %s into %s", spec.name, data_dir)
         return build(True)
     except Exception as exc:  # noqa: BLE001 - any download failure means the same thing to the user
+        _remove_new_empty_folders(data_dir, before)
         raise _offline_error(spec, data_dir, exc) from exc
     finally:
         socket.setdefaulttimeout(old)
+
+
+def _folders(root: Path) -> set:
+    """Every folder at or below `root` (none when it does not exist)."""
+    return {Path(top) for top, _, _ in os.walk(root)} if Path(root).is_dir() else set()
+
+
+def _remove_new_empty_folders(root: Path, before: set) -> None:
+    """Remove the folders a failed download made and left empty (deepest first); never one that was there."""
+    for folder in sorted(_folders(root) - before, key=lambda f: len(f.parts), reverse=True):
+        with contextlib.suppress(OSError):  # not empty after all, or not ours to remove
+            folder.rmdir()
 
 
 def _as_nchw(images: np.ndarray) -> torch.Tensor:

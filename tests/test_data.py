@@ -1,6 +1,7 @@
 """Dataset registry, splits, IDX parsing, out-of-distribution pools."""
 import gzip
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,17 @@ def test_cifar10_loads_from_an_image_folder_in_torchvisions_label_order(tmp_path
     shutil.copytree(DATA / "image-folder", tmp_path / "digits")  # another folder: not CIFAR-10's classes
     with pytest.raises(UserError, match="not CIFAR-10's.*digit0.*use --dataset folder"):
         load_splits("cifar10", tmp_path / "digits")
+
+
+def test_a_failed_download_names_the_files_and_leaves_no_new_folder(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", offline)  # offline, whatever the machine
+    (tmp_path / "mine").mkdir()  # a folder of the user's: kept, though empty
+    with pytest.raises(UserError, match=r"not in --data_dir .*train-images-idx3-ubyte.*pass --data_dir"):
+        load_splits("mnist", tmp_path)
+    assert [p.name for p in tmp_path.rglob("*")] == ["mine"], "the failed download left folders behind"
 
 
 def test_bare_idx_files_are_mnists_and_never_taken_for_fashion_mnist():
