@@ -6,16 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent  # the repository: main.py and the packages
+MAIN = Path(__file__).resolve().parent.parent / "main.py"  # run as a script, its folder leads sys.path: this checkout
 
-
-def run(argv: list) -> None:
-    """Replace this process with the repository's own CLI, with the repository first on PYTHONPATH (the
-    packages of this checkout, whatever else is installed)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    code = "import sys, main; sys.exit(main.attack_script('dfme'))"
-    os.execve(sys.executable, [sys.executable, "-c", code, *argv], env)
-
-
-if __name__ == "__main__":
-    run(sys.argv[1:])
+if __name__ == "__main__":  # --mode dfme, unless the flags name another (argparse keeps the last)
+    os.execv(sys.executable, [sys.executable, str(MAIN), "extract", "--mode", "dfme", *sys.argv[1:]])
