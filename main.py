@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import signal
 import sys
 
@@ -65,7 +66,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted; completed rounds are saved and the run resumes when started again", file=sys.stderr)
         return 130
-    print(report)
+    try:
+        print(report, flush=True)
+    except BrokenPipeError:  # the reader stopped early (`| head -1`): the work is done, the rest is not wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit finds no pipe
     return 0
 
 

@@ -35,6 +35,12 @@ def resolve_api_key(given: str | None, environ=None) -> str:
     return key
 
 
+def _wait_out(body) -> None:
+    """Sleep for a 429's retry_after (at least 0.2 s, at most 5 s)."""
+    after = body.get("retry_after") if isinstance(body, dict) else None
+    time.sleep(min(5.0, max(0.2, float(after)) if isinstance(after, (int, float)) else 0.2))
+
+
 class ApiClient:
     """predict(x: np.ndarray) -> np.ndarray (labels, or probabilities) from a live server. Use as a
     context manager, or call close(): the HTTP connections and the solver's processes are released."""
@@ -114,7 +120,11 @@ class ApiClient:
         return body
 
     def challenge(self, batch: int) -> dict:
-        status, body = self._call("POST", "/v1/challenge", json={"batch": int(batch)})
+        for _ in range(self.retries):  # a key over its rate waits as the server says, then asks again
+            status, body = self._call("POST", "/v1/challenge", json={"batch": int(batch)})
+            if status != 429:
+                break
+            _wait_out(body)
         if status != 200:
             self._fail(status, body, f"a challenge for {batch} inputs")
         self._fields(body, "a challenge request", challenge=str, work=(int, float))
@@ -194,7 +204,7 @@ class ApiClient:
                 request, topup = None, None
                 continue
             if status == 429:
-                time.sleep(min(5.0, float(body.get("retry_after") or 0.2)))
+                _wait_out(body)
                 continue
             if code in NEW_CHALLENGE:
                 request, topup = None, None

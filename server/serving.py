@@ -34,6 +34,8 @@ from server.store import open_store
 
 STOP_GRACE_S = 30.0  # a stopping worker finishes its requests in this time, or is killed
 RESTART_PAUSE_S = 0.5  # a worker that died is started again after this pause (unless all are stopping)
+MAX_RESTART_PAUSE_S = 30.0  # the pause doubles with each restart that dies before it serves, up to this
+STOPS = (signal.SIGINT, signal.SIGTERM)  # what stops the server; blocked in a worker until it is in its own group
 _PR_SET_PDEATHSIG = 1
 
 
@@ -79,69 +81,99 @@ class Supervisor:
     def __init__(self, sock, recipe, processes: int, *, context=None):
         self.sock, self.recipe, self.processes = sock, recipe, processes
         self.ctx = context or multiprocessing.get_context("spawn")
-        self.events = self.ctx.Queue()  # (worker index, None when started | the UserError's message)
+        self.events = self.ctx.Queue()  # (worker index, its pid, None once it serves | its UserError's message)
         self.workers: dict = {}
         self.stopping = threading.Event()
 
     def run(self, *, on_ready=None) -> None:
-        # the supervisor's own handlers: SIGTERM from a service manager, SIGINT from Ctrl-C; either stops
-        # every worker with one SIGTERM
-        previous = {s: signal.signal(s, self._on_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        # the supervisor's own handlers, kept until every worker is gone: SIGTERM from a service manager or
+        # SIGINT from Ctrl-C stops every worker with one SIGTERM; a second one while stopping kills them
+        previous = {s: signal.signal(s, self._on_stop) for s in STOPS}
         try:
             for index in range(self.processes):
                 self._start(index)
-            self._await_started(set(range(self.processes)))
-            if self.stopping.is_set():
-                return
-            if on_ready is not None:
+            if self._await_started(set(range(self.processes)), first=True) and on_ready is not None:
                 on_ready()
             self._watch()
-        except KeyboardInterrupt:
-            pass
         finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-            self.stop()
+            try:
+                self.stop()
+            finally:
+                for s, handler in previous.items():
+                    signal.signal(s, handler)
 
     def _on_stop(self, signum, frame) -> None:
+        if self.stopping.is_set():  # asked again while stopping: no more grace
+            for process in self.workers.values():
+                if process.is_alive():
+                    process.kill()
         self.stopping.set()
 
     def _start(self, index: int) -> None:
         process = self.ctx.Process(target=worker_main, args=(self.recipe, self.sock, index, self.events, os.getpid()),
                                    name=f"serve-worker-{index}", daemon=False)
-        process.start()
+        # the worker starts with SIGINT and SIGTERM blocked (the mask survives fork and exec): until it has a
+        # process group of its own, a Ctrl-C meant for this process would cut its imports in half
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         self.workers[index] = process
 
-    def _await_started(self, waiting: set) -> None:
-        """Until each worker in `waiting` reports its service built; a worker's error or death stops all."""
-        while waiting and not self.stopping.is_set():
+    def _await_started(self, waiting: set, *, first: bool) -> bool:
+        """Until each worker in `waiting` serves: True; False when told to stop meanwhile. At the first
+        start a worker's error, or death, stops the server (a deployment that cannot start); a restarted
+        worker that fails before it serves is started again, after a pause that doubles each time."""
+        pause = RESTART_PAUSE_S
+        while waiting:
+            if self.stopping.is_set():
+                return False
             try:
-                index, error = self.events.get(timeout=1.0)
+                index, pid, error = self.events.get(timeout=1.0)
             except queues.Empty:
                 for index in sorted(waiting):
                     code = self.workers[index].exitcode
-                    if code is not None:
-                        raise UserError(f"serve worker {index} {_ended(code)} while starting; its output is "
-                                        f"above")
+                    if code is None:
+                        continue
+                    if self.stopping.is_set():  # it died of the signal that stops this process too
+                        return False
+                    if first:
+                        raise UserError(f"serve worker {index} {_ended(code)} while starting" +
+                                        ("; its output is above" if code > 0 else ""))
+                    pause = self._restart(index, pause)
                 continue
-            if error is not None:
+            if index not in waiting or pid != self.workers[index].pid:
+                continue  # from a worker started before this one
+            if error is None:
+                waiting.discard(index)
+            elif first:
                 raise UserError(error)
-            waiting.discard(index)
+            else:  # the deployment worked a while ago: its store may be back soon
+                print(f"serve worker {index} cannot start: {error}", file=sys.stderr, flush=True)
+                pause = self._restart(index, pause)
+        return True
+
+    def _restart(self, index: int, pause: float) -> float:
+        """Start worker `index` again after `pause` (unless told to stop meanwhile); the next pause."""
+        self.workers[index].join()  # it has exited: join reaps it
+        print(f"serve worker {index} {_ended(self.workers[index].exitcode)}; starting it again", file=sys.stderr,
+              flush=True)
+        if not self.stopping.wait(pause):  # a worker that ends as the supervisor is told to stop stays down
+            self._start(index)
+        return min(2 * pause, MAX_RESTART_PAUSE_S)
 
     def _watch(self) -> None:
         """Restart each worker that dies while serving, until SIGTERM or Ctrl-C."""
         while not self.stopping.is_set():
             sentinels = {p.sentinel: i for i, p in self.workers.items()}
             for ready in wait(list(sentinels), timeout=1.0):
-                index = sentinels[ready]
-                # a worker that ends as the supervisor is told to stop is not started again
-                if self.stopping.wait(RESTART_PAUSE_S):
+                if self.stopping.is_set():
                     return
-                self.workers[index].join()  # its sentinel is ready: it has exited, and join reaps it
-                print(f"serve worker {index} {_ended(self.workers[index].exitcode)}; starting it again",
-                      file=sys.stderr, flush=True)
-                self._start(index)
-                self._await_started({index})
+                index = sentinels[ready]
+                self._restart(index, RESTART_PAUSE_S)
+                if not self._await_started({index}, first=False):
+                    return
 
     def stop(self) -> None:
         """SIGTERM to every live worker (uvicorn finishes its requests), then SIGKILL after STOP_GRACE_S."""
@@ -176,18 +208,20 @@ def _die_with(parent: int) -> None:
 def worker_main(recipe, sock, index: int, events, parent: int) -> None:
     """One worker: build the app, say so, serve until told to stop. A UserError is reported, not raised."""
     # a process group of its own: a terminal's Ctrl-C reaches the supervisor alone, which then stops each
-    # worker with one SIGTERM (uvicorn takes a second signal as "drop the requests in flight")
+    # worker with one SIGTERM (uvicorn takes a second signal as "drop the requests in flight"); the
+    # supervisor started this process with SIGINT and SIGTERM blocked, and they are let in from here on
     os.setpgrp()
     _die_with(parent)
     try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)  # a Ctrl-C held back meanwhile arrives here
         built = recipe()
     except UserError as exc:
-        events.put((index, str(exc)))
+        events.put((index, os.getpid(), str(exc)))
         sys.exit(2)
-    except KeyboardInterrupt:  # a SIGINT sent to this worker alone (or a Ctrl-C before setpgrp above ran)
+    except KeyboardInterrupt:  # a SIGINT for the whole group, held back until now, or one for this worker
         sys.exit(130)
     try:
-        run_app(built.app, sock, on_started=lambda: events.put((index, None)))
+        run_app(built.app, sock, on_started=lambda: events.put((index, os.getpid(), None)))
     except KeyboardInterrupt:  # a SIGINT sent to this worker alone: uvicorn has stopped, and so does it
         pass
     finally:

@@ -324,7 +324,9 @@ class Store:
         """Inside settle's transaction: the batch of a revoked (or unknown) user is refused."""
         if user is None:
             return
-        cur.execute(self._sql("SELECT revoked FROM users WHERE name = ?"), (user,))
+        # the user's row is locked (PostgreSQL: FOR SHARE) until this commit, so a revoke either commits
+        # before this read sees it, or waits until the batch is settled; SQLite's writes serialise anyway
+        cur.execute(self._sql("SELECT revoked FROM users WHERE name = ?" + self._for_share), (user,))
         row = cur.fetchone()
         if row is None or row[0]:
             raise Revoked(user)
@@ -366,6 +368,7 @@ class Store:
         cur.execute(self._sql("DELETE FROM pending WHERE expires < ?"), (time.time(),))
 
     _for_update = ""
+    _for_share = ""
 
 
 class SQLiteStore(Store):
@@ -432,6 +435,7 @@ class PostgresStore(Store):
     batch's update (SELECT ... FOR UPDATE); the spent set's primary key decides every race."""
     placeholder = "%s"
     _for_update = " FOR UPDATE"
+    _for_share = " FOR SHARE"
 
     def __init__(self, dsn: str):
         super().__init__()

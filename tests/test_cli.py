@@ -113,3 +113,19 @@ def test_cost_separation_command(cli, victim_path, tmp_path):
     assert (tmp_path / "sep.params.json").exists() and not (tmp_path / "params.json").exists()
     missing = cli("cost-separation", "--datasets", "mnist-5k", "--victim_dir", tmp_path / "none")
     assert missing.returncode != 0 and "train-victim" in missing.stderr
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
+    """`main.py ... | head -1`: the pipe's reader is gone before the report is printed; the command's
+    work is done, so it exits 0 without a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "serve-admin", "list-users", "--state",
+                             f"sqlite:///{tmp_path / 's.db'}"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # long before the command has started, let alone printed
+    err = proc.stderr.read().decode()
+    assert proc.wait(120) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
+

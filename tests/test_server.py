@@ -658,6 +658,32 @@ def test_the_client_refuses_what_is_not_this_apis_reply(case):
             client.predict(np.zeros((2, *ITEM), dtype=np.uint8))
 
 
+def test_the_client_waits_out_a_429_on_its_challenge_too(monkeypatch):
+    import httpx
+
+    from server import client as client_module
+    from server.client import ApiClient
+
+    challenge = puzzles.issue_bound(key=KEY, user="u", work=1.0, kind="sha256", subs=1, batch=2)
+    asked, waits = [], []
+    monkeypatch.setattr(client_module.time, "sleep", waits.append)  # no real waiting
+
+    def handler(request):
+        path = request.url.path
+        if path == "/v1/account":
+            return httpx.Response(200, json={"queries": 0, "costs": {}, "next": {"batch": 2}})
+        if path == "/v1/challenge":
+            asked.append(path)
+            if len(asked) < 3:
+                return httpx.Response(429, json={"error": "rate_limited", "detail": "slow down", "retry_after": 0.0})
+            return httpx.Response(200, json={"challenge": challenge, "work": 1.0})
+        return httpx.Response(200, json={"output": "labels", "queries": 2, "answers": [3, 4]})
+
+    with ApiClient("http://test", "pk_x", workers=1, transport=httpx.MockTransport(handler), retries=5) as client:
+        assert client.predict(np.zeros((2, *ITEM), dtype=np.uint8)).tolist() == [3, 4]
+    assert len(asked) == 3 and waits == [0.2, 0.2]
+
+
 def test_serve_on_a_port_in_use_fails_before_making_any_file(tmp_path, monkeypatch, capsys):
     import socket
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,7 +17,7 @@ import pytest
 from data.registry import load_splits
 from server.client import ApiClient
 from server.store import open_store
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 from tests.server_helpers import BASELINE, TIMING, free_port, start_server, state_url
 
 
@@ -214,7 +216,10 @@ def test_processes_share_one_port_and_state_and_a_killed_worker_is_replaced(vict
         load = Load(port, keys)
         assert load.going.wait(60), "the load did not get going"
         os.kill(workers[0], signal.SIGKILL)
-        replaced = await_workers(server.pid, 2, gone=[workers[0]])
+        second = await_workers(server.pid, 2, gone=[workers[0]])
+        starting = next(p for p in second if p != workers[1])
+        os.kill(starting, signal.SIGKILL)  # its replacement, as it starts
+        replaced = await_workers(server.pid, 2, gone=[workers[0], starting])  # started once more, after a pause
         assert workers[1] in replaced
         load.join()
         server.send_signal(signal.SIGTERM)
@@ -227,6 +232,7 @@ def test_processes_share_one_port_and_state_and_a_killed_worker_is_replaced(vict
             load.close()
     log = (tmp_path / "server.log").read_text()
     assert "2 processes x 2 threads" in log and "was killed by SIGKILL; starting it again" in log, log
+    assert log.count("was killed by SIGKILL; starting it again") == 2 and "error:" not in log, log
     load.check_accounts(url)
 
 
@@ -256,3 +262,21 @@ def test_workers_die_with_their_supervisor_and_report_why_they_cannot_start(vict
     r = run_cli("serve", *args, timeout=180)
     assert r.returncode == 2 and "error:" in r.stderr and "keeps accounts of the costs" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr, r.stderr
+
+
+def test_ctrl_c_while_the_workers_start_stops_everything_cleanly(victim_path, files, keyfile, tmp_path):
+    """SIGINT to the whole process group (a terminal's Ctrl-C) while the workers import and build: every
+    process stops, the exit is clean and no traceback is printed (workers hold the signal until they
+    have a group of their own)."""
+    args = [*serve_args(victim_path, files, f"sqlite:///{tmp_path / 'state.db'}", free_port()), "--processes", "2"]
+    server = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "serve", *map(str, args)], cwd=ROOT,
+                              start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        workers = await_workers(server.pid, 2)  # spawned: importing, or building their services
+        os.killpg(server.pid, signal.SIGINT)
+        out, err = server.communicate(timeout=60)
+    finally:
+        server.kill()
+        server.wait()
+    assert server.returncode == 0 and "server stopped" in out and "Traceback" not in err, (server.returncode, err)
+    assert not [p for p in workers if Path(f"/proc/{p}").exists()], "a worker outlived its supervisor"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from pow import calibration
 from server import tensors
 from server.app import create_app
 from server.service import ApiError, address_range
-from server.store import open_store
+from server.store import Revoked, open_store
 from tests.server_helpers import BASELINE, state_url
 from tests.test_server import (  # noqa: F401
     ITEM,
@@ -229,6 +230,44 @@ def test_a_legitimate_batch_mostly_takes_one_round_trip(http, service, parts):
 
 
 # -- the price is checked inside the commit: hoarded challenges raced at once, on both stores -----------
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_revoke_racing_a_commit_waits_for_it_or_refuses_it(tmp_path, kind):
+    """The commit reads its user under a lock: a revoke that lands while a batch is being priced waits
+    until that batch is settled (it was answered before the revoke), and never lets it commit after."""
+    url = state_url(kind, tmp_path)
+    settling, admin = open_store(url), open_store(url)
+    times, inside = {}, threading.Event()
+
+    def price(row):  # the service prices here, between the user check and the commit
+        inside.set()
+        time.sleep(1.0)
+        times["priced"] = time.monotonic()
+        return 1.0, 1.0
+
+    def revoke():
+        inside.wait(30)
+        admin.revoke("mallory")
+        times["revoked"] = time.monotonic()
+
+    try:
+        settling.add_user("mallory", "h" * 64, "mallory")
+        racer = threading.Thread(target=revoke)
+        racer.start()
+        result = settling.settle(token="t1", expires=time.time() + 60, account="mallory", queries=8, answer_s=0.01,
+                                 merge=lambda ledger: ledger, price=price, paid=10.0, request="r",
+                                 response={"answers": [1]}, sealed={}, user="mallory")
+        racer.join(30)
+        assert times["revoked"] > times["priced"], "the revoke committed while the batch was being priced"
+        assert result.queries == 8 and settling.account("mallory").queries == 8
+        with pytest.raises(Revoked):  # and from now on the user's batches are refused
+            settling.settle(token="t2", expires=time.time() + 60, account="mallory", queries=8, answer_s=0.01,
+                            merge=lambda ledger: ledger, price=price, paid=10.0, request="r2",
+                            response={"answers": [1]}, sealed={}, user="mallory")
+    finally:
+        settling.close()
+        admin.close()
+
 
 def test_hoarded_challenges_raced_at_once_pay_the_price_current_at_each_commit(parts, tmp_path, kind):
     svc = make_service(parts, state_url(kind, tmp_path))
