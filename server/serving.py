@@ -69,6 +69,8 @@ def serve_socket(sock, recipe, *, processes: int = 1, on_ready=None) -> None:
         built = recipe()
         try:
             run_app(built.app, sock, on_started=on_ready)
+        except KeyboardInterrupt:  # uvicorn stopped on Ctrl-C, then raised it again: the stop that was asked
+            pass
         finally:
             built.close()
         return

@@ -280,3 +280,27 @@ def test_ctrl_c_while_the_workers_start_stops_everything_cleanly(victim_path, fi
         server.wait()
     assert server.returncode == 0 and "server stopped" in out and "Traceback" not in err, (server.returncode, err)
     assert not [p for p in workers if Path(f"/proc/{p}").exists()], "a worker outlived its supervisor"
+
+
+def test_ctrl_c_stops_a_single_process_server_as_a_stop(victim_path, files, keyfile, tmp_path):
+    port = free_port()
+    args = serve_args(victim_path, files, f"sqlite:///{tmp_path / 'state.db'}", port)
+    server = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "serve", *map(str, args)], cwd=ROOT,
+                              start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        import httpx
+        deadline = time.monotonic() + 90
+        while True:
+            assert time.monotonic() < deadline and server.poll() is None, "the server did not start"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        os.killpg(server.pid, signal.SIGINT)
+        out, err = server.communicate(timeout=60)
+    finally:
+        server.kill()
+        server.wait()
+    assert server.returncode == 0 and "server stopped" in out and "interrupted" not in err, (server.returncode, err)
+
