@@ -49,21 +49,27 @@ def free_port() -> int:
 
 def start_server(args: list, *, env: dict, timeout_s: float = 90.0):
     """`python main.py serve ARGS` in a subprocess; returns it once /healthz answers."""
-    import httpx
-
     port = int(args[args.index("--port") + 1])
     log = open(env["SERVER_LOG"], "ab")
     proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "serve", *map(str, args)], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT)
     log.close()
+    await_healthy(proc, port, timeout_s=timeout_s, log=Path(env["SERVER_LOG"]))
+    return proc
+
+
+def await_healthy(proc, port: int, *, timeout_s: float = 90.0, log: Path | None = None) -> None:
+    """Until the server `proc` answers /healthz on `port`; an AssertionError if it exits or takes too long."""
+    import httpx
+
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         if proc.poll() is not None:
-            log = Path(env["SERVER_LOG"]).read_text()[-2000:]
-            raise AssertionError(f"the server exited ({proc.returncode}): {log}")
+            tail = log.read_text()[-2000:] if log is not None else ""
+            raise AssertionError(f"the server exited ({proc.returncode}): {tail}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
+                return
         except httpx.TransportError:
             pass
         time.sleep(0.2)

@@ -18,7 +18,7 @@ from data.registry import load_splits
 from server.client import ApiClient
 from server.store import open_store
 from tests.conftest import ROOT, run_cli
-from tests.server_helpers import BASELINE, TIMING, free_port, start_server, state_url
+from tests.server_helpers import BASELINE, TIMING, await_healthy, free_port, start_server, state_url
 
 
 @pytest.fixture(scope="module")
@@ -264,43 +264,34 @@ def test_workers_die_with_their_supervisor_and_report_why_they_cannot_start(vict
     assert "Traceback" not in r.stderr, r.stderr
 
 
-def test_ctrl_c_while_the_workers_start_stops_everything_cleanly(victim_path, files, keyfile, tmp_path):
-    """SIGINT to the whole process group (a terminal's Ctrl-C) while the workers import and build: every
-    process stops, the exit is clean and no traceback is printed (workers hold the signal until they
-    have a group of their own)."""
-    args = [*serve_args(victim_path, files, f"sqlite:///{tmp_path / 'state.db'}", free_port()), "--processes", "2"]
+def ctrl_c(args: list, when) -> tuple:
+    """`main.py serve ARGS` in a session of its own; once `when(process)` returns, SIGINT to its whole process
+    group (a terminal's Ctrl-C). Returns (exit code, stdout, stderr, what `when` returned)."""
     server = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "serve", *map(str, args)], cwd=ROOT,
                               start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        workers = await_workers(server.pid, 2)  # spawned: importing, or building their services
+        seen = when(server)
         os.killpg(server.pid, signal.SIGINT)
         out, err = server.communicate(timeout=60)
     finally:
         server.kill()
         server.wait()
-    assert server.returncode == 0 and "server stopped" in out and "Traceback" not in err, (server.returncode, err)
+    return server.returncode, out, err, seen
+
+
+def test_ctrl_c_while_the_workers_start_stops_everything_cleanly(victim_path, files, keyfile, tmp_path):
+    """SIGINT to the whole process group (a terminal's Ctrl-C) while the workers import and build: every
+    process stops, the exit is clean and no traceback is printed (workers hold the signal until they
+    have a group of their own)."""
+    args = [*serve_args(victim_path, files, f"sqlite:///{tmp_path / 'state.db'}", free_port()), "--processes", "2"]
+    # once both are spawned: importing, or building their services
+    code, out, err, workers = ctrl_c(args, lambda server: await_workers(server.pid, 2))
+    assert code == 0 and "server stopped" in out and "Traceback" not in err, (code, err)
     assert not [p for p in workers if Path(f"/proc/{p}").exists()], "a worker outlived its supervisor"
 
 
 def test_ctrl_c_stops_a_single_process_server_as_a_stop(victim_path, files, keyfile, tmp_path):
     port = free_port()
     args = serve_args(victim_path, files, f"sqlite:///{tmp_path / 'state.db'}", port)
-    server = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "serve", *map(str, args)], cwd=ROOT,
-                              start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        import httpx
-        deadline = time.monotonic() + 90
-        while True:
-            assert time.monotonic() < deadline and server.poll() is None, "the server did not start"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        os.killpg(server.pid, signal.SIGINT)
-        out, err = server.communicate(timeout=60)
-    finally:
-        server.kill()
-        server.wait()
-    assert server.returncode == 0 and "server stopped" in out and "interrupted" not in err, (server.returncode, err)
-
+    code, out, err, _ = ctrl_c(args, lambda server: await_healthy(server, port))
+    assert code == 0 and "server stopped" in out and "interrupted" not in err, (code, err)
