@@ -1,4 +1,6 @@
-"""Every default, the per-dataset presets, the argument parser, and the read-only settings object.
+"""Every default, the per-dataset presets, the flag families the commands' parsers share, the recipes (the
+commands whose lines other commands write and run), and the read-only settings object. Each command adds
+its own flags (commands/*.py: add_arguments); main.py builds the parser from them.
 
 Flags left unset fall back to the dataset's preset, then to the global default. After resolve(),
 nothing writes to the settings: they are read-only (Settings raises on assignment).
@@ -105,13 +107,13 @@ FRONTIER_DEFAULTS = dict(
     batches="1,64,256", stolen_epochs=1, out_dir="results/frontier")
 
 
-def _d(key: str) -> str:
+def default_text(key: str) -> str:
     """'(default: V)' for a help text, V the flag's one default (a config's, or DEFAULTS')."""
     value = DEFAULTS[key]
     return f"(default: {value:g})" if isinstance(value, float) else f"(default: {value})"
 
 
-def _ood_pool(text):
+def pool_arg(text):
     """An argparse type: a named out-of-distribution pool, or a folder of images."""
     if text.strip() and (text in OOD_POOLS or Path(text).is_dir()):
         return text
@@ -124,13 +126,13 @@ def _tolerance(text):
     if text == "off":
         return text
     try:
-        return _NONNEG_FLOAT(text)
+        return NONNEG_FLOAT(text)
     except argparse.ArgumentTypeError as exc:
         raise argparse.ArgumentTypeError(f"'{text}' is neither 'off' (one-sided) nor a number of standard "
                                          f"deviations: {exc}") from None
 
 
-def _num(cast, lo=None, hi=None, *, lo_open=False, hi_open=False):
+def number(cast, lo=None, hi=None, *, lo_open=False, hi_open=False):
     """An argparse type: a number that is finite and in range (NaN and infinities are refused)."""
     def parse(text):
         try:
@@ -147,7 +149,7 @@ def _num(cast, lo=None, hi=None, *, lo_open=False, hi_open=False):
     return parse
 
 
-def _list(item, what: str):
+def listed(item, what: str):
     """An argparse type: a comma-separated, non-empty list; each item passes `item` (returns the joined text)."""
     def parse(text):
         parts = [p.strip() for p in str(text).split(",") if p.strip()]
@@ -158,7 +160,7 @@ def _list(item, what: str):
     return parse
 
 
-def _choice(valid, what: str):
+def one_of(valid, what: str):
     def check(name):
         if name not in valid:
             raise argparse.ArgumentTypeError(f"unknown {what} '{name}'; valid: {', '.join(sorted(valid))}")
@@ -166,12 +168,12 @@ def _choice(valid, what: str):
     return check
 
 
-_POS_INT = _num(int, 1)
-_NONNEG_INT = _num(int, 0, 2 ** 63 - 1)
-_POS_FLOAT = _num(float, 0, lo_open=True)
-_NONNEG_FLOAT = _num(float, 0)
-_NAMES_DATASETS = _list(_choice(DATASETS, "dataset"), "dataset")
-_NAMES_PUZZLES = _list(_choice(PUZZLES, "puzzle"), "puzzle")
+POS_INT = number(int, 1)
+NONNEG_INT = number(int, 0, 2 ** 63 - 1)
+POS_FLOAT = number(float, 0, lo_open=True)
+NONNEG_FLOAT = number(float, 0)
+DATASET_NAMES = listed(one_of(DATASETS, "dataset"), "dataset")
+PUZZLE_NAMES = listed(one_of(PUZZLES, "puzzle"), "puzzle")
 
 
 class Settings:
@@ -200,54 +202,55 @@ class Settings:
         return f"Settings({self._values!r})"
 
 
-def _preset_help(key: str) -> str:
+def preset_text(key: str) -> str:
     vals = {name: p[key] for name, p in PRESETS.items()}
     return "default: per-dataset preset (" + ", ".join(f"{n}: {v}" for n, v in vals.items()) + ")"
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default=None, choices=sorted(DATASETS),
                    help=f"one of: {', '.join(DATASETS)} (default: {DEFAULT_DATASET})")
-    p.add_argument("--data_dir", default=None, help=f"where datasets are (or are downloaded to) {_d('data_dir')}")
-    p.add_argument("--seed", type=_NONNEG_INT, default=None,
-                   help=f"random seed; the same seed repeats a run {_d('seed')}")
+    p.add_argument("--data_dir", default=None,
+                   help=f"where datasets are (or are downloaded to) {default_text('data_dir')}")
+    p.add_argument("--seed", type=NONNEG_INT, default=None,
+                   help=f"random seed; the same seed repeats a run {default_text('seed')}")
     p.add_argument("--device", default=None,
                    help=f"auto, cpu, cuda or cuda:N (default: {DEFAULTS['device']} = CUDA when present)")
 
 
-def _victim(p: argparse.ArgumentParser) -> None:
+def add_victim(p: argparse.ArgumentParser) -> None:
     p.add_argument("--victim_path", default=None,
                    help="victim checkpoint (default: checkpoints/DATASET-victim.pt)")
     p.add_argument("--victim_arch", default=None, choices=sorted(ARCHITECTURES),
                    help="victim architecture (default: mnistnet for 28x28, resnet34_8x for 32x32x3)")
 
 
-def _training(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--optimizer", default=None, choices=["sgd", "adam"], help=_preset_help("optimizer"))
-    p.add_argument("--lr", type=_num(float, 0, MAX_LR, lo_open=True), default=None, help=_preset_help("lr"))
-    p.add_argument("--momentum", type=_num(float, 0, 1, hi_open=True), default=None, help=_preset_help("momentum"))
-    p.add_argument("--weight_decay", type=_num(float, 0, 1), default=None, help=_preset_help("weight_decay"))
-    p.add_argument("--batch_size", type=_POS_INT, default=None, help=_preset_help("batch_size"))
+def add_training(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--optimizer", default=None, choices=["sgd", "adam"], help=preset_text("optimizer"))
+    p.add_argument("--lr", type=number(float, 0, MAX_LR, lo_open=True), default=None, help=preset_text("lr"))
+    p.add_argument("--momentum", type=number(float, 0, 1, hi_open=True), default=None, help=preset_text("momentum"))
+    p.add_argument("--weight_decay", type=number(float, 0, 1), default=None, help=preset_text("weight_decay"))
+    p.add_argument("--batch_size", type=POS_INT, default=None, help=preset_text("batch_size"))
 
 
-def _accountant(p: argparse.ArgumentParser, with_knn: bool = True) -> None:
+def add_accountant(p: argparse.ArgumentParser, with_knn: bool = True) -> None:
     if with_knn:
-        p.add_argument("--k", type=_POS_INT, default=None, help=_preset_help("k") + "; private-kNN neighbours")
-    p.add_argument("--sigma", type=_num(float, MIN_SIGMA, 1e6), default=None,
-                   help=_preset_help("sigma") + "; GNMax noise")
-    p.add_argument("--delta", type=_num(float, 0, 1, lo_open=True, hi_open=True), default=None,
-                   help=_preset_help("delta"))
+        p.add_argument("--k", type=POS_INT, default=None, help=preset_text("k") + "; private-kNN neighbours")
+    p.add_argument("--sigma", type=number(float, MIN_SIGMA, 1e6), default=None,
+                   help=preset_text("sigma") + "; GNMax noise")
+    p.add_argument("--delta", type=number(float, 0, 1, lo_open=True, hi_open=True), default=None,
+                   help=preset_text("delta"))
     p.add_argument("--cap_rdp", action="store_true", default=None,
                    help="cap the data-dependent RDP at the data-independent bound (default: off, as the paper)")
     p.add_argument("--rdp_conversion", default=None, choices=CONVERSIONS,
                    help="RDP to (eps, delta): classic (the paper's) or improved (Balle et al. 2020) "
-                        f"{_d('rdp_conversion')}")
+                        f"{default_text('rdp_conversion')}")
 
 
-def _pate(p: argparse.ArgumentParser) -> None:
+def add_pate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teachers_path", default=None,
                    help="PATE teacher ensemble from train-teachers (default: checkpoints/DATASET-teachers.pt)")
-    p.add_argument("--pate_sigma", type=_num(float, MIN_SIGMA, 1e6), default=None,
+    p.add_argument("--pate_sigma", type=number(float, MIN_SIGMA, 1e6), default=None,
                    help="GNMax noise over the teachers' votes (default: 0.04 per teacher, the paper's ratio: "
                         "10 for 250 MNIST teachers, 2 for 50 CIFAR10 teachers)")
 
@@ -256,7 +259,7 @@ def _pate(p: argparse.ArgumentParser) -> None:
 CALIBRATION_MODE_OF = {"pow-table": "paper"}  # the paper's own table, priced by the paper's calibration
 
 
-def _calibration(p: argparse.ArgumentParser) -> None:
+def add_calibration(p: argparse.ArgumentParser) -> None:
     mode = CALIBRATION_MODE_OF.get(p.prog.split()[-1], CalibrationConfig.calibration_mode)
     p.add_argument("--cost_measure", default=None, choices=sorted(COST_MEASURES),
                    help="cumulative cost the calibrator reads: knn=privacy_cost, knn_eps=privacy_eps, "
@@ -264,47 +267,47 @@ def _calibration(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration_mode", default=None, choices=sorted(CALIBRATIONS),
                    help="relative (legitimate users pay a set share of their query time) or paper "
                         f"(base ** |cost - expected| seconds per 1,000 queries) (default: {mode})")
-    p.add_argument("--base", type=_num(float, 1, lo_open=True), default=None,
+    p.add_argument("--base", type=number(float, 1, lo_open=True), default=None,
                    help=f"exponential base (default: {PAPER_BASE:g} paper; {CalibrationConfig.base:g} relative, per "
                         f"legitimate batch of excess)")
-    p.add_argument("--pow_budget", type=_POS_FLOAT, default=None,
+    p.add_argument("--pow_budget", type=POS_FLOAT, default=None,
                    help="relative: a legitimate user's PoW time as a share of their query time "
                         f"(default: {CalibrationConfig.pow_budget})")
-    p.add_argument("--tolerance", type=_NONNEG_FLOAT, default=None,
+    p.add_argument("--tolerance", type=NONNEG_FLOAT, default=None,
                    help="relative: excess ignored, in legitimate-spread standard deviations "
                         f"(default: {CalibrationConfig.tolerance})")
-    p.add_argument("--deficit_tolerance", type=_NONNEG_FLOAT, default=None,
+    p.add_argument("--deficit_tolerance", type=NONNEG_FLOAT, default=None,
                    help="relative: also price a cumulative cost BELOW the legitimate line by more than this many "
                         "standard deviations (the two-sided rule, as the paper's |cost - expected|); "
                         "default: off, one-sided (see the README's frontier)")
-    p.add_argument("--max_factor", type=_POS_FLOAT, default=None,
+    p.add_argument("--max_factor", type=POS_FLOAT, default=None,
                    help="relative: most PoW time per batch, in legitimate query times per batch "
                         f"(default: {CalibrationConfig.max_factor:g})")
-    p.add_argument("--min_s", type=_POS_FLOAT, default=None,
+    p.add_argument("--min_s", type=POS_FLOAT, default=None,
                    help=f"paper: least extra seconds per step (default: {CalibrationConfig.min_s:g})")
-    p.add_argument("--max_s", type=_POS_FLOAT, default=None,
+    p.add_argument("--max_s", type=POS_FLOAT, default=None,
                    help="paper: most extra seconds per step, the slowest measured puzzle "
                         f"(default: {CalibrationConfig.max_s:.2f})")
 
 
-def _puzzle(p: argparse.ArgumentParser) -> None:
+def add_puzzle(p: argparse.ArgumentParser) -> None:
     p.add_argument("--puzzle", default=None, choices=PUZZLES,
                    help="hashcash (SHA-1 bits), sha256 (numeric target) or scrypt (memory-hard numeric "
-                        f"target) {_d('puzzle')}")
-    _solver(p)
+                        f"target) {default_text('puzzle')}")
+    add_solver(p)
 
 
-def _solver(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pow_subs", type=_num(int, 1, 4096), default=None,
-                   help=f"sub-solutions per target puzzle; solve-time CV falls as 1/sqrt(n) {_d('pow_subs')}")
+def add_solver(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pow_subs", type=number(int, 1, 4096), default=None,
+                   help=f"sub-solutions per target puzzle; solve-time CV falls as 1/sqrt(n) {default_text('pow_subs')}")
     p.add_argument("--solver", default=None, choices=SOLVERS,
-                   help=f"hashcash client: python or native (the hashcash tool) {_d('solver')}")
-    p.add_argument("--workers", type=_num(int, 1, 1024), default=None, help="solver processes (default: all cores)")
+                   help=f"hashcash client: python or native (the hashcash tool) {default_text('solver')}")
+    p.add_argument("--workers", type=number(int, 1, 1024), default=None, help="solver processes (default: all cores)")
 
 
-def _stamp_fields(p: argparse.ArgumentParser) -> None:
+def add_stamp_fields(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resource", default=None, help="resource the puzzle is bound to (default: client)")
-    p.add_argument("--bits", type=_num(int, 1, 160), default=None,
+    p.add_argument("--bits", type=number(int, 1, 160), default=None,
                    help="hashcash: leading zero bits (made or required)")
     p.add_argument("--key", default=None,
                    help="HMAC key of the server, at least 16 characters (default: $POW_SECRET; no built-in key)")
@@ -313,56 +316,58 @@ def _stamp_fields(p: argparse.ArgumentParser) -> None:
                         "challenges with it, so never in production (default: off)")
 
 
-def _pow(p: argparse.ArgumentParser) -> None:
+def add_pow(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pow", default=None, choices=POW_MODES,
                    help="simulated: add each puzzle's expected solve time; real: solve every batch's puzzle "
-                        f"and add the measured time {_d('pow')}")
-    _puzzle(p)
+                        f"and add the measured time {default_text('pow')}")
+    add_puzzle(p)
     p.add_argument("--timing_table", default=None, choices=TABLES,
                    help="seconds -> difficulty: live (rate measured at start), measured (--timing_csv from "
-                        f"pow-calibrate) or paper (the paper's hashcash table) {_d('timing_table')}")
-    p.add_argument("--timing_csv", default=None, help=f"pow-calibrate's CSV {_d('timing_csv')}")
+                        f"pow-calibrate) or paper (the paper's hashcash table) {default_text('timing_table')}")
+    p.add_argument("--timing_csv", default=None, help=f"pow-calibrate's CSV {default_text('timing_csv')}")
 
 
-def _extraction(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--budget", type=_POS_INT, default=None, help=f"queries the attacker may send {_d('budget')}")
-    p.add_argument("--query_batch", type=_POS_INT, default=None, help=f"queries per batch {_d('query_batch')}")
-    p.add_argument("--batches_per_round", type=_POS_INT, default=None,
+def add_extraction(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--budget", type=POS_INT, default=None,
+                   help=f"queries the attacker may send {default_text('budget')}")
+    p.add_argument("--query_batch", type=POS_INT, default=None, help=f"queries per batch {default_text('query_batch')}")
+    p.add_argument("--batches_per_round", type=POS_INT, default=None,
                    help=f"batches between logged rounds; the stolen model trains once a round "
-                        f"{_d('batches_per_round')}")
+                        f"{default_text('batches_per_round')}")
     p.add_argument("--stolen_arch", default=None, choices=sorted(ARCHITECTURES),
                    help="architecture of the stolen copy (default: mnistnet for 28x28, resnet18 for 32x32x3)")
-    p.add_argument("--stolen_epochs", type=_NONNEG_INT, default=None,
-                   help=_preset_help("stolen_epochs") + "; epochs on all answers so far, each round")
+    p.add_argument("--stolen_epochs", type=NONNEG_INT, default=None,
+                   help=preset_text("stolen_epochs") + "; epochs on all answers so far, each round")
     p.add_argument("--victim_output", default=None, choices=OUTPUTS,
                    help=f"what the API answers (default: {DEFAULTS['victim_output']}; probs for knockoff, which trains "
                         f"on them)")
-    p.add_argument("--ood_pool", default=None, type=_ood_pool,
+    p.add_argument("--ood_pool", default=None, type=pool_arg,
                    help="natural out-of-distribution images for copycat and knockoff: a pool name, or a folder of "
-                        f"images (e.g. CIFAR-10's JPEGs; turned to the victim's channels and size) {_d('ood_pool')}")
-    p.add_argument("--jacobian_cap", type=_POS_INT, default=None,
+                        "images (e.g. CIFAR-10's JPEGs; turned to the victim's channels and size) "
+                        f"{default_text('ood_pool')}")
+    p.add_argument("--jacobian_cap", type=POS_INT, default=None,
                    help="jacobian: most points augmented per generation, a seeded random subset (default: all)")
     p.add_argument("--sampling", default=None, choices=SAMPLINGS,
                    help="knockoff: random order, or adaptive (a gradient bandit over the pool's groups) "
-                        f"{_d('sampling')}")
+                        f"{default_text('sampling')}")
     for key, (mode, f) in MODE_OPTIONS.items():  # ranges are checked by the Options dataclass
         kind = (f.type if isinstance(f.type, str) else f.type.__name__).split("|")[0].strip()  # "int | None": int
         cast = {"int": int, "float": float}[kind]
-        p.add_argument(f"--{key}", type=_num(cast), default=None,
+        p.add_argument(f"--{key}", type=number(cast), default=None,
                        help=f"{mode}: {f.metadata['help']} (default: {f.default})")
 
 
-def _split_price(p: argparse.ArgumentParser) -> None:
+def add_split_price(p: argparse.ArgumentParser) -> None:
     d = QueryPriceConfig()
-    p.add_argument("--query_quantile", type=_num(float, 0, 1, hi_open=True), default=None,
+    p.add_argument("--query_quantile", type=number(float, 0, 1, hi_open=True), default=None,
                    help=f"the legitimate per-query cost above which a query's own weight grows (default: "
                         f"{d.query_quantile})")
-    p.add_argument("--query_share", type=_num(float, 0, 1, hi_open=True), default=None,
+    p.add_argument("--query_share", type=number(float, 0, 1, hi_open=True), default=None,
                    help=f"share of a legitimate user's PoW carried by its costliest queries (default: {d.query_share})")
-    p.add_argument("--query_smoothing", type=_num(float, 0, 100), default=None,
+    p.add_argument("--query_smoothing", type=number(float, 0, 100), default=None,
                    help=f"kernel width, in Silverman bandwidths, that widens the legitimate tail before the "
                         f"weights are fitted (default: {d.query_smoothing})")
-    p.add_argument("--account_factor", type=_num(float, 1, 1e6), default=None,
+    p.add_argument("--account_factor", type=number(float, 1, 1e6), default=None,
                    help=f"most the account's cumulative excess multiplies a batch's price; no split over keys "
                         f"pays less than 1/this of one key's price (default: {d.account_factor})")
     p.add_argument("--anonymous", action="store_true", default=None,
@@ -370,7 +375,7 @@ def _split_price(p: argparse.ArgumentParser) -> None:
                         "alone and is rate-limited as one client (default: off)")
 
 
-def _server_state(p: argparse.ArgumentParser) -> None:
+def add_server_state(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state", default=None,
                    help="accounts, keys and spent challenges: sqlite:///PATH.db or postgresql://USER@HOST:PORT/DB "
                         "(default: sqlite:///server-state.db)")
@@ -378,58 +383,34 @@ def _server_state(p: argparse.ArgumentParser) -> None:
                    help="the HMAC key file from serve-admin init (mode 0600) (default: $POW_SECRET)")
 
 
-def _parser_demo(sub) -> None:
-    p = sub.add_parser("demo", help="the main job: victim, standard vs copycat, calibration, table and plot")
-    _common(p)
-    _victim(p)
-    _extraction(p)
-    _accountant(p)
-    _calibration(p)
-    p.add_argument("--out_dir", default=None, help="where results go (default: results/demo)")
-
-
-def _parser_train_victim(sub) -> None:
-    p = sub.add_parser("train-victim", help="train a victim, evaluate it, save the checkpoint and P.json")
-    _common(p)
-    _victim(p)
-    _training(p)
-    p.add_argument("--epochs", type=_POS_INT, default=None,
-                   help=_preset_help("victim_epochs") + "; with --lr_schedule plateau, the most")
+def _train_victim_flags(p: argparse.ArgumentParser) -> None:
+    add_common(p)
+    add_victim(p)
+    add_training(p)
+    p.add_argument("--epochs", type=POS_INT, default=None,
+                   help=preset_text("victim_epochs") + "; with --lr_schedule plateau, the most")
     p.add_argument("--lr_schedule", default=None, choices=LR_SCHEDULES,
                    help="cosine: anneal over --epochs; plateau: cut the rate tenfold when the loss stalls for "
                         "--plateau_patience epochs, and stop after the second cut (default: " + ", ".join(
                             f"{n}: {p.get('lr_schedule', DEFAULTS['lr_schedule'])}" for n, p in PRESETS.items()) + ")")
-    p.add_argument("--plateau_patience", type=_NONNEG_INT, default=None,
-                   help=f"epochs without a lower loss before a cut {_d('plateau_patience')}")
-    p.add_argument("--victim_shift", type=_NONNEG_INT, default=None,
-                   help="augmentation: random shifts of up to this many pixels; " + _preset_help("victim_shift"))
+    p.add_argument("--plateau_patience", type=NONNEG_INT, default=None,
+                   help=f"epochs without a lower loss before a cut {default_text('plateau_patience')}")
+    p.add_argument("--victim_shift", type=NONNEG_INT, default=None,
+                   help="augmentation: random shifts of up to this many pixels; " + preset_text("victim_shift"))
     p.add_argument("--overwrite", action="store_true", default=None,
                    help="replace an existing victim checkpoint at --victim_path (default: refuse)")
 
 
-def _parser_train_teachers(sub) -> None:
-    p = sub.add_parser("train-teachers", help="train a PATE teacher ensemble on disjoint parts of the victim's data")
-    _common(p)
-    _training(p)
-    _pate(p)
-    p.add_argument("--num_models", type=_num(int, 1, 100_000), default=None,
-                   help="teachers (default: one per 240 training images, as 250 on MNIST's 60,000; 10 to 250)")
-    p.add_argument("--teacher_epochs", type=_POS_INT, default=None, help=_preset_help("teacher_epochs"))
-    p.add_argument("--overwrite", action="store_true", default=None,
-                   help="replace an existing ensemble at --teachers_path (default: refuse)")
-
-
-def _parser_extract(sub) -> None:
-    p = sub.add_parser("extract", help="run one extraction attack against a victim and log every round")
-    _common(p)
-    _victim(p)
-    p.add_argument("--mode", default=None, help=f"attack: one of {', '.join(ATTACKS)} {_d('mode')}")
-    _extraction(p)
-    _training(p)
-    _accountant(p)
-    _pate(p)
-    _calibration(p)
-    _pow(p)
+def _extract_flags(p: argparse.ArgumentParser) -> None:
+    add_common(p)
+    add_victim(p)
+    p.add_argument("--mode", default=None, help=f"attack: one of {', '.join(ATTACKS)} {default_text('mode')}")
+    add_extraction(p)
+    add_training(p)
+    add_accountant(p)
+    add_pate(p)
+    add_calibration(p)
+    add_pow(p)
     p.add_argument("--calibration", default=None,
                    help="legitimate baseline (a standard run's log.csv or a paper time,privacy,queries CSV); "
                         "when given, pow_time_s is filled as the run goes (default: none)")
@@ -445,303 +426,94 @@ def _parser_extract(sub) -> None:
     p.add_argument("--api_key", default=None, help="the API key for --server (default: $POW_API_KEY)")
 
 
-def _parser_serve(sub) -> None:
-    p = sub.add_parser("serve", help="serve the victim over HTTP; every batch costs a calibrated proof-of-work")
-    _common(p)
-    _victim(p)
-    p.add_argument("--victim_output", default=None, choices=OUTPUTS,
-                   help=f"what the API answers: labels, or probs {_d('victim_output')}")
-    _accountant(p)
-    _pate(p)
-    _calibration(p)
-    _puzzle(p)
-    p.add_argument("--timing_table", default=None, choices=TABLES,
-                   help="a client's solve speed: live (measured here at start, --workers processes) or "
-                        f"measured (--timing_csv) {_d('timing_table')}")
-    p.add_argument("--timing_csv", default=None, help=f"pow-calibrate's CSV {_d('timing_csv')}")
-    p.add_argument("--calibration", default=None, required=True,
-                   help="a legitimate user's log.csv (a standard run's): the baseline prices are set against")
-    _server_state(p)
-    p.add_argument("--host", default=None, help="address to listen on (default: 127.0.0.1, loopback only)")
-    p.add_argument("--port", type=_num(int, 1, 65535), default=None, help="(default: 8000)")
-    p.add_argument("--max_batch", type=_num(int, 1, 100_000), default=None,
-                   help=f"most inputs one challenge pays for {_d('max_batch')}")
-    p.add_argument("--ttl_s", type=_num(float, 1, 86400), default=None, help=f"challenge lifetime, s {_d('ttl_s')}")
-    p.add_argument("--rate", type=_num(float, 0, 1e6, lo_open=True), default=None,
-                   help=f"requests per second per API key, sustained {_d('rate')}")
-    p.add_argument("--burst", type=_num(int, 1, 10 ** 6), default=None,
-                   help=f"requests per API key at once {_d('burst')}")
-    p.add_argument("--threads", type=_num(int, 1, 1024), default=None,
-                   help="request threads of each process; torch gets cores / (threads x processes) each, at least "
-                        "1 (default: twice the cores, shared out over the processes)")
-    p.add_argument("--processes", type=_num(int, 1, 64), default=None,
-                   help="server processes on the one port, each its own interpreter, service and store connection; "
-                        "the rate limit is per process, so a key may reach processes x --rate (default: 1)")
-    _split_price(p)
-    p.add_argument("--log_costs", default=None, type=_list(_choice(COST_MEASURES, "cost measure"), "cost measure"),
-                   help="comma-separated measures the server also accounts (and shows in /v1/account) beside the "
-                        "one it prices with; each costs time per batch (default: none)")
-
-
-def _parser_serve_admin(sub) -> None:
-    p = sub.add_parser("serve-admin",
-                       help="the server's key and users: init | add-user NAME | list-users | revoke NAME")
-    p.add_argument("action", choices=["init", "add-user", "list-users", "revoke"], help="what to do")
-    p.add_argument("name", nargs="?", default=None, help="the user (add-user, revoke)")
-    p.add_argument("--group", default=None,
-                   help="add-user: the account the user is charged to; keys of one organisation share it "
-                        "(default: the user's own)")
-    _server_state(p)
-
-
-def _parser_query(sub) -> None:
-    p = sub.add_parser("query", help="send one .npy batch to a server and print the answers")
-    p.add_argument("--server", required=True, help="the server's URL, e.g. http://127.0.0.1:8000")
-    p.add_argument("--api_key", default=None, help="(default: $POW_API_KEY)")
-    p.add_argument("--input", required=True, help=".npy array of images (N, C, H, W), uint8 or floats in [0, 1]")
-    p.add_argument("--workers", type=_num(int, 1, 1024), default=None, help="solver processes (default: all cores)")
-    p.add_argument("--out", default=None, help="also save the answers here as .npy (default: print only)")
-
-
-def _parser_sybil(sub) -> None:
-    p = sub.add_parser("sybil", help="what each attack pays split over API keys and batch sizes, against a "
-                                     "legitimate user (in-process, or over HTTP)")
-    _common(p)
-    _victim(p)
-    _accountant(p)
-    _calibration(p)
-    _split_price(p)
-    p.add_argument("--calibration", required=True, help="a legitimate user's log.csv (a standard run's)")
-    p.add_argument("--modes", default=None, type=_list(_choice(ATTACKS, "mode"), "mode"),
-                   help="comma-separated attack modes whose query streams are split (default: copycat; the "
-                        "legitimate user, standard, is always measured)")
-    p.add_argument("--budget", type=_POS_INT, default=None, help=f"queries of each client in all {_d('budget')}")
-    p.add_argument("--accounts", default=None, type=_list(_num(int, 1, 4096), "count"),
-                   help="comma-separated numbers of API keys (default: 1,16,256,1024)")
-    p.add_argument("--batches", default=None, type=_list(_num(int, 1, 256), "batch size"),
-                   help="comma-separated batch sizes (default: 1,16,64,256)")
-    p.add_argument("--ood_pool", default=None, type=_ood_pool, help=f"copycat's and knockoff's images {_d('ood_pool')}")
-    p.add_argument("--sampling", default=None, choices=SAMPLINGS, help=f"knockoff: random or adaptive {_d('sampling')}")
-    p.add_argument("--stolen_epochs", type=_NONNEG_INT, default=None,
-                   help=_preset_help("stolen_epochs") + "; the attacks' own copies train as they query")
-    p.add_argument("--server", default=None,
-                   help="split over HTTP: start a local server (uvicorn, SQLite) and query it with real puzzles "
-                        "(value: 'local'); default: in-process, through the same PredictionService")
-    p.add_argument("--sybil_runs", default=None,
-                   help="folder of the attacks' runs whose query streams are split (kept, so a rerun reuses "
-                        "them) (default: OUT's folder/sybil-runs)")
-    p.add_argument("--out", default=None, help="CSV of the table (default: results/sybil.csv; plot beside it)")
-
-
-def _parser_frontier(sub) -> None:
-    p = sub.add_parser("frontier", help="the defence frontier: each attacker's stolen accuracy against its price "
-                                        "under every split, and every legitimate profile's price, per rule")
-    p.add_argument("--datasets", default=None, type=_NAMES_DATASETS,
+def _frontier_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--datasets", default=None, type=DATASET_NAMES,
                    help="comma-separated (default: mnist-5k,fashion-mnist)")
-    p.add_argument("--data_dir", default=None, help=f"{_d('data_dir')}")
-    p.add_argument("--seed", type=_NONNEG_INT, default=None,
-                   help=f"the streams' seed; the baseline is recorded with seed + 1 {_d('seed')}")
-    p.add_argument("--device", default=None, help=f"{_d('device')}")
+    p.add_argument("--data_dir", default=None, help=f"{default_text('data_dir')}")
+    p.add_argument("--seed", type=NONNEG_INT, default=None,
+                   help=f"the streams' seed; the baseline is recorded with seed + 1 {default_text('seed')}")
+    p.add_argument("--device", default=None, help=f"{default_text('device')}")
     p.add_argument("--victim_dir", default=None,
                    help="folder of DATASET-victim.pt checkpoints, trained there when missing (default: checkpoints)")
-    _accountant(p)
-    _calibration(p)
-    _split_price(p)
-    p.add_argument("--attackers", default=None, type=_list(_choice(ATTACKS, "mode"), "mode"),
+    add_accountant(p)
+    add_calibration(p)
+    add_split_price(p)
+    p.add_argument("--attackers", default=None, type=listed(one_of(ATTACKS, "mode"), "mode"),
                    help=f"comma-separated attack modes (default: {FRONTIER_DEFAULTS['attackers']})")
-    p.add_argument("--profiles", default=None, type=_list(_choice(PROFILES, "profile"), "profile"),
+    p.add_argument("--profiles", default=None, type=listed(one_of(PROFILES, "profile"), "profile"),
                    help=f"comma-separated legitimate profiles; standard always runs "
                         f"(default: all: {','.join(PROFILES)})")
-    p.add_argument("--deficit_tolerances", default=None, type=_list(_tolerance, "rule"),
+    p.add_argument("--deficit_tolerances", default=None, type=listed(_tolerance, "rule"),
                    help="comma-separated rules: off (one-sided) or T, two-sided with deficits beyond T standard "
                         f"deviations priced (default: {FRONTIER_DEFAULTS['deficit_tolerances']})")
-    p.add_argument("--budget", type=_POS_INT, default=None,
+    p.add_argument("--budget", type=POS_INT, default=None,
                    help=f"queries of each stream; pool-ranking attacks send at most their pool "
                         f"(default: {FRONTIER_DEFAULTS['budget']})")
-    p.add_argument("--accounts", default=None, type=_list(_num(int, 1, 4096), "count"),
+    p.add_argument("--accounts", default=None, type=listed(number(int, 1, 4096), "count"),
                    help=f"comma-separated numbers of API keys (default: {FRONTIER_DEFAULTS['accounts']})")
-    p.add_argument("--batches", default=None, type=_list(_num(int, 1, 256), "batch size"),
+    p.add_argument("--batches", default=None, type=listed(number(int, 1, 256), "batch size"),
                    help=f"comma-separated batch sizes (default: {FRONTIER_DEFAULTS['batches']})")
-    p.add_argument("--ood_pool", default=None, type=_ood_pool, help=f"the attackers' images {_d('ood_pool')}")
-    p.add_argument("--sampling", default=None, choices=SAMPLINGS, help=f"knockoff: random or adaptive {_d('sampling')}")
-    p.add_argument("--stolen_epochs", type=_NONNEG_INT, default=None,
+    p.add_argument("--ood_pool", default=None, type=pool_arg, help=f"the attackers' images {default_text('ood_pool')}")
+    p.add_argument("--sampling", default=None, choices=SAMPLINGS,
+                   help=f"knockoff: random or adaptive {default_text('sampling')}")
+    p.add_argument("--stolen_epochs", type=NONNEG_INT, default=None,
                    help="the attacks' copies' epochs per round as they query (default: 1)")
     p.add_argument("--out_dir", default=None,
                    help="where frontier.csv, .png, .md, the baselines and the streams go (default: results/frontier)")
 
 
-def _parser_reproduce(sub) -> None:
-    p = sub.add_parser("reproduce", help="the paper's grid (datasets x modes x seeds), resumable, then DIR/report.md")
-    p.add_argument("--out_dir", default=None, help="where the runs, the report and its figures go")
-    p.add_argument("--quick", action="store_true", default=None,
-                   help="every mode at a small budget on mnist-5k (under 15 minutes on 2 cores)")
-    p.add_argument("--datasets", default=None, type=_NAMES_DATASETS,
-                   help="comma-separated (default: mnist-5k, plus every other dataset loadable offline)")
-    p.add_argument("--modes", default=None, type=_list(_choice(ATTACKS, "mode"), "mode"),
-                   help="comma-separated attack modes (default: all; standard always runs)")
-    p.add_argument("--seeds", type=_num(int, 1, 100), default=None, help="seeds per cell, 0..N-1 (default: 1)")
-    p.add_argument("--budget", type=_POS_INT, default=None,
-                   help="queries of every run (default: the paper's: 1,024 on mnist-5k, 10,000 elsewhere, DFME 100,000 "
-                        "or 2M; --quick: 512, DFME 2,240)")
-    p.add_argument("--ood_pool", default=None, type=_ood_pool,
-                   help="copycat's, knockoff's and the other pool attacks' images: photos, a dataset, or a folder "
-                        f"such as CIFAR-10's JPEGs (turned grey and resized for an MNIST victim) {_d('ood_pool')}")
-    p.add_argument("--victim_arch", default=None, choices=sorted(ARCHITECTURES),
-                   help="the victims' architecture (default: mnistnet for 28x28, resnet34_8x for 32x32x3; "
-                        "mnistnet is CIFAR-10's CPU scale)")
-    p.add_argument("--stolen_arch", default=None, choices=sorted(ARCHITECTURES),
-                   help="the copies' architecture (default: mnistnet for 28x28, resnet18 for 32x32x3)")
-    p.add_argument("--victim_epochs", type=_POS_INT, default=None, help="the victims' epochs (default: the preset's)")
-    p.add_argument("--query_batch", type=_POS_INT, default=None,
-                   help=f"queries per batch of every mode but DFME (default: {DEFAULTS['query_batch']}, the paper's)")
-    p.add_argument("--dfme_budget", type=_POS_INT, default=None,
-                   help="DFME's queries in a full grid (default: 100,000, about 12 minutes on 2 cores; the paper's "
-                        "2,000,000 wants --device cuda or --slurm)")
-    p.add_argument("--jobs", type=_num(int, 1, 256), default=None, help="runs at a time, as processes (default: 1)")
-    p.add_argument("--list", action="store_true", default=None, help="print the grid's commands, in order, and stop")
-    p.add_argument("--slurm", action="store_true", default=None,
-                   help="write SLURM job arrays (DIR/slurm/submit.sh) instead of running")
-    p.add_argument("--report_only", default=None, metavar="DIR", help="rebuild DIR/report.md from finished runs")
-    p.add_argument("--data_dir", default=None, help=f"{_d('data_dir')}")
-    p.add_argument("--victim_dir", default=None,
-                   help="where DATASET-victim.pt are, or are trained to (default: checkpoints)")
-    p.add_argument("--device", default=None, help=f"{_d('device')}")
-
-
-def _parser_summarize(sub) -> None:
-    p = sub.add_parser("summarize", help="one table and figure from a folder of runs (RUNS/MODE/log.csv), priced "
-                                         "against its standard run")
-    p.add_argument("--runs", required=True,
-                   help="folder with one sub-folder per mode, as experiments/attacks/*.sh write")
-    p.add_argument("--calibration", default=None, help="legitimate baseline (default: RUNS/standard/log.csv)")
-    _calibration(p)
-
-
-def _parser_privacy_cost(sub) -> None:
-    p = sub.add_parser("privacy-cost", help="per-query epsilon and cumulative costs of vote histograms (CSV)")
-    p.add_argument("--votes", required=True, help="CSV with one vote histogram per row (header optional)")
-    p.add_argument("--dataset", default=None, choices=sorted(DATASETS),
-                   help=f"preset for sigma and delta {_d('dataset')}")
-    _accountant(p, with_knn=False)
-    p.add_argument("--out", default=None, help="also write the table as CSV here (default: print only)")
-
-
-def _parser_pow_time(sub) -> None:
-    p = sub.add_parser("pow-time", help="fill pow_time_s / total_time_s of a run's log from a baseline")
-    p.add_argument("--calibration", required=True, help="legitimate baseline CSV (log.csv or paper format)")
-    p.add_argument("--log", required=True, help="the run's log.csv (or a paper-format CSV)")
-    _calibration(p)
-    p.add_argument("--out", default=None,
-                   help="where to write the log with PoW columns; never the --log itself (default: LOG.pow.csv "
-                        "beside the log)")
-    p.add_argument("--bases", default=None, type=_list(_num(float, 1, lo_open=True), "base"),
-                   help="comma-separated bases: print a ratio sweep instead")
-    p.add_argument("--budgets", default=None, type=_list(_POS_FLOAT, "budget"),
-                   help="comma-separated pow budgets for the sweep (relative)")
-
-
-def _parser_pow_mint(sub) -> None:
-    p = sub.add_parser("pow-mint", help="solve a puzzle: a hashcash stamp, or a signed numeric-target challenge")
-    _puzzle(p)
-    _stamp_fields(p)
-    p.add_argument("--work", type=_num(float, 1), default=None,
-                   help="sha256/scrypt: expected evaluations (default: 1000)")
-    p.add_argument("--challenge", default=None, help="sha256/scrypt: a server's challenge (default: issue one here)")
-
-
-def _parser_pow_check(sub) -> None:
-    p = sub.add_parser("pow-check", help="verify a hashcash stamp or a challenge solution; says why it fails")
-    _stamp_fields(p)
-    p.add_argument("--stamp", default=None, help="a hashcash stamp")
-    p.add_argument("--puzzle", default=None, choices=PUZZLES,
-                   help="the puzzle kind the server requires; a solution of another kind is rejected "
-                        f"{_d('puzzle')}")
-    p.add_argument("--solution", default=None, help="a pow1 solution (challenge|nonces)")
-    p.add_argument("--min_work", type=_num(float, 1), default=None, help="pow1: least work accepted (default: 1)")
-
-
-def _parser_pow_calibrate(sub) -> None:
-    p = sub.add_parser("pow-calibrate", help="measure puzzle solve times per difficulty here (CSV and plot)")
-    p.add_argument("--puzzles", default=None, type=_NAMES_PUZZLES,
-                   help="comma-separated (default: hashcash,sha256,scrypt)")
-    _solver(p)
-    p.add_argument("--trials", type=_POS_INT, default=None, help="solves per difficulty (default: 20)")
-    p.add_argument("--max_seconds", type=_num(float, 0, 3600, lo_open=True), default=None,
-                   help="largest difficulty: about this many seconds per solve (default: 1.0)")
-    p.add_argument("--out", default=None, help="CSV (default: results/pow_timing.csv; plot beside it)")
-
-
-def _parser_pow_table(sub) -> None:
-    p = sub.add_parser("pow-table", help="the paper's PoW table and figure from its own CSVs")
-    p.add_argument("--calibration", required=True, help="time_privacy_cost_D.csv (comma-separated for several)")
-    p.add_argument("--attacks", required=True,
-                   help="model_extraction_attack_accuracy_D.csv (comma-separated, same order)")
-    _calibration(p)
-    p.add_argument("--plot", default=None, help="PNG of accuracy against time, one panel per dataset")
-    p.add_argument("--out", default=None, help="CSV of the table (default: print only)")
-
-
-def _parser_cost_separation(sub) -> None:
-    p = sub.add_parser("cost-separation",
-                       help="mean cost per query of each measure, in-distribution vs out-of-distribution")
-    p.add_argument("--datasets", default=None, type=_NAMES_DATASETS,
-                   help="comma-separated datasets (default: mnist-5k,fashion-mnist)")
-    p.add_argument("--data_dir", default=None, help=f"{_d('data_dir')}")
-    p.add_argument("--seed", type=_NONNEG_INT, default=None, help=f"{_d('seed')}")
-    p.add_argument("--device", default=None, help=f"{_d('device')}")
-    p.add_argument("--victim_dir", default=None,
-                   help="folder of DATASET-victim.pt checkpoints (default: checkpoints)")
-    p.add_argument("--queries", type=_POS_INT, default=None, help="queries per client (default: 1000)")
-    p.add_argument("--sigmas", default=None, type=_list(_num(float, MIN_SIGMA, 1e6), "sigma"),
-                   help="comma-separated private-kNN sigmas (default: 28,10)")
-    p.add_argument("--ood_pool", default=None, type=_ood_pool, help=f"{_d('ood_pool')}")
-    p.add_argument("--pate_sigma", type=_num(float, MIN_SIGMA, 1e6), default=None,
-                   help="GNMax noise over the votes of DATASET-teachers.pt in --victim_dir (default: 0.04 per teacher)")
-    p.add_argument("--out", default=None, help="CSV of the table (default: results/cost_separation.csv)")
-
-
-def _parser_cost_growth(sub) -> None:
-    p = sub.add_parser("cost-growth",
-                       help="which victim, kNN set and pool make an OOD attacker's kNN cost grow faster, beside the "
-                            "paper's claim")
-    p.add_argument("--datasets", default=None, type=_NAMES_DATASETS,
+def _cost_growth_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--datasets", default=None, type=DATASET_NAMES,
                    help="comma-separated kNN training sets (each dataset's victim split) (default: mnist-5k)")
     p.add_argument("--victims", default=None,
                    help="comma-separated victim checkpoints, each PATH or LABEL=PATH; every one must take the "
                         "datasets' input shape (default: VICTIM_DIR/DATASET-victim.pt per dataset)")
-    p.add_argument("--ood_pools", default=None, type=_list(_ood_pool, "pool"),
+    p.add_argument("--ood_pools", default=None, type=listed(pool_arg, "pool"),
                    help="comma-separated out-of-distribution pools: names or image folders (default: photos)")
-    p.add_argument("--data_dir", default=None, help=f"{_d('data_dir')}")
+    p.add_argument("--data_dir", default=None, help=f"{default_text('data_dir')}")
     p.add_argument("--victim_dir", default=None, help="(default: checkpoints)")
-    p.add_argument("--seed", type=_NONNEG_INT, default=None, help=f"{_d('seed')}")
-    p.add_argument("--device", default=None, help=f"{_d('device')}")
-    p.add_argument("--queries", type=_POS_INT, default=None,
+    p.add_argument("--seed", type=NONNEG_INT, default=None, help=f"{default_text('seed')}")
+    p.add_argument("--device", default=None, help=f"{default_text('device')}")
+    p.add_argument("--queries", type=POS_INT, default=None,
                    help=f"queries of each kind (default: {GrowthConfig.queries})")
-    p.add_argument("--sigmas", default=None, type=_list(_num(float, MIN_SIGMA, 1e6), "sigma"),
+    p.add_argument("--sigmas", default=None, type=listed(number(float, MIN_SIGMA, 1e6), "sigma"),
                    help="comma-separated GNMax sigmas, a factor too (default: "
                         f"{','.join(f'{v:g}' for v in GrowthConfig.sigmas)})")
-    p.add_argument("--k", type=_POS_INT, default=None, help=_preset_help("k") + "; private-kNN neighbours")
-    p.add_argument("--delta", type=_num(float, 0, 1, lo_open=True, hi_open=True), default=None,
-                   help=_preset_help("delta"))
+    p.add_argument("--k", type=POS_INT, default=None, help=preset_text("k") + "; private-kNN neighbours")
+    p.add_argument("--delta", type=number(float, 0, 1, lo_open=True, hi_open=True), default=None,
+                   help=preset_text("delta"))
     p.add_argument("--out", default=None, help="CSV (default: results/cost_growth.csv; notes in .md beside it)")
 
 
-COMMAND_PARSERS = (  # each adds its command and its flags, in the order --help lists them
-    _parser_demo, _parser_train_victim, _parser_train_teachers, _parser_extract, _parser_serve, _parser_serve_admin,
-    _parser_query, _parser_sybil, _parser_frontier, _parser_reproduce, _parser_summarize, _parser_privacy_cost,
-    _parser_pow_time, _parser_pow_mint, _parser_pow_check, _parser_pow_calibrate, _parser_pow_table,
-    _parser_cost_separation, _parser_cost_growth,
-)
+#: the commands whose command lines other commands write and run (grid cells, frontier replays): their
+#: flags live here, below every command, so that a command can parse another's line without importing it
+RECIPES = {  # command: (its flags, its --help line)
+    "train-victim": (_train_victim_flags, "train a victim, evaluate it, save the checkpoint and P.json"),
+    "extract": (_extract_flags, "run one extraction attack against a victim and log every round"),
+    "frontier": (_frontier_flags, "the defence frontier: each attacker's stolen accuracy against its price under "
+                                  "every split, and every legitimate profile's price, per rule"),
+    "cost-growth": (_cost_growth_flags, "which victim, kNN set and pool make an OOD attacker's kNN cost grow faster, "
+                                        "beside the paper's claim"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def add_recipe(sub, command: str) -> argparse.ArgumentParser:
+    """Add recipe `command` and its flags to subparsers `sub` (the command's own add_arguments calls this)."""
+    flags, text = RECIPES[command]
+    p = sub.add_parser(command, help=text)
+    flags(p)
+    return p
+
+
+def build_parser(adders) -> argparse.ArgumentParser:
+    """The parser of main.py: each of `adders` adds its command and flags to the subparsers, in --help's order."""
     parser = argparse.ArgumentParser(
         prog="main.py", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Model extraction against a victim defended by calibrated proof-of-work.",
         epilog="Run 'python main.py COMMAND --help' for every flag of a command and its default.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in COMMAND_PARSERS:
+    for add in adders:
         add(sub)
     return parser
 
@@ -782,5 +554,9 @@ def resolve(args: argparse.Namespace) -> Settings:
     return Settings(values)
 
 
-def parse(argv=None) -> Settings:
-    return resolve(build_parser().parse_args(argv))
+def parse(argv) -> Settings:
+    """The settings of a recipe's command line (["extract", ...]: RECIPES); main.parse parses every command's."""
+    if not argv or argv[0] not in RECIPES:
+        raise ConfigError(f"parameters.parse reads the command lines of {', '.join(RECIPES)}, not {argv[:1]}; "
+                          f"parse any command's with main.parse")
+    return resolve(build_parser([lambda sub: add_recipe(sub, argv[0])]).parse_args(argv))

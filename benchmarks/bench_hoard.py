@@ -141,13 +141,13 @@ def run(replicas: int, tmp: Path, s) -> dict:
 
 
 def main() -> None:
-    import parameters
+    import main
     from tests.server_helpers import BASELINE
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "baseline.csv").write_text(BASELINE)
-        s = parameters.parse(["serve", "--calibration", str(tmp / "baseline.csv"), "--puzzle", "sha256",
+        s = main.parse(["serve", "--calibration", str(tmp / "baseline.csv"), "--puzzle", "sha256",
                               "--device", "cpu", "--rate", "100000", "--burst", "100000"])
         results = [run(n, tmp, s) for n in (1, 2)]
     out = ROOT / "benchmarks" / "results" / "hoard.json"

@@ -42,7 +42,7 @@ def build(victim_path: str, state: str, threads: int, processes: int = 1):
     """The real service with minimal (work 1) challenges, plus two stripped-down routes for the stages."""
     import torch
 
-    import parameters
+    import main
     from pow.timing import PuzzlePricer
     from server import tensors
     from server.app import create_app
@@ -53,7 +53,7 @@ def build(victim_path: str, state: str, threads: int, processes: int = 1):
     baseline = Path(tempfile.mkdtemp()) / "baseline.csv"
     from tests.server_helpers import BASELINE
     baseline.write_text(BASELINE)
-    s = parameters.parse(["serve", "--calibration", str(baseline), "--victim_path", victim_path, "--puzzle", "sha256",
+    s = main.parse(["serve", "--calibration", str(baseline), "--victim_path", victim_path, "--puzzle", "sha256",
                           "--device", "cpu", "--state", state, "--rate", "100000", "--burst", "100000",
                           "--timing_table", "measured", "--timing_csv", str(_timing(baseline.parent))])
     store = open_store(state)

@@ -11,14 +11,26 @@ from common.errors import UserError
 from common.io import atomic_write_csv, check_outputs, input_file, params_beside, write_params_beside
 from common.runtime import resolve_device, set_seed
 from data.ood import ood_pool
-from data.registry import load_splits
+from data.registry import DATASETS, load_splits
 from extraction import cost_growth as growth
 from models.checkpoint import load_victim
 from models.oracle import Victim
 from models.teachers import load_teachers, teachers_command
+from parameters import (
+    DATASET_NAMES,
+    NONNEG_INT,
+    POS_INT,
+    add_accountant,
+    add_recipe,
+    default_text,
+    listed,
+    number,
+    pool_arg,
+)
 from privacy import accountants
 from privacy.accountants import cumulative_costs
 from privacy.knn import KnnVoter
+from privacy.rdp import MIN_SIGMA
 
 
 def read_votes(path) -> np.ndarray:
@@ -116,3 +128,35 @@ def cost_separation(s, *, progress: bool = True) -> tuple:
 def cost_growth(s, *, progress: bool = True) -> tuple:
     """The factorial over victims x kNN sets x pools x sigmas, its main effects, and the paper's CSVs."""
     return growth.run(growth.GrowthJob.of(s.as_dict()), record=s.as_dict(), progress=progress)
+
+
+def add_privacy_cost_arguments(sub) -> None:
+    p = sub.add_parser("privacy-cost", help="per-query epsilon and cumulative costs of vote histograms (CSV)")
+    p.add_argument("--votes", required=True, help="CSV with one vote histogram per row (header optional)")
+    p.add_argument("--dataset", default=None, choices=sorted(DATASETS),
+                   help=f"preset for sigma and delta {default_text('dataset')}")
+    add_accountant(p, with_knn=False)
+    p.add_argument("--out", default=None, help="also write the table as CSV here (default: print only)")
+
+
+def add_cost_separation_arguments(sub) -> None:
+    p = sub.add_parser("cost-separation",
+                       help="mean cost per query of each measure, in-distribution vs out-of-distribution")
+    p.add_argument("--datasets", default=None, type=DATASET_NAMES,
+                   help="comma-separated datasets (default: mnist-5k,fashion-mnist)")
+    p.add_argument("--data_dir", default=None, help=f"{default_text('data_dir')}")
+    p.add_argument("--seed", type=NONNEG_INT, default=None, help=f"{default_text('seed')}")
+    p.add_argument("--device", default=None, help=f"{default_text('device')}")
+    p.add_argument("--victim_dir", default=None,
+                   help="folder of DATASET-victim.pt checkpoints (default: checkpoints)")
+    p.add_argument("--queries", type=POS_INT, default=None, help="queries per client (default: 1000)")
+    p.add_argument("--sigmas", default=None, type=listed(number(float, MIN_SIGMA, 1e6), "sigma"),
+                   help="comma-separated private-kNN sigmas (default: 28,10)")
+    p.add_argument("--ood_pool", default=None, type=pool_arg, help=f"{default_text('ood_pool')}")
+    p.add_argument("--pate_sigma", type=number(float, MIN_SIGMA, 1e6), default=None,
+                   help="GNMax noise over the votes of DATASET-teachers.pt in --victim_dir (default: 0.04 per teacher)")
+    p.add_argument("--out", default=None, help="CSV of the table (default: results/cost_separation.csv)")
+
+
+def add_cost_growth_arguments(sub) -> None:
+    add_recipe(sub, "cost-growth")  # the reproduce grid writes and runs its command lines: its flags live in parameters

@@ -10,6 +10,7 @@ from extraction.loop import run_extraction
 from extraction.summary import PRICED_LOG, plot, summarize_runs
 from models.checkpoint import load_victim
 from models.victim_training import VictimRecipe, train_victim
+from parameters import add_accountant, add_calibration, add_common, add_extraction, add_victim
 from pow.calibration import CalibrationConfig
 
 DEMO_MODES = ("standard", "copycat")
@@ -51,3 +52,13 @@ def demo(s, *, progress: bool = True) -> tuple:
     lines.append(f"results: {out}/summary.csv, {out}/accuracy_vs_time.png, and per mode "
                  f"{out}/{{{','.join(DEMO_MODES)}}}/log.csv (the run) and {PRICED_LOG} (priced)")
     return table, "\n".join(lines)
+
+
+def add_arguments(sub) -> None:
+    p = sub.add_parser("demo", help="the main job: victim, standard vs copycat, calibration, table and plot")
+    add_common(p)
+    add_victim(p)
+    add_extraction(p)
+    add_accountant(p)
+    add_calibration(p)
+    p.add_argument("--out_dir", default=None, help="where results go (default: results/demo)")

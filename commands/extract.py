@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from extraction.config import ExtractionConfig
 from extraction.loop import run_extraction
+from parameters import add_recipe
 from server.client import ApiClient, RemoteOracle, resolve_api_key
 
 
@@ -21,3 +22,7 @@ def extract(s) -> tuple:
     text = (f"{s.mode} on {s.dataset}: {final['queries']} queries, accuracy {final['accuracy']:.2f}%, "
             f"fidelity {final['fidelity']:.2f}%\nlog: {result['log']}\nparams: {result['params']}")
     return result, text
+
+
+def add_arguments(sub) -> None:
+    add_recipe(sub, "extract")  # other commands write and run its command lines: its flags live in parameters

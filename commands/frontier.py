@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from common.errors import UserError
 from common.io import atomic_savefig, atomic_write_csv, atomic_write_text, check_outputs, write_params_beside
 from data.profiles import NEEDS_DIFFICULTY, profile_stream
+from parameters import add_recipe
 
 COLUMNS = ["dataset", "rule", "kind", "mode", "keys", "batch", "queries", "time_ratio", "over_legit", "accuracy",
            "round_trips"]
@@ -265,3 +266,7 @@ def _plot(table: pd.DataFrame, path: Path) -> None:
     fig.tight_layout(rect=(0, 0, 0.9, 1))
     atomic_savefig(fig, path)
     plt.close(fig)
+
+
+def add_arguments(sub) -> None:
+    add_recipe(sub, "frontier")  # other commands write and run its command lines: its flags live in parameters

@@ -10,10 +10,11 @@ import pandas as pd
 
 from common.errors import UserError
 from common.io import atomic_savefig, atomic_write_csv, check_outputs, params_beside, write_params_beside
+from parameters import POS_INT, PUZZLE_NAMES, add_puzzle, add_solver, add_stamp_fields, default_text, number
 from pow import hashcash, kinds, puzzles
 from pow.keys import resolve_key
 from pow.solver import Solver, default_workers, measure_rate
-from pow.timing import TIMING_COLUMNS
+from pow.timing import PUZZLES, TIMING_COLUMNS
 
 DEFAULT_WORK = 1000.0  # pow-mint: expected evaluations of a challenge issued here, unless --work
 
@@ -133,3 +134,34 @@ def _plot_timing(frame: pd.DataFrame, path) -> None:
     ax.legend(fontsize=8)
     atomic_savefig(fig, path)
     plt.close(fig)
+
+
+def add_pow_mint_arguments(sub) -> None:
+    p = sub.add_parser("pow-mint", help="solve a puzzle: a hashcash stamp, or a signed numeric-target challenge")
+    add_puzzle(p)
+    add_stamp_fields(p)
+    p.add_argument("--work", type=number(float, 1), default=None,
+                   help="sha256/scrypt: expected evaluations (default: 1000)")
+    p.add_argument("--challenge", default=None, help="sha256/scrypt: a server's challenge (default: issue one here)")
+
+
+def add_pow_check_arguments(sub) -> None:
+    p = sub.add_parser("pow-check", help="verify a hashcash stamp or a challenge solution; says why it fails")
+    add_stamp_fields(p)
+    p.add_argument("--stamp", default=None, help="a hashcash stamp")
+    p.add_argument("--puzzle", default=None, choices=PUZZLES,
+                   help="the puzzle kind the server requires; a solution of another kind is rejected "
+                        f"{default_text('puzzle')}")
+    p.add_argument("--solution", default=None, help="a pow1 solution (challenge|nonces)")
+    p.add_argument("--min_work", type=number(float, 1), default=None, help="pow1: least work accepted (default: 1)")
+
+
+def add_pow_calibrate_arguments(sub) -> None:
+    p = sub.add_parser("pow-calibrate", help="measure puzzle solve times per difficulty here (CSV and plot)")
+    p.add_argument("--puzzles", default=None, type=PUZZLE_NAMES,
+                   help="comma-separated (default: hashcash,sha256,scrypt)")
+    add_solver(p)
+    p.add_argument("--trials", type=POS_INT, default=None, help="solves per difficulty (default: 20)")
+    p.add_argument("--max_seconds", type=number(float, 0, 3600, lo_open=True), default=None,
+                   help="largest difficulty: about this many seconds per solve (default: 1.0)")
+    p.add_argument("--out", default=None, help="CSV (default: results/pow_timing.csv; plot beside it)")

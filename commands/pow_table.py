@@ -12,6 +12,7 @@ import pandas as pd
 
 from common.errors import UserError
 from common.io import atomic_savefig, atomic_write_csv, check_outputs, params_beside, write_params_beside
+from parameters import add_calibration
 from pow.paper import pow_table as priced_table
 
 
@@ -68,3 +69,13 @@ def plot(priced: dict, path) -> None:
     fig.tight_layout()
     atomic_savefig(fig, path)
     plt.close(fig)
+
+
+def add_arguments(sub) -> None:
+    p = sub.add_parser("pow-table", help="the paper's PoW table and figure from its own CSVs")
+    p.add_argument("--calibration", required=True, help="time_privacy_cost_D.csv (comma-separated for several)")
+    p.add_argument("--attacks", required=True,
+                   help="model_extraction_attack_accuracy_D.csv (comma-separated, same order)")
+    add_calibration(p)
+    p.add_argument("--plot", default=None, help="PNG of accuracy against time, one panel per dataset")
+    p.add_argument("--out", default=None, help="CSV of the table (default: print only)")

@@ -7,6 +7,7 @@ import pandas as pd
 
 from common.errors import UserError
 from common.io import atomic_write_csv, check_outputs, params_beside, write_params_beside
+from parameters import POS_FLOAT, add_calibration, listed, number
 from pow import calibration
 
 
@@ -73,3 +74,17 @@ def sweep(s) -> tuple:
         atomic_write_csv(s.out, table)
         write_params_beside(s.out, s.as_dict(), "pow-time")
     return table, f"ratio of {s.log} ({s.calibration_mode} calibration)\n" + table.to_string(index=False)
+
+
+def add_arguments(sub) -> None:
+    p = sub.add_parser("pow-time", help="fill pow_time_s / total_time_s of a run's log from a baseline")
+    p.add_argument("--calibration", required=True, help="legitimate baseline CSV (log.csv or paper format)")
+    p.add_argument("--log", required=True, help="the run's log.csv (or a paper-format CSV)")
+    add_calibration(p)
+    p.add_argument("--out", default=None,
+                   help="where to write the log with PoW columns; never the --log itself (default: LOG.pow.csv "
+                        "beside the log)")
+    p.add_argument("--bases", default=None, type=listed(number(float, 1, lo_open=True), "base"),
+                   help="comma-separated bases: print a ratio sweep instead")
+    p.add_argument("--budgets", default=None, type=listed(POS_FLOAT, "budget"),
+                   help="comma-separated pow budgets for the sweep (relative)")

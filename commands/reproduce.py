@@ -25,10 +25,13 @@ import json
 import shlex
 from pathlib import Path
 
+from attacks import ATTACKS
 from commands.grid import GRID, SCALE_KEYS, _capacity, cells, read_grid, run_grid, slurm_scripts
 from commands.report import write_report
 from common.errors import UserError
 from common.io import FolderLock, atomic_write_text, ensure_writable_dir
+from models.architectures import ARCHITECTURES
+from parameters import DATASET_NAMES, DEFAULTS, POS_INT, default_text, listed, number, one_of, pool_arg
 
 #: the paper's query budgets (its CSVs: 10 steps of 1,000 queries; DFME from 2M), and mnist-5k's pool limit
 FULL_BUDGETS = {"mnist-5k": 1024, "fashion-mnist": 10_000, "mnist": 10_000, "svhn": 10_000, "cifar10": 10_000}
@@ -186,3 +189,42 @@ def _validate(grid: dict, out: Path) -> None:
             parameters.parse(cell.argv)  # its flags parse; it checks its own inputs as it starts
         elif cell.kind != "victim":
             validate(parameters.parse(cell.argv).replace(calibration=None))  # the baseline is made later
+
+
+def add_arguments(sub) -> None:
+    p = sub.add_parser("reproduce", help="the paper's grid (datasets x modes x seeds), resumable, then DIR/report.md")
+    p.add_argument("--out_dir", default=None, help="where the runs, the report and its figures go")
+    p.add_argument("--quick", action="store_true", default=None,
+                   help="every mode at a small budget on mnist-5k (under 15 minutes on 2 cores)")
+    p.add_argument("--datasets", default=None, type=DATASET_NAMES,
+                   help="comma-separated (default: mnist-5k, plus every other dataset loadable offline)")
+    p.add_argument("--modes", default=None, type=listed(one_of(ATTACKS, "mode"), "mode"),
+                   help="comma-separated attack modes (default: all; standard always runs)")
+    p.add_argument("--seeds", type=number(int, 1, 100), default=None, help="seeds per cell, 0..N-1 (default: 1)")
+    p.add_argument("--budget", type=POS_INT, default=None,
+                   help="queries of every run (default: the paper's: 1,024 on mnist-5k, 10,000 elsewhere, DFME 100,000 "
+                        "or 2M; --quick: 512, DFME 2,240)")
+    p.add_argument("--ood_pool", default=None, type=pool_arg,
+                   help="copycat's, knockoff's and the other pool attacks' images: photos, a dataset, or a folder "
+                        "such as CIFAR-10's JPEGs (turned grey and resized for an MNIST victim) "
+                        f"{default_text('ood_pool')}")
+    p.add_argument("--victim_arch", default=None, choices=sorted(ARCHITECTURES),
+                   help="the victims' architecture (default: mnistnet for 28x28, resnet34_8x for 32x32x3; "
+                        "mnistnet is CIFAR-10's CPU scale)")
+    p.add_argument("--stolen_arch", default=None, choices=sorted(ARCHITECTURES),
+                   help="the copies' architecture (default: mnistnet for 28x28, resnet18 for 32x32x3)")
+    p.add_argument("--victim_epochs", type=POS_INT, default=None, help="the victims' epochs (default: the preset's)")
+    p.add_argument("--query_batch", type=POS_INT, default=None,
+                   help=f"queries per batch of every mode but DFME (default: {DEFAULTS['query_batch']}, the paper's)")
+    p.add_argument("--dfme_budget", type=POS_INT, default=None,
+                   help="DFME's queries in a full grid (default: 100,000, about 12 minutes on 2 cores; the paper's "
+                        "2,000,000 wants --device cuda or --slurm)")
+    p.add_argument("--jobs", type=number(int, 1, 256), default=None, help="runs at a time, as processes (default: 1)")
+    p.add_argument("--list", action="store_true", default=None, help="print the grid's commands, in order, and stop")
+    p.add_argument("--slurm", action="store_true", default=None,
+                   help="write SLURM job arrays (DIR/slurm/submit.sh) instead of running")
+    p.add_argument("--report_only", default=None, metavar="DIR", help="rebuild DIR/report.md from finished runs")
+    p.add_argument("--data_dir", default=None, help=f"{default_text('data_dir')}")
+    p.add_argument("--victim_dir", default=None,
+                   help="where DATASET-victim.pt are, or are trained to (default: checkpoints)")
+    p.add_argument("--device", default=None, help=f"{default_text('device')}")

@@ -9,6 +9,23 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import UserError
+from models.oracle import OUTPUTS
+from parameters import (
+    add_accountant,
+    add_calibration,
+    add_common,
+    add_pate,
+    add_puzzle,
+    add_server_state,
+    add_split_price,
+    add_victim,
+    default_text,
+    listed,
+    number,
+    one_of,
+)
+from pow.timing import TABLES
+from privacy.accountants import COST_MEASURES
 from server.build import DeploymentConfig, check_serve, size_threads
 
 log = logging.getLogger(__name__)
@@ -158,3 +175,62 @@ def query(s) -> tuple:
             f"# {len(x)} inputs, PoW {client.pow_time_s:.3f} s, server {client.wait_time_s:.3f} s; account "
             f"{account['queries']} queries, next batch ~{account['next']['seconds']:.3f} s of PoW")
     return answers, text
+
+
+def add_serve_arguments(sub) -> None:
+    p = sub.add_parser("serve", help="serve the victim over HTTP; every batch costs a calibrated proof-of-work")
+    add_common(p)
+    add_victim(p)
+    p.add_argument("--victim_output", default=None, choices=OUTPUTS,
+                   help=f"what the API answers: labels, or probs {default_text('victim_output')}")
+    add_accountant(p)
+    add_pate(p)
+    add_calibration(p)
+    add_puzzle(p)
+    p.add_argument("--timing_table", default=None, choices=TABLES,
+                   help="a client's solve speed: live (measured here at start, --workers processes) or "
+                        f"measured (--timing_csv) {default_text('timing_table')}")
+    p.add_argument("--timing_csv", default=None, help=f"pow-calibrate's CSV {default_text('timing_csv')}")
+    p.add_argument("--calibration", default=None, required=True,
+                   help="a legitimate user's log.csv (a standard run's): the baseline prices are set against")
+    add_server_state(p)
+    p.add_argument("--host", default=None, help="address to listen on (default: 127.0.0.1, loopback only)")
+    p.add_argument("--port", type=number(int, 1, 65535), default=None, help="(default: 8000)")
+    p.add_argument("--max_batch", type=number(int, 1, 100_000), default=None,
+                   help=f"most inputs one challenge pays for {default_text('max_batch')}")
+    p.add_argument("--ttl_s", type=number(float, 1, 86400), default=None,
+                   help=f"challenge lifetime, s {default_text('ttl_s')}")
+    p.add_argument("--rate", type=number(float, 0, 1e6, lo_open=True), default=None,
+                   help=f"requests per second per API key, sustained {default_text('rate')}")
+    p.add_argument("--burst", type=number(int, 1, 10 ** 6), default=None,
+                   help=f"requests per API key at once {default_text('burst')}")
+    p.add_argument("--threads", type=number(int, 1, 1024), default=None,
+                   help="request threads of each process; torch gets cores / (threads x processes) each, at least "
+                        "1 (default: twice the cores, shared out over the processes)")
+    p.add_argument("--processes", type=number(int, 1, 64), default=None,
+                   help="server processes on the one port, each its own interpreter, service and store connection; "
+                        "the rate limit is per process, so a key may reach processes x --rate (default: 1)")
+    add_split_price(p)
+    p.add_argument("--log_costs", default=None, type=listed(one_of(COST_MEASURES, "cost measure"), "cost measure"),
+                   help="comma-separated measures the server also accounts (and shows in /v1/account) beside the "
+                        "one it prices with; each costs time per batch (default: none)")
+
+
+def add_serve_admin_arguments(sub) -> None:
+    p = sub.add_parser("serve-admin",
+                       help="the server's key and users: init | add-user NAME | list-users | revoke NAME")
+    p.add_argument("action", choices=["init", "add-user", "list-users", "revoke"], help="what to do")
+    p.add_argument("name", nargs="?", default=None, help="the user (add-user, revoke)")
+    p.add_argument("--group", default=None,
+                   help="add-user: the account the user is charged to; keys of one organisation share it "
+                        "(default: the user's own)")
+    add_server_state(p)
+
+
+def add_query_arguments(sub) -> None:
+    p = sub.add_parser("query", help="send one .npy batch to a server and print the answers")
+    p.add_argument("--server", required=True, help="the server's URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--api_key", default=None, help="(default: $POW_API_KEY)")
+    p.add_argument("--input", required=True, help=".npy array of images (N, C, H, W), uint8 or floats in [0, 1]")
+    p.add_argument("--workers", type=number(int, 1, 1024), default=None, help="solver processes (default: all cores)")
+    p.add_argument("--out", default=None, help="also save the answers here as .npy (default: print only)")

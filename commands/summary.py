@@ -7,6 +7,7 @@ from pathlib import Path
 import attacks
 from common.io import atomic_write_csv, check_outputs, params_beside, write_params_beside
 from extraction.summary import PRICED_LOG, mode_folders, plot, summarize_runs
+from parameters import add_calibration
 from pow.calibration import CalibrationConfig
 
 
@@ -28,3 +29,12 @@ def summarize(s, *, progress: bool = True) -> tuple:
     text = table.to_string(index=False, float_format=lambda v: f"{v:.2f}")
     return table, (f"calibration: {s.calibration_mode}, cost measure {s.cost_measure}, baseline {baseline}\n{text}\n"
                    f"written: {table_path}, {figure}, and MODE/{PRICED_LOG} beside each run")
+
+
+def add_arguments(sub) -> None:
+    p = sub.add_parser("summarize", help="one table and figure from a folder of runs (RUNS/MODE/log.csv), priced "
+                                         "against its standard run")
+    p.add_argument("--runs", required=True,
+                   help="folder with one sub-folder per mode, as experiments/attacks/*.sh write")
+    p.add_argument("--calibration", default=None, help="legitimate baseline (default: RUNS/standard/log.csv)")
+    add_calibration(p)

@@ -23,9 +23,26 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from attacks import ATTACKS
+from attacks.knockoff import SAMPLINGS
 from commands.streams import HttpReplay, InProcessReplay, record_stream
 from common.errors import UserError
 from common.io import atomic_savefig, atomic_write_csv, check_outputs, write_params_beside
+from parameters import (
+    NONNEG_INT,
+    POS_INT,
+    add_accountant,
+    add_calibration,
+    add_common,
+    add_split_price,
+    add_victim,
+    default_text,
+    listed,
+    number,
+    one_of,
+    pool_arg,
+    preset_text,
+)
 from server.build import DeploymentConfig, check_serve
 
 COLUMNS = ["mode", "keys", "batch", "queries", "answer_s", "pow_s", "ratio", "legit_ratio", "attacker_over_legit",
@@ -105,3 +122,35 @@ def _plot(table: pd.DataFrame, path: Path, s) -> None:
     atomic_savefig(fig, path)
     plt.close(fig)
 
+
+def add_arguments(sub) -> None:
+    p = sub.add_parser("sybil", help="what each attack pays split over API keys and batch sizes, against a "
+                                     "legitimate user (in-process, or over HTTP)")
+    add_common(p)
+    add_victim(p)
+    add_accountant(p)
+    add_calibration(p)
+    add_split_price(p)
+    p.add_argument("--calibration", required=True, help="a legitimate user's log.csv (a standard run's)")
+    p.add_argument("--modes", default=None, type=listed(one_of(ATTACKS, "mode"), "mode"),
+                   help="comma-separated attack modes whose query streams are split (default: copycat; the "
+                        "legitimate user, standard, is always measured)")
+    p.add_argument("--budget", type=POS_INT, default=None,
+                   help=f"queries of each client in all {default_text('budget')}")
+    p.add_argument("--accounts", default=None, type=listed(number(int, 1, 4096), "count"),
+                   help="comma-separated numbers of API keys (default: 1,16,256,1024)")
+    p.add_argument("--batches", default=None, type=listed(number(int, 1, 256), "batch size"),
+                   help="comma-separated batch sizes (default: 1,16,64,256)")
+    p.add_argument("--ood_pool", default=None, type=pool_arg,
+                   help=f"copycat's and knockoff's images {default_text('ood_pool')}")
+    p.add_argument("--sampling", default=None, choices=SAMPLINGS,
+                   help=f"knockoff: random or adaptive {default_text('sampling')}")
+    p.add_argument("--stolen_epochs", type=NONNEG_INT, default=None,
+                   help=preset_text("stolen_epochs") + "; the attacks' own copies train as they query")
+    p.add_argument("--server", default=None,
+                   help="split over HTTP: start a local server (uvicorn, SQLite) and query it with real puzzles "
+                        "(value: 'local'); default: in-process, through the same PredictionService")
+    p.add_argument("--sybil_runs", default=None,
+                   help="folder of the attacks' runs whose query streams are split (kept, so a rerun reuses "
+                        "them) (default: OUT's folder/sybil-runs)")
+    p.add_argument("--out", default=None, help="CSV of the table (default: results/sybil.csv; plot beside it)")

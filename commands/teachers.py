@@ -18,6 +18,7 @@ from models import architectures
 from models.teachers import TeacherEnsemble, default_num_models, partition, save_teachers
 from models.training import accuracy, make_optimizer, random_shift, train_epochs
 from models.victim_training import check_target
+from parameters import POS_INT, add_common, add_pate, add_training, number, preset_text
 
 TEACHER_ARCH = "mnistnet"  # the small CNN, on 28x28 and 32x32 images alike
 
@@ -63,3 +64,15 @@ def train_teachers(s, *, progress: bool = True) -> tuple:
               f"per teacher: {', '.join(f'{a:.1f}' for a in accuracies)}\n"
               f"saved {s.teachers_path} and {s.teachers_path}.json")
     return meta, report
+
+
+def add_arguments(sub) -> None:
+    p = sub.add_parser("train-teachers", help="train a PATE teacher ensemble on disjoint parts of the victim's data")
+    add_common(p)
+    add_training(p)
+    add_pate(p)
+    p.add_argument("--num_models", type=number(int, 1, 100_000), default=None,
+                   help="teachers (default: one per 240 training images, as 250 on MNIST's 60,000; 10 to 250)")
+    p.add_argument("--teacher_epochs", type=POS_INT, default=None, help=preset_text("teacher_epochs"))
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace an existing ensemble at --teachers_path (default: refuse)")

@@ -98,7 +98,7 @@ def command_modules() -> set:
     """The modules main.py dispatches to (main.COMMANDS), each a command."""
     import main
 
-    return {module for module, _ in main.COMMANDS.values()}
+    return {module for module, _, _ in main.COMMANDS.values()}
 
 
 def floor_violations(edges: dict) -> list:

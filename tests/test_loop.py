@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
+import main
 import parameters
 from attacks import ATTACKS
 from commands.demo import demo
@@ -98,14 +99,14 @@ def test_in_loop_pow_equals_pow_time(victim_path, tmp_path):
     in_loop = pd.read_csv(log)
     assert in_loop["pow_time_s"].notna().all()
     out = tmp_path / "priced.csv"
-    result, _ = pow_time(parameters.parse(["pow-time", "--calibration", str(base), "--log", str(log),
+    result, _ = pow_time(main.parse(["pow-time", "--calibration", str(base), "--log", str(log),
                                            "--out", str(out)]))
     assert pd.read_csv(out)["pow_time_s"].tolist() == pytest.approx(in_loop["pow_time_s"].tolist())
     assert result["ratio"] > 2
 
 
 def test_demo_meets_the_claims(victim_path, tmp_path):
-    s = parameters.parse(["demo", "--victim_path", str(victim_path), "--out_dir", str(tmp_path), "--device", "cpu",
+    s = main.parse(["demo", "--victim_path", str(victim_path), "--out_dir", str(tmp_path), "--device", "cpu",
                           "--budget", "1024", "--stolen_epochs", "3"])
     table, text = demo(s, progress=False)
     ratio = dict(zip(table["mode"], table["ratio"]))
@@ -149,7 +150,7 @@ def test_summarize_prices_every_run_by_one_rule(victim_path, tmp_path):
         run_extraction(settings(victim_path, runs / mode, "--mode", mode, "--budget", "1024",
                                 "--batches_per_round", "2", "--stolen_epochs", "1"), progress=False)
     before = (runs / "copycat" / "log.csv").read_bytes()
-    table, text = summarize(parameters.parse(["summarize", "--runs", str(runs)]), progress=False)
+    table, text = summarize(main.parse(["summarize", "--runs", str(runs)]), progress=False)
     assert table["mode"].tolist() == ["standard"] + [m for m in ATTACKS if m in ("copycat", "entropy")]
     ratio = dict(zip(table["mode"], table["ratio"]))
     assert ratio["standard"] == pytest.approx(2.0) and ratio["copycat"] > 10, ratio

@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+import main
 import parameters
 from common.errors import ConfigError
 from extraction.config import AttackConfig, ExtractionConfig
@@ -22,7 +23,7 @@ OWN_DEFAULTS = {
 
 
 def subparsers() -> dict:
-    parser = parameters.build_parser()
+    parser = main.build_parser()
     return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
 
 
@@ -72,9 +73,30 @@ def test_help_texts_show_each_flags_default():
 
 
 def test_pow_table_says_and_uses_the_papers_calibration():
-    assert parameters.parse(["pow-table", "--calibration", "c.csv", "--attacks", "a.csv"]).calibration_mode == "paper"
+    assert main.parse(["pow-table", "--calibration", "c.csv", "--attacks", "a.csv"]).calibration_mode == "paper"
     assert parameters.parse(["extract"]).calibration_mode == "relative"
     modes = {command: next(a.help for a in parser._actions if a.dest == "calibration_mode")
              for command, parser in subparsers().items() if any(a.dest == "calibration_mode" for a in parser._actions)}
     assert "(default: paper)" in modes.pop("pow-table")
     assert modes and all("(default: relative)" in text for text in modes.values())
+
+
+def test_each_command_adds_its_own_flags_and_the_parser_is_built_from_them():
+    every = subparsers()
+    assert list(every) == list(main.COMMANDS), "--help lists main.COMMANDS, in its order"
+    for name in main.COMMANDS:  # each command's adder adds that command, and only it
+        alone = next(a for a in main.build_parser([name])._actions if isinstance(a, argparse._SubParsersAction))
+        assert list(alone.choices) == [name]
+        assert {a.dest for a in alone.choices[name]._actions} == {a.dest for a in every[name]._actions}
+    assert set(parameters.RECIPES) <= set(main.COMMANDS), "every recipe is a command of main.py"
+
+
+def test_a_recipes_line_parses_alike_below_the_commands_and_in_main():
+    line = ["extract", "--mode", "copycat", "--budget", "64", "--dataset", "fashion-mnist"]
+    assert parameters.parse(line).as_dict() == main.parse(line).as_dict()
+    line = ["train-victim", "--epochs", "2"]
+    assert parameters.parse(line).as_dict() == main.parse(line).as_dict()
+    with pytest.raises(ConfigError, match="parse any command's with main.parse"):
+        parameters.parse(["serve", "--calibration", "c.csv"])
+    with pytest.raises(ConfigError, match="not \\[\\]"):
+        parameters.parse([])

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-import parameters
+import main
 from commands.pow_table import pow_table
 
 PAPER = Path(__file__).resolve().parent / "data" / "paper"  # the paper's CSVs, shipped with the tests
@@ -24,7 +24,7 @@ PINNED = {
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
     out = tmp_path_factory.mktemp("table")
-    s = parameters.parse([
+    s = main.parse([
         "pow-table",
         "--calibration", ",".join(str(PAPER / f"time_privacy_cost_{d}.csv") for d in DATASETS),
         "--attacks", ",".join(str(PAPER / f"model_extraction_attack_accuracy_{d}.csv") for d in DATASETS),

@@ -13,7 +13,6 @@ import pandas as pd
 import pytest
 
 import main as entry
-import parameters
 from commands import grid as grid_cells
 from commands import reproduce as grid_module
 from common.errors import UserError
@@ -32,7 +31,7 @@ def victims(victim_path, tmp_path):
 
 
 def grid(out, victims, *extra):
-    return parameters.parse(["reproduce", *TINY, "--out_dir", str(out), "--victim_dir", str(victims), *extra])
+    return entry.parse(["reproduce", *TINY, "--out_dir", str(out), "--victim_dir", str(victims), *extra])
 
 
 def test_a_tiny_grid_reports_what_its_logs_say(tmp_path, victims):
@@ -110,7 +109,7 @@ def test_a_broken_run_folder_is_moved_aside_and_redone(tmp_path, victims, damage
 
 def test_list_and_slurm_cover_every_cell_in_dependency_order(tmp_path, victims):
     out = tmp_path / "g"
-    s = parameters.parse(["reproduce", "--modes", "copycat,knockoff", "--datasets", "mnist-5k", "--seeds", "2",
+    s = entry.parse(["reproduce", "--modes", "copycat,knockoff", "--datasets", "mnist-5k", "--seeds", "2",
                           "--budget", "64", "--out_dir", str(out), "--victim_dir", str(victims), "--list"])
     _, text = grid_module.reproduce(s, progress=False)
     lines = text.splitlines()
@@ -187,7 +186,7 @@ def test_a_tiny_grid_runs_as_a_real_slurm_job_array(tmp_path, victims):
 
 def test_a_grid_plans_budgets_its_pools_allow_and_refuses_others_before_training(tmp_path, victims):
     fixture = str(ROOT / "tests" / "data" / "mnist-idx")  # MNIST's layout: a pool of 24 test images
-    s = parameters.parse(["reproduce", "--datasets", "mnist", "--modes", "copycat,entropy,mixmatch", "--data_dir",
+    s = entry.parse(["reproduce", "--datasets", "mnist", "--modes", "copycat,entropy,mixmatch", "--data_dir",
                           fixture, "--out_dir", str(tmp_path / "g"), "--victim_dir", str(victims)])
     budgets = grid_module.grid_settings(s)["budgets"]
     assert budgets == {"mnist/standard": 24, "mnist/copycat": 10_000, "mnist/entropy": 24, "mnist/mixmatch": 23}
@@ -206,7 +205,7 @@ def test_an_mnist_grid_sets_each_mode_beside_the_paper_with_verdicts_and_the_cos
     fixture = ROOT / "tests" / "data" / "mnist-idx"  # 60 training and 30 test digits in MNIST's layout
     pool = ROOT / "tests" / "data" / "image-folder" / "train"  # a folder of images as the attackers' pool
     out = tmp_path / "g"
-    s = parameters.parse(["reproduce", "--quick", "--datasets", "mnist", "--modes", "copycat,entropyrev",
+    s = entry.parse(["reproduce", "--quick", "--datasets", "mnist", "--modes", "copycat,entropyrev",
                           "--budget", "16", "--query_batch", "8", "--data_dir", str(fixture), "--ood_pool", str(pool),
                           "--out_dir", str(out), "--victim_dir", str(victims), "--device", "cpu"])
     grid_module.reproduce(s, progress=False)
@@ -240,7 +239,7 @@ def test_a_grid_checks_its_pool_before_training_and_plans_within_a_small_folder(
     fixture = str(ROOT / "tests" / "data" / "mnist-idx")
 
     def plan(*extra):
-        return parameters.parse(["reproduce", "--datasets", "mnist", "--modes", "copycat", "--query_batch", "8",
+        return entry.parse(["reproduce", "--datasets", "mnist", "--modes", "copycat", "--query_batch", "8",
                                  "--data_dir", fixture, "--out_dir", str(tmp_path / "g"), "--victim_dir",
                                  str(victims), *extra])
 
@@ -258,4 +257,4 @@ def test_a_grid_checks_its_pool_before_training_and_plans_within_a_small_folder(
         grid_module.reproduce(plan("--query_batch", "64", "--list"), progress=False)
     assert not (tmp_path / "g").exists()
     with pytest.raises(SystemExit):
-        parameters.parse(["reproduce", "--ood_pool", "", "--out_dir", str(tmp_path / "g")])
+        entry.parse(["reproduce", "--ood_pool", "", "--out_dir", str(tmp_path / "g")])

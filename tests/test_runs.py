@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
+import main
 import parameters
 from commands.demo import demo
 from commands.victim import train_victim
@@ -56,7 +57,7 @@ def test_demo_never_overwrites_victim_path(victim_path, tmp_path, content):
     else:
         torch.save({"w": torch.zeros(3)}, target)
     before = target.read_bytes()
-    s = parameters.parse(["demo", "--victim_path", str(target), "--out_dir", str(tmp_path / "out"),
+    s = main.parse(["demo", "--victim_path", str(target), "--out_dir", str(tmp_path / "out"),
                           "--device", "cpu", "--budget", "128"])
     with pytest.raises(UserError, match=str(target)):
         demo(s, progress=False)

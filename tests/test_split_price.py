@@ -334,7 +334,7 @@ def test_anonymous_rate_limits_are_per_address_range(parts, tmp_path):
 def test_replicas_share_one_timing_table_and_redeem_each_others_challenges(parts, tmp_path, kind, monkeypatch):
     import pow.timing as timing
     import server.build as serve_build
-    from parameters import parse
+    from main import parse
 
     url = state_url(kind, tmp_path)
     speeds = iter([(0.0, 1e5), (0.0, 2.6e5)])  # two machines, measured 2.6x apart

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+import main
 import parameters
 from commands.teachers import train_teachers
 from common.errors import UserError
@@ -89,7 +90,7 @@ def test_worstcase_prices_pate_with_one_vote_per_teacher():
 @pytest.fixture(scope="module")
 def teachers_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("teachers") / "mnist-5k-teachers.pt"
-    meta, report = train_teachers(parameters.parse(
+    meta, report = train_teachers(main.parse(
         ["train-teachers", "--teachers_path", str(path), "--num_models", "4", "--teacher_epochs", "3",
          "--device", "cpu"]), progress=False)
     assert "4 teachers" in report and "per teacher:" in report
@@ -104,7 +105,7 @@ def test_train_teachers_reports_each_teacher_and_never_overwrites(teachers_path)
     assert len(ensemble) == 4 and loaded["teacher_accuracy"] == meta["teacher_accuracy"]
     before = teachers_path.read_bytes()
     with pytest.raises(UserError, match="never replaces a file unasked. Pass --overwrite"):
-        train_teachers(parameters.parse(["train-teachers", "--teachers_path", str(teachers_path),
+        train_teachers(main.parse(["train-teachers", "--teachers_path", str(teachers_path),
                                          "--num_models", "2", "--teacher_epochs", "1"]), progress=False)
     assert teachers_path.read_bytes() == before
 
