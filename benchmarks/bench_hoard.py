@@ -16,6 +16,21 @@ import tempfile
 import threading
 from pathlib import Path
 
+import httpx
+import numpy as np
+
+from data.registry import load_splits
+from main import parse as parse_command_line
+from pow.puzzles import token_of
+from pow.solver import Solver
+from pow.timing import PuzzlePricer
+from server import tensors
+from server.app import ThreadedServer, create_app
+from server.build import DeploymentConfig, body_limit, build_service
+from server.keys import hash_api_key, new_api_key
+from server.store import open_store
+from tests.server_helpers import BASELINE
+
 ROOT = Path(__file__).resolve().parent.parent
 
 HOARD, BATCH, THREADS = 20, 64, 8
@@ -23,11 +38,6 @@ RATE = 2e4  # the declared solve rate: puzzles stay small, their seconds are wor
 
 
 def replica(s, state: str, key: bytes):
-    from pow.timing import PuzzlePricer
-    from server.app import ThreadedServer, create_app
-    from server.build import DeploymentConfig, body_limit, build_service
-    from server.store import open_store
-
     store = open_store(state)
     service, _ = build_service(DeploymentConfig.of(s.as_dict()), store, key, puzzle_pricer=PuzzlePricer("sha256",
                                                                                                         rate=RATE))
@@ -60,16 +70,12 @@ class Hoarder:
         return reply, work
 
     def pay(self, x) -> object:
-        from server import tensors
-
         solution = self.solver.solve_target(self.challenge()["challenge"])[0]
         reply = self.http.post(f"{self.url(0)}/v1/predict", json={"solution": solution, "inputs": tensors.encode(x)})
         return self.topped_up(0, reply, solution)[0]
 
     def race(self, hoard: list, batches: list) -> list:
         """Send every hoarded solution with its batch at once, from one thread each; their replies."""
-        from server import tensors
-
         replies, barrier = [None] * len(hoard), threading.Barrier(len(hoard))
 
         def send(i):
@@ -86,15 +92,6 @@ class Hoarder:
 
 
 def run(replicas: int, tmp: Path, s) -> dict:
-    import httpx
-    import numpy as np
-
-    from data.registry import load_splits
-    from pow.puzzles import token_of
-    from pow.solver import Solver
-    from server.keys import hash_api_key, new_api_key
-    from server.store import open_store
-
     state = f"sqlite:///{tmp / f'hoard-{replicas}.db'}"
     nodes = [replica(s, state, b"r" * 32) for _ in range(replicas)]
     admin = open_store(state)
@@ -141,13 +138,10 @@ def run(replicas: int, tmp: Path, s) -> dict:
 
 
 def main() -> None:
-    import main
-    from tests.server_helpers import BASELINE
-
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "baseline.csv").write_text(BASELINE)
-        s = main.parse(["serve", "--calibration", str(tmp / "baseline.csv"), "--puzzle", "sha256",
+        s = parse_command_line(["serve", "--calibration", str(tmp / "baseline.csv"), "--puzzle", "sha256",
                               "--device", "cpu", "--rate", "100000", "--burst", "100000"])
         results = [run(n, tmp, s) for n in (1, 2)]
     out = ROOT / "benchmarks" / "results" / "hoard.json"

@@ -18,8 +18,11 @@ p99 over p50 (target 3), and the accountant's share.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import http.client as httplib
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -30,7 +33,26 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+import torch
+from fastapi import Header
+
 from benchmarks.results_io import write_result
+from data.registry import load_splits
+from main import parse as parse_command_line
+from models.checkpoint import load_victim
+from models.oracle import Victim
+from pow import puzzles
+from pow.solver import Solver
+from pow.timing import PuzzlePricer
+from server import tensors
+from server.app import create_app
+from server.build import DeploymentConfig, body_limit, build_service, size_threads
+from server.keys import hash_api_key
+from server.service import ApiError
+from server.serving import Built, serve_socket
+from server.store import open_store
+from tests.server_helpers import BASELINE, TIMING, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,20 +62,9 @@ TIME_CAP_S = 120.0  # per stage
 
 def build(victim_path: str, state: str, threads: int, processes: int = 1):
     """The real service with minimal (work 1) challenges, plus two stripped-down routes for the stages."""
-    import torch
-
-    import main
-    from pow.timing import PuzzlePricer
-    from server import tensors
-    from server.app import create_app
-    from server.build import DeploymentConfig, body_limit, build_service, size_threads
-    from server.service import ApiError
-    from server.store import open_store
-
     baseline = Path(tempfile.mkdtemp()) / "baseline.csv"
-    from tests.server_helpers import BASELINE
     baseline.write_text(BASELINE)
-    s = main.parse(["serve", "--calibration", str(baseline), "--victim_path", victim_path, "--puzzle", "sha256",
+    s = parse_command_line(["serve", "--calibration", str(baseline), "--victim_path", victim_path, "--puzzle", "sha256",
                           "--device", "cpu", "--state", state, "--rate", "100000", "--burst", "100000",
                           "--timing_table", "measured", "--timing_csv", str(_timing(baseline.parent))])
     store = open_store(state)
@@ -63,7 +74,6 @@ def build(victim_path: str, state: str, threads: int, processes: int = 1):
     threads, _ = size_threads(threads, processes)
     app = create_app(service, max_body_bytes=body_limit(service.item_shape, 256), threads=threads)
 
-    from fastapi import Header
 
     @app.post("/bench/http")
     def bare_http(payload: dict):
@@ -77,13 +87,11 @@ def build(victim_path: str, state: str, threads: int, processes: int = 1):
 
     @app.post("/bench/verify")
     def verify_only(payload: dict, x_api_key: str | None = Header(None)):
-        from pow import puzzles
         user = service.authenticate(x_api_key)
         text, nonces = puzzles.split_solution(payload["solution"])
         ch = puzzles.parse(text)
         if not ch.signed_by(service.key) or ch.resource != user.name or service.clock() > ch.expires:
             raise ApiError(403, "bench", "refused")
-        import hashlib
         if service.store.spent(hashlib.sha256(text.encode()).hexdigest()) is not None or ch.unsolved(nonces):
             raise ApiError(409, "bench", "refused")
         service.quote(service.store.account(user.account), ch.batch)
@@ -98,7 +106,6 @@ def build(victim_path: str, state: str, threads: int, processes: int = 1):
 
 
 def _timing(folder: Path) -> Path:
-    from tests.server_helpers import TIMING
     path = folder / "timing.csv"
     path.write_text(TIMING)
     return path
@@ -113,15 +120,11 @@ class BenchRecipe:
     processes: int
 
     def __call__(self):
-        from server.serving import Built
         app, service = build(self.victim_path, self.state, self.threads, self.processes)
         return Built(app, service.store.close)
 
 
 def serve(args, processes: int) -> None:
-    import socket
-
-    from server.serving import serve_socket
     sock = socket.socket()
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -200,12 +203,6 @@ def stage(name, call, *, server_pid=None, clients=CLIENTS, requests=REQUESTS) ->
 def start(args, work: Path, keys: list, processes: int):
     """The server (`processes` of them on one port) in a subprocess on a fresh SQLite state with one user
     per key; (process, url, log)."""
-    import httpx
-
-    from server.keys import hash_api_key
-    from server.store import open_store
-    from tests.server_helpers import free_port
-
     work.mkdir(parents=True)
     state = f"sqlite:///{work / 'state.db'}"
     store = open_store(state)
@@ -235,12 +232,6 @@ def start(args, work: Path, keys: list, processes: int):
 
 def bare_inference(victim_path: str, x, threads: int):
     """Stage 1's call: the victim's answer to batch x, from a pool sized like the server's."""
-    import torch
-
-    from data.registry import load_splits
-    from models.checkpoint import load_victim
-    from models.oracle import Victim
-
     spec = load_splits("mnist-5k", "data").spec
     victim = Victim(load_victim(victim_path, spec, device=torch.device("cpu"))[0], device=torch.device("cpu"))
     pool = ThreadPoolExecutor(threads)
@@ -257,10 +248,6 @@ class Clients:
     the cores the server shares), and pre-solved minimal challenges for each."""
 
     def __init__(self, url: str, keys: list):
-        import http.client as httplib
-
-        import httpx
-
         self.httplib, self.keys = httplib, keys
         port = int(url.rsplit(":", 1)[1])
         self.conns = [httplib.HTTPConnection("127.0.0.1", port, timeout=60) for _ in keys]
@@ -281,8 +268,6 @@ class Clients:
 
     def bodies(self, i: int, n: int, inputs: dict) -> list:
         """n request bodies for client i, each with a fresh solved challenge (solving is not timed)."""
-        from pow.solver import Solver
-
         out = []
         with Solver(1) as solver:
             for _ in range(n):
@@ -333,9 +318,6 @@ def main() -> None:
     if args.serve:
         return serve(args, counts[0])
 
-    from data.registry import load_splits
-    from server import tensors
-    from server.build import size_threads
 
     if not Path(args.victim_path).exists():
         subprocess.run([sys.executable, str(ROOT / "main.py"), "train-victim", "--victim_path", args.victim_path,

@@ -27,9 +27,18 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+import parameters
+from attacks.base import ATTACKS
+from commands import streams as sy
 from common.errors import UserError
 from common.io import atomic_savefig, atomic_write_csv, atomic_write_text, check_outputs, write_params_beside
+from common.runtime import resolve_device
 from data.profiles import NEEDS_DIFFICULTY, profile_stream
+from data.registry import load_splits
+from extraction.loop import run_extraction
+from models.checkpoint import load_victim
+from models.oracle import Victim
+from models.victim_training import VictimRecipe, train_victim
 from parameters import add_recipe
 
 COLUMNS = ["dataset", "rule", "kind", "mode", "keys", "batch", "queries", "time_ratio", "over_legit", "accuracy",
@@ -63,8 +72,6 @@ def parse_tolerances(text: str) -> list:
 
 
 def frontier(s) -> tuple:
-    from commands import streams as sy
-
     out_dir = Path(s.out_dir)
     table_path, plot_path, text_path = out_dir / "frontier.csv", out_dir / "frontier.png", out_dir / "frontier.md"
     check_outputs({"--out_dir's table": table_path, "the plot": plot_path, "the report": text_path}, {})
@@ -87,9 +94,6 @@ def frontier(s) -> tuple:
 
 
 def _dataset_rows(s, sy, dataset, attackers, profiles, tolerances, keys_list, batches, out_dir) -> list:
-    import parameters
-    from data.registry import load_splits
-
     victim_path = Path(s.victim_dir) / f"{dataset}-victim.pt"
     preset = {k: v for k, v in parameters.PRESETS[dataset].items() if k not in s.given_flags}
     ds = s.replace(dataset=dataset, victim_path=str(victim_path), out=None, **preset)
@@ -144,8 +148,6 @@ def _price_all(replay, dataset, rule, streams, legit, keys_list, batches) -> lis
 
 def _capacity(mode: str, splits) -> int:
     """The most queries `mode` can send from this dataset's in-distribution pool."""
-    from attacks.base import ATTACKS
-
     cap = ATTACKS[mode].max_budget(len(splits.pool_x))
     return 10 ** 9 if cap is None else cap
 
@@ -153,8 +155,6 @@ def _capacity(mode: str, splits) -> int:
 def _ensure_victim(s) -> None:
     if Path(s.victim_path).is_file():
         return
-    import parameters
-    from models.victim_training import VictimRecipe, train_victim
     train_victim(VictimRecipe.of(parameters.parse(["train-victim", "--dataset", s.dataset, "--data_dir", s.data_dir,
                                                    "--victim_path", s.victim_path, "--device", s.device,
                                                    "--seed", str(s.seed)]).as_dict()))
@@ -162,9 +162,6 @@ def _ensure_victim(s) -> None:
 
 def _baseline(s, folder: Path) -> Path:
     """A standard run's log with another seed than the streams (resumed where it stopped)."""
-    import parameters
-    from extraction.loop import run_extraction
-
     log = folder / "log.csv"
     queries = min(BASELINE_QUERIES, max(int(s.budget), 256))
     argv = ["extract", "--mode", "standard", "--dataset", s.dataset, "--data_dir", s.data_dir,
@@ -178,10 +175,6 @@ def _baseline(s, folder: Path) -> Path:
 
 def _difficulty(s, splits) -> torch.Tensor:
     """The victim's loss on each pool image's true label (higher: harder)."""
-    from common.runtime import resolve_device
-    from models.checkpoint import load_victim
-    from models.oracle import Victim
-
     device = resolve_device(s.device)
     victim = Victim(load_victim(s.victim_path, splits.spec, device=device)[0], device=device)
     logp = victim.representations(splits.pool_x)

@@ -14,9 +14,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.io import atomic_savefig, atomic_write_csv, atomic_write_text
+import parameters
+from commands.grid import cells
+from common.errors import UserError
+from common.io import atomic_savefig, atomic_write_csv, atomic_write_text, read_csv_file
 from common.tables import markdown
-from pow.paper import PAPER_DIR
+from extraction.cost_growth import ceiling
+from extraction.state import finished
+from extraction.summary import summarize_runs
+from parameters import DEFAULTS
+from pow import calibration
+from pow.calibration import PAPER_BASE, PAPER_MAX_S, PAPER_MIN_S, CalibrationConfig
+from pow.paper import PAPER_DIR, growth_claims, pow_table, read_attacks
+from privacy.accountants import cost_column
 
 PAPER_DATA = {"mnist-5k": "mnist", "mnist": "mnist", "fashion-mnist": "mnist", "svhn": "svhn", "cifar10": "cifar10"}
 PAPER_MODES = {"adaptiveknockoff": "knockoff", "data free": "dfme"}  # the paper's names -> ours
@@ -33,17 +43,11 @@ POOL_MODES = ("copycat", "knockoff")  # the modes whose queries come from the ou
 
 def _cost_measure() -> str:
     """The cost measure summarize prices with by default."""
-    from parameters import DEFAULTS
     return DEFAULTS["cost_measure"]
 
 
 def collect(grid: dict, out: Path) -> tuple:
     """(rows: one per finished run, priced; logs: {(dataset, mode, seed): priced log}, calibrators)."""
-    from commands.grid import cells
-    from extraction.state import finished
-    from extraction.summary import summarize_runs
-    from pow.calibration import CalibrationConfig
-
     rows, logs, cals = [], {}, {}
     runs = [c for c in cells(grid, out) if c.kind in ("baseline", "attack")]
     for d in grid["datasets"]:
@@ -70,8 +74,6 @@ def cross_seed_legit(logs: dict, cals: dict, datasets: list, seeds: int, cost: s
     """{dataset: mean ratio of each seed's standard run priced against the next seed's baseline}: the
     out-of-sample check of the legitimate overhead (a run priced against itself pays budget + 1 by
     construction). Needs two seeds or more."""
-    from pow import calibration
-
     out = {}
     for d in datasets:
         ratios = [calibration.ratio(calibration.add_pow_columns(logs[(d, "standard", s)], cals[(d, (s + 1) % seeds)],
@@ -142,8 +144,6 @@ def _x(v: float) -> str:
 
 def paper_rows(datasets: list, modes: list) -> dict:
     """{paper dataset: its pow-table summary, for the modes we share}."""
-    from pow.calibration import PAPER_BASE, PAPER_MAX_S, PAPER_MIN_S
-    from pow.paper import pow_table
     out = {}
     for name in dict.fromkeys(PAPER_DATA[d] for d in datasets):
         summary, _ = pow_table(PAPER_DIR / f"time_privacy_cost_{name}.csv",
@@ -157,9 +157,6 @@ def paper_rows(datasets: list, modes: list) -> dict:
 def paper_calibration_ratios(logs: dict, grid: dict, out: Path) -> dict:
     """{(dataset, mode, seed): the ratio of our run priced by the paper's calibration} (kNN cost, base 1.0075,
     against its own seed's standard run), for the datasets the paper measured itself."""
-    from commands.grid import cells
-    from pow import calibration
-
     config = calibration.CalibrationConfig(calibration_mode="paper", base=calibration.PAPER_BASE)
     base = {(c.dataset, c.name.rsplit("-s", 1)[1]): c.folder / "log.csv" for c in cells(grid, out)
             if c.kind == "baseline"}
@@ -177,8 +174,6 @@ def paper_calibration_ratios(logs: dict, grid: dict, out: Path) -> dict:
 def beside_paper(summary: pd.DataFrame, rows: pd.DataFrame, logs: dict, grid: dict, out: Path) -> list:
     """Per dataset the paper measured (MNIST, SVHN, CIFAR10): our row beside the authors' for each mode
     both ran, and a computed verdict per mode with the measured reasons for a difference."""
-    from pow.paper import growth_claims, read_attacks
-
     lines = []
     paper_ratio = paper_calibration_ratios(logs, grid, out)
     for d, g in summary.groupby("dataset", sort=False):
@@ -220,10 +215,6 @@ def beside_paper(summary: pd.DataFrame, rows: pd.DataFrame, logs: dict, grid: di
 def _growth_evidence(out: Path, dataset: str) -> dict:
     """From DIR/cost_growth.csv (the grid's cost-growth stage), for `dataset`'s own victim at the runs' sigma:
     the growth per pool, and the legitimate cost per query over each kNN set. Empty where there is none."""
-    import parameters
-    from common.errors import UserError
-    from common.io import read_csv_file
-
     path = out / "cost_growth.csv"
     if not path.is_file():
         return {}
@@ -241,9 +232,6 @@ def _growth_evidence(out: Path, dataset: str) -> dict:
 
 def _ceiling(dataset: str) -> dict:
     """The dearest query our accountant prices on `dataset` (its preset's k, sigma and delta)."""
-    import parameters
-    from extraction.cost_growth import ceiling
-
     preset = parameters.PRESETS[dataset]
     return {**ceiling(preset["k"], 10, sigma=preset["sigma"], delta=preset["delta"]), "sigma": preset["sigma"],
             "delta": preset["delta"], "k": preset["k"]}
@@ -394,9 +382,6 @@ def frontier_section(out: Path) -> list:
 
 def write_report(grid: dict, out: Path) -> Path:
     """DIR/report.md, DIR/summary.csv (mean and sd per dataset and mode) and DIR/figures/*.png."""
-    from commands.grid import cells
-    from extraction.state import finished
-
     rows, logs, cals = collect(grid, out)
     lines = [f"# Reproduction report: {', '.join(grid['datasets'])}", "",
              f"Grid: {len(grid['modes'])} modes x {grid['seeds']} seed(s), profile `{grid['profile']}`; "
@@ -410,7 +395,6 @@ def write_report(grid: dict, out: Path) -> Path:
     summary = aggregate(rows, grid["modes"])
     atomic_write_csv(out / "summary.csv", summary)
     atomic_write_csv(out / "runs.csv", rows)
-    from privacy.accountants import cost_column
     cost = cost_column(_cost_measure())
     cross = cross_seed_legit(logs, cals, grid["datasets"], grid["seeds"], cost)
     lines += ["## Verdicts", "", *[f"- {v}" for v in verdicts(summary, cross)], ""]

@@ -25,11 +25,16 @@ import json
 import shlex
 from pathlib import Path
 
+import attacks
+import parameters
 from attacks import ATTACKS
 from commands.grid import GRID, SCALE_KEYS, _capacity, cells, read_grid, run_grid, slurm_scripts
 from commands.report import write_report
 from common.errors import UserError
 from common.io import FolderLock, atomic_write_text, ensure_writable_dir
+from data.ood import OOD_POOLS, check_not_own
+from data.registry import load_splits
+from extraction.loop import validate
 from models.architectures import ARCHITECTURES
 from parameters import DATASET_NAMES, DEFAULTS, POS_INT, default_text, listed, number, one_of, pool_arg
 
@@ -42,8 +47,6 @@ PAPER_DFME = 2_000_000
 QUICK_BUDGET, QUICK_DFME = 512, 2240  # --quick: every mode at a small budget on mnist-5k
 def available_datasets(data_dir: str) -> list:
     """mnist-5k always; Fashion-MNIST, MNIST, SVHN and CIFAR10 where their files can be loaded offline."""
-    from data.registry import load_splits
-
     found = ["mnist-5k"]
     for name in ("fashion-mnist", "mnist", "svhn", "cifar10"):
         try:
@@ -58,8 +61,6 @@ def available_datasets(data_dir: str) -> list:
 def pool_size(dataset: str, data_dir: str) -> int | None:
     """The attacker's in-distribution pool of `dataset` (None where its files are not here: the grid's
     check before training says so)."""
-    from data.registry import load_splits
-
     try:
         return len(load_splits(dataset, data_dir).pool_x)
     except UserError:
@@ -68,8 +69,6 @@ def pool_size(dataset: str, data_dir: str) -> int | None:
 
 def grid_settings(s) -> dict:
     """The grid's own settings (written to DIR/grid.json); a --report_only run reads them back."""
-    import attacks
-
     quick = bool(s.quick)
     datasets = list(dict.fromkeys(d for d in str(s.datasets).split(",") if d)) if s.datasets else (
         ["mnist-5k"] if quick else available_datasets(s.data_dir))
@@ -104,8 +103,6 @@ def grid_settings(s) -> dict:
 
 def _pool(name: str) -> str:
     """A named pool as it is; a folder as its absolute path (cells run from the project's root)."""
-    from data.ood import OOD_POOLS
-
     return name if name in OOD_POOLS else str(Path(name).resolve())
 
 
@@ -146,9 +143,6 @@ def reproduce(s, *, progress: bool = True) -> tuple:
 
 def _validate_pool(grid: dict) -> None:
     """The grid's --ood_pool: not a dataset's own images, and a folder that holds images (before any cell)."""
-    import attacks
-    from data.ood import OOD_POOLS, check_not_own
-
     pool = grid["ood_pool"]
     users = [m for m in grid["modes"] if attacks.ATTACKS[m].uses_ood_pool]
     if pool in OOD_POOLS:
@@ -163,10 +157,6 @@ def _validate_pool(grid: dict) -> None:
 
 def _validate(grid: dict, out: Path) -> None:
     """Every run cell's settings, checked as extract checks them, before anything is written."""
-    import attacks
-    import parameters
-    from extraction.loop import validate
-
     pools = {d: pool_size(d, grid["data_dir"]) for d in grid["datasets"]}
     too_big = []
     for key, budget in grid["budgets"].items():

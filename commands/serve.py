@@ -1,14 +1,17 @@
 """serve, serve-admin and query: the guarded prediction API from the command line."""
 from __future__ import annotations
 
+import io
 import ipaddress
 import logging
+import socket
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from common.errors import UserError
+from common.io import atomic_write_bytes, check_outputs
 from models.oracle import OUTPUTS
 from parameters import (
     add_accountant,
@@ -24,18 +27,21 @@ from parameters import (
     number,
     one_of,
 )
+from pow.puzzles import valid_user
+from pow.solver import default_workers
 from pow.timing import TABLES
 from privacy.accountants import COST_MEASURES
-from server.build import DeploymentConfig, check_serve, size_threads
+from server.build import DeploymentConfig, check_serve, shared_pricer, size_threads
+from server.client import ApiClient, resolve_api_key
+from server.keys import check_new_key_file, hash_api_key, init_key_file, new_api_key, server_key
+from server.serving import ServiceRecipe, serve_socket
+from server.store import open_store
 
 log = logging.getLogger(__name__)
 
 
 def serve(s) -> tuple:
     """Run the API with uvicorn, in one process or --processes, until interrupted."""
-    from server.keys import server_key
-    from server.serving import ServiceRecipe, serve_socket
-
     key = server_key(s.key_file)
     config = DeploymentConfig.of(s.as_dict())
     check_serve(config)
@@ -59,10 +65,6 @@ def serve(s) -> tuple:
 def _prepare_store(config: DeploymentConfig, state: str, processes: int) -> str:
     """Open (or make) the store once before any worker starts, so a bad --state fails here; with several
     processes, the live timing table is measured once, here, for all. Returns the store's description."""
-    from pow.solver import default_workers
-    from server.build import shared_pricer
-    from server.store import open_store
-
     store = open_store(state)
     try:
         if processes > 1:
@@ -81,8 +83,6 @@ def _loopback(host: str) -> bool:
 
 def _bind(host: str, port: int):
     """A listening socket on host:port; a UserError when it cannot be had."""
-    import socket
-
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
@@ -103,10 +103,6 @@ def _bind(host: str, port: int):
 
 def serve_admin(s) -> tuple:
     """init | add-user NAME [--group G] | list-users | revoke NAME."""
-    from pow.puzzles import valid_user
-    from server.keys import check_new_key_file, hash_api_key, init_key_file, new_api_key
-    from server.store import open_store
-
     if s.action == "init":
         if not s.key_file:
             raise UserError("serve-admin init needs --key_file PATH (where the new HMAC key goes)")
@@ -147,9 +143,6 @@ def serve_admin(s) -> tuple:
 
 def query(s) -> tuple:
     """Send the inputs of one .npy file to a server; print (and with --out, save) the answers."""
-    from common.io import atomic_write_bytes, check_outputs
-    from server.client import ApiClient, resolve_api_key
-
     path = Path(s.input or "")
     if not s.input or not path.is_file():
         raise UserError(f"--input {s.input} is not a file; give a .npy array of images (N, C, H, W)")
@@ -167,7 +160,6 @@ def query(s) -> tuple:
         answers = client.predict(x)
         account = client.account()
     if s.out:
-        import io
         buffer = io.BytesIO()
         np.save(buffer, answers, allow_pickle=False)
         atomic_write_bytes(s.out, buffer.getvalue())

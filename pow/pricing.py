@@ -7,6 +7,7 @@ is the server's (key, issue, verify, spent set), PowClient the client's (the sol
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -118,8 +119,6 @@ def compare_real_simulated(simulated_log, real_log, params_json) -> dict:
     Each batch's puzzle takes overhead_s + work/rate seconds on average; the work part of each of its
     `subs` sub-solutions is geometric, so one batch's time has standard deviation (W/rate)/sqrt(subs).
     """
-    import json
-
     import pandas as pd
 
     sim, real = pd.read_csv(simulated_log), pd.read_csv(real_log)

@@ -13,11 +13,13 @@ next is answered 429 and closed); a request the HTTP parser rejects gets a JSON 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import re
 import socket
 import threading
+from contextlib import asynccontextmanager
 
 import anyio.to_thread
 import uvicorn
@@ -329,13 +331,10 @@ class ThreadedServer:
 def create_app(service: PredictionService, *, max_body_bytes: int, threads: int | None = None,
                describe: dict | None = None) -> FastAPI:
     """The ASGI application. `threads` caps the worker threads that run the routes."""
-    from contextlib import asynccontextmanager
-
     @asynccontextmanager
     async def lifespan(app):
         if threads:
             anyio.to_thread.current_default_thread_limiter().total_tokens = threads
-        import gc
         # the model, the libraries and the service are loaded: keep them out of the collector's full
         # passes, which otherwise stop every request thread for 200 ms or more now and then
         gc.collect()

@@ -30,6 +30,7 @@ from __future__ import annotations
 import collections
 import copy
 import hashlib
+import ipaddress
 import math
 import statistics
 import threading
@@ -124,8 +125,6 @@ class RateLimiter:
 
 def address_range(host: str | None) -> str:
     """The account of an anonymous client: its IPv4 /24 or IPv6 /48, spelled as a user name."""
-    import ipaddress
-
     try:
         ip = ipaddress.ip_address(host or "")
     except ValueError:
