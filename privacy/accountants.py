@@ -288,6 +288,9 @@ def ledger_factory(reps: torch.Tensor, labels: torch.Tensor, *, num_classes: int
     `measures` (cost measure names) keeps only the accountants those measures need (a server prices by
     one measure and logs others only where the operator asks); None keeps all."""
     wanted = None if measures is None else {MEASURE_ACCOUNTANT[cost_column(m) and m] for m in measures}
+    if wanted is not None and "pate" in wanted and ensemble_votes is None:
+        raise ConfigError(f"the measures {', '.join(measures)} include a PATE cost, which needs a teacher ensemble's "
+                          f"votes; train one with train-teachers and give --teachers_path, or drop the PATE measure")
     voter = (KnnVoter(reps, labels, k=min(k, len(reps)), num_classes=num_classes, seed=seed)
              if wanted is None or "knn" in wanted else None)
     gnmax = dict(delta=delta, cap=cap, conversion=conversion)

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,9 +15,9 @@ import torch
 from common.errors import UserError
 from common.runtime import resolve_device
 from data.registry import load_splits
-from models.checkpoint import load_victim
+from models.checkpoint import load_victim, train_command
 from models.oracle import Victim
-from models.teachers import load_teachers
+from models.teachers import load_teachers, teachers_command
 from pow import calibration, kinds, timing
 from pow.solver import default_workers, profile_solver
 from privacy import accountants
@@ -72,7 +73,8 @@ class DeploymentConfig:
 
 
 def check_serve(config: DeploymentConfig):
-    """The settings' own errors, before any file is opened or made; returns the calibrator."""
+    """The settings' own errors and missing input files, before any file is opened or made; returns the
+    calibrator."""
     if not kinds.get(config.puzzle).signed:
         raise UserError(f"the server issues signed {' or '.join(sorted(kinds.SERVED))} challenges; pass --puzzle "
                         f"{' or '.join(kinds.SERVED)}")
@@ -84,6 +86,13 @@ def check_serve(config: DeploymentConfig):
     config.query_price.checked()
     for measure in log_measures(config):
         accountants.cost_column(measure)
+    # the files it reads, before a store or a key is made: a missing one names the command that makes it
+    if not Path(config.victim_path).is_file():
+        raise UserError(f"victim checkpoint {config.victim_path} does not exist. Create it with: "
+                        f"{train_command(config.dataset, config.victim_path)}")
+    if any(m in accountants.PATE_MEASURES for m in log_measures(config)) and not Path(config.teachers_path).is_file():
+        raise UserError(f"teacher ensemble {config.teachers_path} does not exist (a PATE cost is accounted). Create it "
+                        f"with: {teachers_command(config.dataset, config.teachers_path)}")
     return calibration.create(config.calibrator,
                               calibration.load_baseline(config.calibration, cost_measure=config.cost_measure))
 
@@ -141,7 +150,7 @@ def build_service(config: DeploymentConfig, store, key: bytes, *, check_solution
     model, _ = load_victim(config.victim_path, splits.spec, architecture=config.victim_arch, device=device)
     victim = Victim(model, device=device, output=config.victim_output)
     teachers, pate_sigma = None, None
-    if config.cost_measure in accountants.PATE_MEASURES:
+    if any(m in accountants.PATE_MEASURES for m in log_measures(config)):  # priced or logged: both need them
         teachers, _ = load_teachers(config.teachers_path, splits.spec, device=device)
         pate_sigma = accountants.pate_sigma(len(teachers), config.pate_sigma)
     make_ledger = accountants.ledger_factory(

@@ -88,3 +88,17 @@ def test_one_voter_serves_concurrent_threads():
     with ThreadPoolExecutor(8) as pool:
         together = list(pool.map(voter.votes, queries))
     assert all(torch.equal(a, b) for a, b in zip(alone, together))
+
+
+def test_a_pate_measure_without_teachers_is_refused_not_dropped():
+    from common.errors import ConfigError
+    from privacy.accountants import ledger_factory
+
+    reps, labels = torch.randn(20, 10).log_softmax(1), torch.arange(20) % 10
+    common = dict(num_classes=10, k=5, sigma=28.0, delta=1e-5)
+    with pytest.raises(ConfigError, match="pate.*teacher ensemble's votes; train one with train-teachers"):
+        ledger_factory(reps, labels, measures=["entropy", "pate"], **common)
+    kept = ledger_factory(reps, labels, measures=["entropy", "pate"], pate_sigma=1.0,
+                          ensemble_votes=lambda images: torch.ones(len(images), 10), **common)()
+    assert "pate_cost" in kept.columns and "entropy_cost" in kept.columns
+    assert "pate_cost" not in ledger_factory(reps, labels, measures=["entropy"], **common)().columns
