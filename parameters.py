@@ -85,7 +85,7 @@ DEFAULTS = dict(
     max_seconds=1.0, trials=20, attacks=None, plot=None, victim_dir="checkpoints",
     insecure_dev_key=False, overwrite=False, num_models=None, lr_schedule="cosine", plateau_patience=2,
     host="127.0.0.1", port=8000, state="sqlite:///server-state.db", key_file=None,
-    threads=None, processes=1, server=None, api_key=None, input=None, action=None, name=None,
+    threads=None, processes=1, worker_timeout=30.0, server=None, api_key=None, input=None, action=None, name=None,
     group=None, accounts="1,16,256,1024", batches="1,16,64,256", log_costs=None, sybil_runs=None,
     quick=False, modes=None, seeds=1, jobs=1, list=False, slurm=False,
     report_only=None, victims=None, ood_pools=None, dfme_budget=None,

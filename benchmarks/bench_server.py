@@ -42,6 +42,7 @@ from data.registry import load_splits
 from main import parse as parse_command_line
 from models.checkpoint import load_victim
 from models.oracle import Victim
+from parameters import DEFAULTS
 from pow import puzzles
 from pow.solver import Solver
 from pow.timing import PuzzlePricer
@@ -130,7 +131,8 @@ def serve(args, processes: int) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", args.port))
         sock.listen(2048)
-        serve_socket(sock, BenchRecipe(args.victim_path, args.state, args.threads, processes), processes=processes)
+        serve_socket(sock, BenchRecipe(args.victim_path, args.state, args.threads, processes), processes=processes,
+                     worker_timeout_s=DEFAULTS["worker_timeout"])
     finally:
         sock.close()
 

@@ -54,6 +54,7 @@ def serve(s) -> tuple:
                   f"answers travel in clear", file=sys.stderr)
         shape = f"{s.processes} processes x " if s.processes > 1 else ""
         serve_socket(sock, ServiceRecipe(config, s.state, key, s.threads, s.processes), processes=s.processes,
+                     worker_timeout_s=s.worker_timeout,
                      on_ready=lambda: print(f"serving {s.dataset} on http://{s.host}:{s.port} (state {where}, {shape}"
                                             f"{threads} threads x {per} torch threads); docs at /docs",
                                             file=sys.stderr, flush=True))
@@ -202,6 +203,9 @@ def add_serve_arguments(sub) -> None:
     p.add_argument("--processes", type=number(int, 1, 64), default=None,
                    help="server processes on the one port, each its own interpreter, service and store connection; "
                         "the rate limit is per process, so a key may reach processes x --rate (default: 1)")
+    p.add_argument("--worker_timeout", type=number(float, 2, 86400), default=None,
+                   help="with --processes 2 or more: a worker whose event loop has been silent this many seconds "
+                        f"(stopped, or hung) is killed and started again {default_text('worker_timeout')}")
     add_split_price(p)
     p.add_argument("--log_costs", default=None, type=listed(one_of(COST_MEASURES, "cost measure"), "cost measure"),
                    help="comma-separated measures the server also accounts (and shows in /v1/account) beside the "

@@ -11,17 +11,21 @@ The supervisor (this process) starts the workers with the spawn method (no fork 
 exist), waits until each has built its service, restarts a worker that dies while serving, and stops
 them all on Ctrl-C or SIGTERM. A worker that cannot build its service stops the whole server with the
 worker's own message. Workers stop with their supervisor even if it is killed (Linux's parent-death
-signal)."""
+signal). Each serving worker's event loop beats once a second into shared memory; a worker silent for
+--worker_timeout seconds (stopped with SIGSTOP, or hung) is killed and started again, as gunicorn does."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
+import math
 import multiprocessing
 import os
 import queue as queues
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 
@@ -35,6 +39,7 @@ from server.store import open_store
 STOP_GRACE_S = 30.0  # a stopping worker finishes its requests in this time, or is killed
 RESTART_PAUSE_S = 0.5  # a worker that died is started again after this pause (unless all are stopping)
 MAX_RESTART_PAUSE_S = 30.0  # the pause doubles with each restart that dies before it serves, up to this
+BEAT_S = 1.0  # a serving worker's event loop writes the time into its shared beat this often
 STOPS = (signal.SIGINT, signal.SIGTERM)  # what stops the server; blocked in a worker until it is in its own group
 _PR_SET_PDEATHSIG = 1
 
@@ -46,23 +51,33 @@ class Built:
     close: object  # () -> None
 
 
-def run_app(app, sock, *, on_started=None) -> None:
-    """uvicorn with the guarded protocol on `sock` until SIGINT/SIGTERM (or should_exit)."""
+def run_app(app, sock, *, on_started=None, beat=None) -> None:
+    """uvicorn with the guarded protocol on `sock` until SIGINT/SIGTERM (or should_exit); once it serves,
+    `beat()` runs on its event loop every BEAT_S seconds."""
     class Server(uvicorn.Server):
         async def startup(self, sockets=None):
             await super().startup(sockets=sockets)
+            if beat is not None and self.started:
+                self.beating = asyncio.get_running_loop().create_task(self._beat())
             if on_started is not None and self.started:
                 on_started()
+
+        async def _beat(self):
+            while not self.should_exit:
+                beat()
+                await asyncio.sleep(BEAT_S)
 
     Server(uvicorn.Config(app, log_level="warning", access_log=False, http=guarded_protocol(),
                           h11_max_incomplete_event_size=MAX_HEAD_BYTES)).run(sockets=[sock])
 
 
-def serve_socket(sock, recipe, *, processes: int = 1, on_ready=None) -> None:
+def serve_socket(sock, recipe, *, processes: int = 1, worker_timeout_s: float | None = None, on_ready=None) -> None:
     """Serve `recipe()`'s app on `sock` in this process (processes 1) or in `processes` workers.
 
     `recipe` is a picklable callable returning a Built (it runs in each worker); `on_ready` runs here once
-    every worker serves. Returns when the server stops; raises UserError when a worker cannot start."""
+    every worker serves; a worker whose event loop is silent for `worker_timeout_s` is killed and replaced
+    (required with several processes). Returns when the server stops; raises UserError when a worker
+    cannot start."""
     if processes < 1:
         raise UserError(f"--processes {processes}: give 1 or more")
     if processes == 1:
@@ -74,17 +89,25 @@ def serve_socket(sock, recipe, *, processes: int = 1, on_ready=None) -> None:
         finally:
             built.close()
         return
-    Supervisor(sock, recipe, processes).run(on_ready=on_ready)
+    if worker_timeout_s is None:
+        raise UserError("several server processes need a worker timeout (serve --worker_timeout)")
+    Supervisor(sock, recipe, processes, timeout_s=worker_timeout_s).run(on_ready=on_ready)
 
 
 class Supervisor:
-    """N workers on one socket: started, watched, restarted when they die serving, stopped together."""
+    """N workers on one socket: started, watched, restarted when they die serving or fall silent, stopped
+    together. `clock` must read the clock the workers beat with (CLOCK_MONOTONIC is one per machine)."""
 
-    def __init__(self, sock, recipe, processes: int, *, context=None):
-        self.sock, self.recipe, self.processes = sock, recipe, processes
+    def __init__(self, sock, recipe, processes: int, *, timeout_s: float, context=None, clock=time.monotonic):
+        if not (math.isfinite(timeout_s) and timeout_s >= 2 * BEAT_S):
+            raise UserError(f"worker timeout {timeout_s} s: give at least {2 * BEAT_S:g} s (a worker beats every "
+                            f"{BEAT_S:g} s)")
+        self.sock, self.recipe, self.processes, self.timeout_s = sock, recipe, processes, timeout_s
         self.ctx = context or multiprocessing.get_context("spawn")
+        self.clock = clock
         self.events = self.ctx.Queue()  # (worker index, its pid, None once it serves | its UserError's message)
         self.workers: dict = {}
+        self.beats: dict = {}  # worker index -> its shared beat: the clock's time of its last beat; 0 before
         self.stopping = threading.Event()
 
     def run(self, *, on_ready=None) -> None:
@@ -112,7 +135,9 @@ class Supervisor:
         self.stopping.set()
 
     def _start(self, index: int) -> None:
-        process = self.ctx.Process(target=worker_main, args=(self.recipe, self.sock, index, self.events, os.getpid()),
+        beat = self.ctx.RawValue("d", 0.0)
+        process = self.ctx.Process(target=worker_main,
+                                   args=(self.recipe, self.sock, index, self.events, os.getpid(), beat),
                                    name=f"serve-worker-{index}", daemon=False)
         # the worker starts with SIGINT and SIGTERM blocked (the mask survives fork and exec): until it has a
         # process group of its own, a Ctrl-C meant for this process would cut its imports in half
@@ -121,7 +146,7 @@ class Supervisor:
             process.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
-        self.workers[index] = process
+        self.workers[index], self.beats[index] = process, beat
 
     def _await_started(self, waiting: set, *, first: bool) -> bool:
         """Until each worker in `waiting` serves: True; False when told to stop meanwhile. At the first
@@ -134,6 +159,7 @@ class Supervisor:
             try:
                 index, pid, error = self.events.get(timeout=1.0)
             except queues.Empty:
+                self.kill_silent()  # the workers that already serve are watched meanwhile
                 for index in sorted(waiting):
                     code = self.workers[index].exitcode
                     if code is None:
@@ -165,11 +191,25 @@ class Supervisor:
             self._start(index)
         return min(2 * pause, MAX_RESTART_PAUSE_S)
 
+    def kill_silent(self) -> list:
+        """Kill each serving worker whose last beat is older than the timeout (its death then restarts it,
+        as any death does); the indices killed."""
+        killed = []
+        for index, process in self.workers.items():
+            last = self.beats[index].value
+            if last > 0 and self.clock() - last > self.timeout_s and process.is_alive():
+                print(f"serve worker {index} has not answered for {self.clock() - last:.0f} s (stopped or hung); "
+                      f"killing it", file=sys.stderr, flush=True)
+                process.kill()
+                killed.append(index)
+        return killed
+
     def _watch(self) -> None:
-        """Restart each worker that dies while serving, until SIGTERM or Ctrl-C."""
+        """Restart each worker that dies, or falls silent, while serving, until SIGTERM or Ctrl-C."""
         while not self.stopping.is_set():
+            self.kill_silent()
             sentinels = {p.sentinel: i for i, p in self.workers.items()}
-            for ready in wait(list(sentinels), timeout=1.0):
+            for ready in wait(list(sentinels), timeout=BEAT_S):
                 if self.stopping.is_set():
                     return
                 index = sentinels[ready]
@@ -207,7 +247,7 @@ def _die_with(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def worker_main(recipe, sock, index: int, events, parent: int) -> None:
+def worker_main(recipe, sock, index: int, events, parent: int, beat=None) -> None:
     """One worker: build the app, say so, serve until told to stop. A UserError is reported, not raised."""
     # a process group of its own: a terminal's Ctrl-C reaches the supervisor alone, which then stops each
     # worker with one SIGTERM (uvicorn takes a second signal as "drop the requests in flight"); the
@@ -223,7 +263,8 @@ def worker_main(recipe, sock, index: int, events, parent: int) -> None:
     except KeyboardInterrupt:  # a SIGINT for the whole group, held back until now, or one for this worker
         sys.exit(130)
     try:
-        run_app(built.app, sock, on_started=lambda: events.put((index, os.getpid(), None)))
+        run_app(built.app, sock, on_started=lambda: events.put((index, os.getpid(), None)),
+                beat=None if beat is None else lambda: setattr(beat, "value", time.monotonic()))
     except KeyboardInterrupt:  # a SIGINT sent to this worker alone: uvicorn has stopped, and so does it
         pass
     finally:

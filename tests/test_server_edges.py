@@ -156,3 +156,41 @@ def test_a_locked_database_never_stalls_the_event_loop(live, tmp_path, monkeypat
     finally:
         locker.kill()
         locker.wait()
+
+
+class _Beat:
+    def __init__(self, value: float):
+        self.value = value
+
+
+class _Worker:
+    def __init__(self):
+        self.killed = False
+
+    def is_alive(self) -> bool:
+        return not self.killed
+
+    def kill(self) -> None:
+        self.killed = True
+
+
+def test_the_supervisor_kills_a_worker_silent_past_the_timeout_and_only_it():
+    from common.errors import UserError
+    from server.serving import Supervisor
+
+    now = [1000.0]
+    sup = Supervisor(None, None, 3, timeout_s=10.0, clock=lambda: now[0])
+    try:
+        sup.workers = {0: _Worker(), 1: _Worker(), 2: _Worker()}
+        sup.beats = {0: _Beat(995.0), 1: _Beat(999.0), 2: _Beat(0.0)}  # 2 is still starting: it has not beaten
+        assert sup.kill_silent() == []
+        now[0] = 1005.5  # worker 0: 10.5 s silent; worker 1: 6.5 s
+        assert sup.kill_silent() == [0]
+        assert [w.killed for w in sup.workers.values()] == [True, False, False]
+        now[0] = 1e6
+        assert sup.kill_silent() == [1], "a dead worker is not killed again, a starting one never for silence"
+    finally:
+        sup.events.close()
+    for bad in (float("nan"), float("inf"), 1.0, -5.0):
+        with pytest.raises(UserError, match="worker timeout"):
+            Supervisor(None, None, 2, timeout_s=bad)

@@ -295,3 +295,30 @@ def test_ctrl_c_stops_a_single_process_server_as_a_stop(victim_path, files, keyf
     args = serve_args(victim_path, files, f"sqlite:///{tmp_path / 'state.db'}", port)
     code, out, err, _ = ctrl_c(args, lambda server: await_healthy(server, port))
     assert code == 0 and "server stopped" in out and "interrupted" not in err, (code, err)
+
+
+def test_a_stopped_worker_is_killed_and_replaced_after_the_worker_timeout(victim_path, files, keyfile, tmp_path):
+    """A worker stopped with SIGSTOP still holds its share of the socket, but its event loop no longer beats:
+    after --worker_timeout the supervisor kills it, and it is started again like any worker that died."""
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    port = free_port()
+    env = {**os.environ, "SERVER_LOG": str(tmp_path / "server.log")}
+    server = start_server([*serve_args(victim_path, files, url, port), "--processes", "2", "--worker_timeout", "3"],
+                          env=env)
+    try:
+        await_serving(tmp_path / "server.log")
+        workers = await_workers(server.pid, 2)
+        time.sleep(4)  # past the timeout: a worker that beats is left alone
+        assert workers_of(server.pid) == workers and "has not answered" not in (tmp_path / "server.log").read_text()
+        os.kill(workers[0], signal.SIGSTOP)
+        replaced = await_workers(server.pid, 2, gone=[workers[0]], timeout_s=120)
+        assert workers[1] in replaced
+        await_healthy(server, port)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(60) == 0
+    finally:
+        server.kill()
+        server.wait()
+    log = (tmp_path / "server.log").read_text()
+    assert "serve worker 0 has not answered for" in log and "(stopped or hung); killing it" in log, log
+    assert "serve worker 0 was killed by SIGKILL; starting it again" in log and "error:" not in log, log
