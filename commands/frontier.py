@@ -19,6 +19,7 @@ both, cancels out). Targets: every profile's time_ratio at most 2
 """
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 from pathlib import Path
@@ -31,7 +32,15 @@ import parameters
 from attacks.base import ATTACKS
 from commands import streams as sy
 from common.errors import UserError
-from common.io import atomic_savefig, atomic_write_csv, atomic_write_text, check_outputs, write_params_beside
+from common.io import (
+    atomic_savefig,
+    atomic_write_csv,
+    atomic_write_text,
+    check_outputs,
+    params_beside,
+    read_csv_file,
+    write_params_beside,
+)
 from common.runtime import resolve_device
 from data.profiles import NEEDS_DIFFICULTY, profile_stream
 from data.registry import load_splits
@@ -112,12 +121,36 @@ def _dataset_rows(s, sy, dataset, attackers, profiles, tolerances, keys_list, ba
     for tolerance in tolerances:
         rule = rule_name(tolerance)
         priced = ds.replace(calibration=str(baseline), deficit_tolerance=tolerance)
-        with tempfile.TemporaryDirectory(prefix="frontier-") as tmp:
-            replay = sy.InProcessReplay(priced, Path(tmp))
-            try:
-                rows += _price_all(replay, dataset, rule, streams, legit, keys_list, batches)
-            finally:
-                replay.close()
+
+        def price_all():
+            with tempfile.TemporaryDirectory(prefix="frontier-") as tmp:
+                replay = sy.InProcessReplay(priced, Path(tmp))
+                try:
+                    return _price_all(replay, dataset, rule, streams, legit, keys_list, batches)
+                finally:
+                    replay.close()
+        rows += _kept(out_dir / dataset / "priced" / f"{rule.replace(' ', '-')}.csv", priced.as_dict(), price_all)
+    return rows
+
+
+def _kept(part: Path, settings: dict, compute) -> list:
+    """One dataset's rows under one rule: read back from `part` when an earlier run with the same settings
+    priced them all (so a frontier stopped midway resumes after its last finished rule), else computed
+    and kept there, the CSV first and its settings beside it last."""
+    record = params_beside(part)
+    if part.is_file() and record.is_file():
+        try:
+            same = json.loads(record.read_text()).get("settings") == json.loads(json.dumps(settings, default=str))
+        except (OSError, ValueError):  # cut short or edited: price again
+            same = False
+        if same:
+            kept = read_csv_file(part, "a frontier's priced rows")
+            if list(kept.columns) == COLUMNS:
+                return kept.to_dict("records")
+    rows = compute()
+    part.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_csv(part, pd.DataFrame(rows, columns=COLUMNS))
+    write_params_beside(part, settings, "frontier")
     return rows
 
 

@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
+import commands.frontier as frontier_module
 import parameters
 from attacks import AttackContext, create
 from attacks.base import options_for
-from commands.frontier import COLUMNS, frontier, parse_tolerances
+from commands.frontier import COLUMNS, _kept, frontier, parse_tolerances
 from common.errors import UserError
 from data.profiles import DECILE, PROFILES, profile_stream
 from data.registry import load_splits
@@ -100,7 +101,7 @@ def test_tolerances_parse_to_rules():
         parse_tolerances("off,-1")
 
 
-def test_frontier_runs_end_to_end_and_writes_its_report(victim_path, tmp_path):
+def test_frontier_runs_end_to_end_and_writes_its_report(victim_path, tmp_path, monkeypatch):
     victims = tmp_path / "victims"
     victims.mkdir()
     shutil.copy(victim_path, victims / "mnist-5k-victim.pt")
@@ -140,3 +141,31 @@ def test_frontier_runs_end_to_end_and_writes_its_report(victim_path, tmp_path):
     baseline = pd.read_csv(out / "mnist-5k" / "baseline" / "log.csv")
     assert json.loads((out / "mnist-5k" / "baseline" / "params.json").read_text())["seed"] == 1
     assert baseline["queries"].iloc[-1] == 256
+    # stopped after its pricing, before its report: the rerun reads each rule's priced rows back
+    for path in (out / "frontier.csv", out / "frontier.png", out / "frontier.md"):
+        path.unlink()
+
+    def price_again(*args):
+        raise AssertionError("a rule priced by the stopped run was priced again")
+    monkeypatch.setattr(frontier_module, "_price_all", price_again)
+    resumed, _ = frontier(s)
+    pd.testing.assert_frame_equal(resumed, written)
+
+
+def test_a_rules_priced_rows_are_kept_and_read_back_only_for_the_same_settings(tmp_path):
+    part = tmp_path / "priced" / "one-sided.csv"
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return [{c: (len(calls) if c == "keys" else 1.5) for c in COLUMNS}]
+
+    settings = {"budget": 128, "accounts": "1,2", "out_dir": tmp_path}
+    first = _kept(part, settings, compute)
+    assert len(calls) == 1 and part.is_file()
+    assert _kept(part, settings, compute) == first and len(calls) == 1, "the same settings: read back"
+    assert _kept(part, {**settings, "budget": 256}, compute)[0]["keys"] == 2, "other settings: priced again"
+    (tmp_path / "priced" / "one-sided.params.json").write_text("{cut short")
+    assert _kept(part, {**settings, "budget": 256}, compute)[0]["keys"] == 3, "an unreadable record: priced again"
+    (tmp_path / "priced" / "one-sided.params.json").unlink()
+    assert _kept(part, {**settings, "budget": 256}, compute)[0]["keys"] == 4, "no record (stopped between): again"
