@@ -684,7 +684,7 @@ def test_the_client_waits_out_a_429_on_its_challenge_too(monkeypatch):
     assert len(asked) == 3 and waits == [0.2, 0.2]
 
 
-def test_serve_on_a_port_in_use_fails_before_making_any_file(tmp_path, monkeypatch, capsys):
+def test_serve_on_a_port_in_use_fails_before_making_any_file(victim_path, tmp_path, monkeypatch, capsys):
     import socket
 
     import main as entry
@@ -697,6 +697,7 @@ def test_serve_on_a_port_in_use_fails_before_making_any_file(tmp_path, monkeypat
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         code = entry.main(["serve", "--calibration", str(tmp_path / "b.csv"), "--key_file", str(tmp_path / "k"),
-                           "--state", f"sqlite:///{tmp_path / 's.db'}", "--port", str(taken.getsockname()[1])])
+                           "--state", f"sqlite:///{tmp_path / 's.db'}", "--port", str(taken.getsockname()[1]),
+                           "--victim_path", str(victim_path)])
     assert code == 2 and "choose another --port" in capsys.readouterr().err
     assert not (tmp_path / "s.db").exists()
