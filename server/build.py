@@ -68,7 +68,7 @@ class DeploymentConfig:
                   "query_price": calibration.QueryPriceConfig.of(values)}
         missing = [f.name for f in dataclasses.fields(cls) if f.name not in values and f.name not in nested]
         if missing:
-            raise UserError(f"a service needs the settings {missing}; build them with parameters.parse")
+            raise UserError(f"a service needs the settings {missing}; build them with main.parse(['serve', ...])")
         return cls(**{f.name: nested[f.name] if f.name in nested else values[f.name] for f in dataclasses.fields(cls)})
 
 
