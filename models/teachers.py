@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 from pathlib import Path
 
 import torch
@@ -59,10 +60,19 @@ class TeacherEnsemble:
         self.teachers_per_call = teachers_per_call  # None: CPU_TEACHERS on a CPU, as many as fit on a GPU
         self.params, self.buffers = stack_module_state(self.models)
         self.base = copy.deepcopy(self.models[0]).to("meta")
+        self._local = threading.local()
 
-        def one(params, buffers, x):
-            return functional_call(self.base, (params, buffers), (x,))
-        self._all = vmap(one, in_dims=(0, 0, None))
+    def _vectorised(self):
+        """This thread's vectorised call. functional_call swaps the stacked parameters into its module while
+        it runs, so each thread (a server's request threads) gets a module of its own."""
+        call = getattr(self._local, "call", None)
+        if call is None:
+            base = copy.deepcopy(self.base)
+
+            def one(params, buffers, x):
+                return functional_call(base, (params, buffers), (x,))
+            call = self._local.call = vmap(one, in_dims=(0, 0, None))
+        return call
 
     def __len__(self) -> int:
         return len(self.models)
@@ -77,7 +87,7 @@ class TeacherEnsemble:
         for start in range(0, len(self.models), per_call):
             params = {k: v[start:start + per_call] for k, v in self.params.items()}
             buffers = {k: v[start:start + per_call] for k, v in self.buffers.items()}
-            out.append(self._all(params, buffers, x).argmax(2))
+            out.append(self._vectorised()(params, buffers, x).argmax(2))
         return torch.cat(out).cpu()
 
     def votes(self, x: torch.Tensor) -> torch.Tensor:

@@ -63,3 +63,20 @@ def test_the_papers_scripts_run_this_checkout_from_anywhere(script, tmp_path):
                          cwd=tmp_path, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "usage: main.py extract" in out.stdout and "--dfme_directions" in out.stdout
+
+
+def test_teacher_votes_are_right_from_many_threads_at_once():
+    """A server's request threads ask the one ensemble for votes together (serve --log_costs pate): each
+    gets the histogram a lone caller gets (functional_call swaps parameters into a module as it runs)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from models.teachers import TeacherEnsemble
+
+    torch.manual_seed(0)
+    teachers = [torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)) for _ in range(6)]
+    ensemble = TeacherEnsemble(teachers, 10, torch.device("cpu"), teachers_per_call=2)
+    batches = [torch.rand(n, 1, 28, 28) for n in (1, 3, 7, 16, 33, 50) * 6]
+    expected = [ensemble.votes_loop(x) for x in batches]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(ensemble.votes, batches))
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
