@@ -40,6 +40,7 @@ STOP_GRACE_S = 30.0  # a stopping worker finishes its requests in this time, or 
 RESTART_PAUSE_S = 0.5  # a worker that died is started again after this pause (unless all are stopping)
 MAX_RESTART_PAUSE_S = 30.0  # the pause doubles with each restart that dies before it serves, up to this
 BEAT_S = 1.0  # a serving worker's event loop writes the time into its shared beat this often
+START_TIMEOUT_S = 300.0  # a worker that has not served this long after its start is killed (and restarted)
 STOPS = (signal.SIGINT, signal.SIGTERM)  # what stops the server; blocked in a worker until it is in its own group
 _PR_SET_PDEATHSIG = 1
 
@@ -95,19 +96,27 @@ def serve_socket(sock, recipe, *, processes: int = 1, worker_timeout_s: float | 
 
 
 class Supervisor:
-    """N workers on one socket: started, watched, restarted when they die serving or fall silent, stopped
-    together. `clock` must read the clock the workers beat with (CLOCK_MONOTONIC is one per machine)."""
+    """N workers on one socket: started, watched, restarted when they die or fall silent, stopped together.
 
-    def __init__(self, sock, recipe, processes: int, *, timeout_s: float, context=None, clock=time.monotonic):
-        if not (math.isfinite(timeout_s) and timeout_s >= 2 * BEAT_S):
-            raise UserError(f"worker timeout {timeout_s} s: give at least {2 * BEAT_S:g} s (a worker beats every "
-                            f"{BEAT_S:g} s)")
-        self.sock, self.recipe, self.processes, self.timeout_s = sock, recipe, processes, timeout_s
+    After the first start each worker is starting, serving or down (waiting out its restart pause), and
+    one loop watches them all, so a worker that hangs while it starts holds up no other's restart.
+    `clock` must read the clock the workers beat with (CLOCK_MONOTONIC is one per machine)."""
+
+    def __init__(self, sock, recipe, processes: int, *, timeout_s: float, start_timeout_s: float = START_TIMEOUT_S,
+                 context=None, clock=time.monotonic):
+        for name, value, least in (("worker timeout", timeout_s, 2 * BEAT_S), ("start timeout", start_timeout_s, 1)):
+            if not (math.isfinite(value) and value >= least):
+                raise UserError(f"{name} {value} s: give at least {least:g} s (a worker beats every {BEAT_S:g} s)")
+        self.sock, self.recipe, self.processes = sock, recipe, processes
+        self.timeout_s, self.start_timeout_s = timeout_s, start_timeout_s
         self.ctx = context or multiprocessing.get_context("spawn")
         self.clock = clock
         self.events = self.ctx.Queue()  # (worker index, its pid, None once it serves | its UserError's message)
         self.workers: dict = {}
         self.beats: dict = {}  # worker index -> its shared beat: the clock's time of its last beat; 0 before
+        self.state: dict = {}  # worker index -> "starting" | "serving" | "down"
+        self.since: dict = {}  # worker index -> when it entered its state (down: when it starts again)
+        self.pause: dict = {}  # worker index -> the pause before its last restart
         self.stopping = threading.Event()
 
     def run(self, *, on_ready=None) -> None:
@@ -117,7 +126,7 @@ class Supervisor:
         try:
             for index in range(self.processes):
                 self._start(index)
-            if self._await_started(set(range(self.processes)), first=True) and on_ready is not None:
+            if self._await_first_start() and on_ready is not None:
                 on_ready()
             self._watch()
         finally:
@@ -147,49 +156,85 @@ class Supervisor:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
         self.workers[index], self.beats[index] = process, beat
+        self.state[index], self.since[index] = "starting", self.clock()
+        self.pause.setdefault(index, RESTART_PAUSE_S)
 
-    def _await_started(self, waiting: set, *, first: bool) -> bool:
-        """Until each worker in `waiting` serves: True; False when told to stop meanwhile. At the first
-        start a worker's error, or death, stops the server (a deployment that cannot start); a restarted
-        worker that fails before it serves is started again, after a pause that doubles each time."""
-        pause = RESTART_PAUSE_S
-        while waiting:
+    def _await_first_start(self) -> bool:
+        """Until every worker serves: True; False when told to stop meanwhile. A worker's error, death or
+        silence past the start timeout stops the server: a deployment that cannot start."""
+        while any(state == "starting" for state in self.state.values()):
             if self.stopping.is_set():
                 return False
             try:
-                index, pid, error = self.events.get(timeout=1.0)
+                index, pid, error = self.events.get(timeout=BEAT_S)
             except queues.Empty:
-                self.kill_silent()  # the workers that already serve are watched meanwhile
-                for index in sorted(waiting):
-                    code = self.workers[index].exitcode
-                    if code is None:
+                for index, process in self.workers.items():
+                    if self.state[index] != "starting":
                         continue
-                    if self.stopping.is_set():  # it died of the signal that stops this process too
-                        return False
-                    if first:
-                        raise UserError(f"serve worker {index} {_ended(code)} while starting" +
-                                        ("; its output is above" if code > 0 else ""))
-                    pause = self._restart(index, pause)
+                    if process.exitcode is not None:
+                        if self.stopping.is_set():  # it died of the signal that stops this process too
+                            return False
+                        raise UserError(f"serve worker {index} {_ended(process.exitcode)} while starting" +
+                                        ("; its output is above" if process.exitcode > 0 else ""))
+                    if self.clock() - self.since[index] > self.start_timeout_s:
+                        raise UserError(f"serve worker {index} did not start within {self.start_timeout_s:g} s "
+                                        f"(stopped or hung)")
+                self.kill_silent()  # the workers that already serve are watched meanwhile
                 continue
-            if index not in waiting or pid != self.workers[index].pid:
+            if pid != self.workers[index].pid:
                 continue  # from a worker started before this one
-            if error is None:
-                waiting.discard(index)
-            elif first:
+            if error is not None:
                 raise UserError(error)
-            else:  # the deployment worked a while ago: its store may be back soon
-                print(f"serve worker {index} cannot start: {error}", file=sys.stderr, flush=True)
-                pause = self._restart(index, pause)
+            self.state[index] = "serving"
         return True
 
-    def _restart(self, index: int, pause: float) -> float:
-        """Start worker `index` again after `pause` (unless told to stop meanwhile); the next pause."""
-        self.workers[index].join()  # it has exited: join reaps it
-        print(f"serve worker {index} {_ended(self.workers[index].exitcode)}; starting it again", file=sys.stderr,
-              flush=True)
-        if not self.stopping.wait(pause):  # a worker that ends as the supervisor is told to stop stays down
-            self._start(index)
-        return min(2 * pause, MAX_RESTART_PAUSE_S)
+    def _watch(self) -> None:
+        """Restart each worker that dies, or falls silent, until SIGTERM or Ctrl-C."""
+        while not self.stopping.is_set():
+            live = {p.sentinel: i for i, p in self.workers.items() if self.state[i] != "down"}
+            if live:
+                dead = [live[ready] for ready in wait(list(live), timeout=BEAT_S)]
+            else:
+                self.stopping.wait(BEAT_S)
+                dead = []
+            if not self.stopping.is_set():
+                self.step(dead, self._drain())
+
+    def _drain(self) -> list:
+        events = []
+        with contextlib.suppress(queues.Empty):
+            while True:
+                events.append(self.events.get_nowait())
+        return events
+
+    def step(self, dead: list, events: list) -> None:
+        """One turn of the watch: note the workers that now serve, kill the silent ones and those that
+        start for too long, schedule a restart for each that died, and start those whose pause is over.
+        A worker that dies serving starts again after RESTART_PAUSE_S; one that dies before it serves
+        after twice its last pause, up to MAX_RESTART_PAUSE_S (the store may be back by then)."""
+        for index, pid, error in events:
+            if pid == self.workers[index].pid and self.state[index] == "starting":
+                if error is None:
+                    self.state[index], self.pause[index] = "serving", RESTART_PAUSE_S
+                else:
+                    print(f"serve worker {index} cannot start: {error}", file=sys.stderr, flush=True)
+        self.kill_silent()
+        for index, process in self.workers.items():
+            if (self.state[index] == "starting" and self.clock() - self.since[index] > self.start_timeout_s
+                    and process.is_alive()):
+                print(f"serve worker {index} did not start within {self.start_timeout_s:g} s (stopped or hung); "
+                      f"killing it", file=sys.stderr, flush=True)
+                process.kill()
+        for index in dead:
+            process = self.workers[index]
+            process.join()  # it has exited: join reaps it
+            pause = RESTART_PAUSE_S if self.state[index] == "serving" else min(2 * self.pause[index],
+                                                                              MAX_RESTART_PAUSE_S)
+            print(f"serve worker {index} {_ended(process.exitcode)}; starting it again", file=sys.stderr, flush=True)
+            self.state[index], self.since[index], self.pause[index] = "down", self.clock() + pause, pause
+        for index in sorted(self.workers):
+            if self.state[index] == "down" and self.clock() >= self.since[index]:
+                self._start(index)
 
     def kill_silent(self) -> list:
         """Kill each serving worker whose last beat is older than the timeout (its death then restarts it,
@@ -197,32 +242,23 @@ class Supervisor:
         killed = []
         for index, process in self.workers.items():
             last = self.beats[index].value
-            if last > 0 and self.clock() - last > self.timeout_s and process.is_alive():
+            if (self.state.get(index) == "serving" and last > 0 and self.clock() - last > self.timeout_s
+                    and process.is_alive()):
                 print(f"serve worker {index} has not answered for {self.clock() - last:.0f} s (stopped or hung); "
                       f"killing it", file=sys.stderr, flush=True)
                 process.kill()
                 killed.append(index)
         return killed
 
-    def _watch(self) -> None:
-        """Restart each worker that dies, or falls silent, while serving, until SIGTERM or Ctrl-C."""
-        while not self.stopping.is_set():
-            self.kill_silent()
-            sentinels = {p.sentinel: i for i, p in self.workers.items()}
-            for ready in wait(list(sentinels), timeout=BEAT_S):
-                if self.stopping.is_set():
-                    return
-                index = sentinels[ready]
-                self._restart(index, RESTART_PAUSE_S)
-                if not self._await_started({index}, first=False):
-                    return
-
     def stop(self) -> None:
-        """SIGTERM to every live worker (uvicorn finishes its requests), then SIGKILL after STOP_GRACE_S."""
+        """SIGTERM to every live worker (uvicorn finishes its requests; a stopped one is woken to hear it),
+        then SIGKILL after STOP_GRACE_S."""
         self.stopping.set()
         for process in self.workers.values():
             if process.is_alive():
                 process.terminate()
+                with contextlib.suppress(OSError):
+                    os.kill(process.pid, signal.SIGCONT)
         for process in self.workers.values():
             process.join(STOP_GRACE_S)
             if process.is_alive():

@@ -164,14 +164,36 @@ class _Beat:
 
 
 class _Worker:
+    """A worker process as the supervisor sees it."""
+    pids = iter(range(1000, 2000))
+
     def __init__(self):
-        self.killed = False
+        self.pid, self.killed, self.exitcode = next(self.pids), False, None
 
     def is_alive(self) -> bool:
-        return not self.killed
+        return not self.killed and self.exitcode is None
 
     def kill(self) -> None:
         self.killed = True
+
+    def join(self, timeout=None) -> None:
+        self.exitcode = -9 if self.killed else (self.exitcode if self.exitcode is not None else 1)
+
+
+def _supervisor(processes: int, now: list, **kw):
+    """A Supervisor on a fake clock whose _start makes fake workers (recorded in its `started` list)."""
+    from server.serving import Supervisor
+
+    sup = Supervisor(None, None, processes, clock=lambda: now[0], **kw)
+    sup.started = []
+
+    def start(index):
+        sup.workers[index], sup.beats[index] = _Worker(), _Beat(0.0)
+        sup.state[index], sup.since[index] = "starting", now[0]
+        sup.pause.setdefault(index, 0.5)
+        sup.started.append(index)
+    sup._start = start
+    return sup
 
 
 def test_the_supervisor_kills_a_worker_silent_past_the_timeout_and_only_it():
@@ -179,10 +201,12 @@ def test_the_supervisor_kills_a_worker_silent_past_the_timeout_and_only_it():
     from server.serving import Supervisor
 
     now = [1000.0]
-    sup = Supervisor(None, None, 3, timeout_s=10.0, clock=lambda: now[0])
+    sup = _supervisor(3, now, timeout_s=10.0)
     try:
-        sup.workers = {0: _Worker(), 1: _Worker(), 2: _Worker()}
-        sup.beats = {0: _Beat(995.0), 1: _Beat(999.0), 2: _Beat(0.0)}  # 2 is still starting: it has not beaten
+        for index in range(3):
+            sup._start(index)
+        sup.state.update({0: "serving", 1: "serving"})  # 2 is still starting: it has not beaten
+        sup.beats[0].value, sup.beats[1].value = 995.0, 999.0
         assert sup.kill_silent() == []
         now[0] = 1005.5  # worker 0: 10.5 s silent; worker 1: 6.5 s
         assert sup.kill_silent() == [0]
@@ -194,3 +218,47 @@ def test_the_supervisor_kills_a_worker_silent_past_the_timeout_and_only_it():
     for bad in (float("nan"), float("inf"), 1.0, -5.0):
         with pytest.raises(UserError, match="worker timeout"):
             Supervisor(None, None, 2, timeout_s=bad)
+    with pytest.raises(UserError, match="start timeout"):
+        Supervisor(None, None, 2, timeout_s=30, start_timeout_s=float("nan"))
+
+
+def test_a_worker_hung_while_it_restarts_holds_up_no_other_restart():
+    """Worker 0's replacement hangs before it serves (SIGSTOP while it starts); worker 1 then dies: worker 1
+    is restarted after its pause all the same, and worker 0 is killed once past the start timeout, then
+    restarted after a pause that doubles."""
+    now = [0.0]
+    sup = _supervisor(2, now, timeout_s=5.0, start_timeout_s=60.0)
+    try:
+        for index in range(2):
+            sup._start(index)
+        sup.step([], [(0, sup.workers[0].pid, None), (1, sup.workers[1].pid, None)])
+        assert sup.state == {0: "serving", 1: "serving"}
+        sup.workers[0].exitcode = -9  # killed while serving
+        sup.step([0], [])
+        assert sup.state[0] == "down" and sup.started == [0, 1]
+        now[0] = 0.5
+        sup.step([], [])
+        assert sup.started == [0, 1, 0] and sup.state[0] == "starting"  # its replacement, which hangs
+        now[0] = 1.0
+        sup.workers[1].exitcode = -9
+        sup.step([1], [])
+        now[0] = 1.5
+        sup.step([], [])
+        assert sup.started == [0, 1, 0, 1], "worker 1 restarted while worker 0 hangs in its start"
+        sup.step([], [(1, sup.workers[1].pid, None)])
+        assert sup.state[1] == "serving" and not sup.workers[0].killed
+        now[0] = 61.0
+        sup.step([], [])
+        assert sup.workers[0].killed, "past the start timeout"
+        sup.step([0], [])
+        assert sup.state[0] == "down" and sup.pause[0] == 1.0, "died before serving: twice its last pause"
+        now[0] = 61.9
+        sup.step([], [])
+        assert sup.started == [0, 1, 0, 1]
+        now[0] = 62.0
+        sup.step([], [(0, 12345, None)])  # an old worker's event is ignored
+        assert sup.started == [0, 1, 0, 1, 0] and sup.state[0] == "starting"
+        sup.step([], [(0, sup.workers[0].pid, "the store is locked")])
+        assert sup.state[0] == "starting", "its error is shown; its exit then restarts it"
+    finally:
+        sup.events.close()
