@@ -57,6 +57,18 @@ def read_victim_meta(path) -> dict:
     return _read(path, train_command("DATASET", path))[1] or {}
 
 
+def check_victim(path, dataset: str) -> dict:
+    """The metadata of the checkpoint at `path` (empty for a raw state dict), read and checked for `dataset`
+    as load_victim reads it, without building the model (a server checks it before it makes any file)."""
+    path = Path(path)
+    make = train_command(dataset, path)
+    meta = _read(path, make)[1] or {}
+    if meta and meta.get("dataset") != dataset:
+        raise UserError(f"victim checkpoint {path} was trained on '{meta.get('dataset')}', not '{dataset}'. "
+                        f"Pass the right --victim_path, or create one with: {make}")
+    return meta
+
+
 def load_victim(path, spec, *, architecture: str | None = None, device=torch.device("cpu")):
     """Load a victim for dataset `spec`; returns (model in eval mode, metadata).
 

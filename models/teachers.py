@@ -120,23 +120,8 @@ def load_teachers(path, spec, *, device=torch.device("cpu"), flag: str = "--teac
     """(TeacherEnsemble, metadata) for dataset `spec`; anything else is a UserError naming the fix.
     `flag` names the setting that chose the path, for the message."""
     path = Path(path)
-    make = teachers_command(spec.name, path) + (" --overwrite" if path.is_file() else "")
-    if path.is_dir():
-        raise UserError(f"teacher ensemble {path} is a folder, not a file; pass the file's path as {flag}")
-    if not path.is_file():
-        raise UserError(f"teacher ensemble {path} does not exist. Create it with: {make}")
-    blob = safe_torch_load(path, "teacher ensemble", f"it is corrupt or not a teacher file. Recreate it with: {make}")
-    ok = (isinstance(blob, dict) and blob.get("format") == FORMAT and isinstance(blob.get("states"), list)
-          and blob["states"] and isinstance(blob.get("meta"), dict))
-    if not ok:
-        raise UserError(f"{path} is not a teacher ensemble. Create one with: {make}")
+    blob, make = _read(path, spec.name, flag)
     meta = blob["meta"]
-    if meta.get("dataset") != spec.name:
-        raise UserError(f"teacher ensemble {path} was trained on '{meta.get('dataset')}', not '{spec.name}'. "
-                        f"Pass the right {flag}, or create one with: {make}")
-    if meta.get("architecture") not in architectures.ARCHITECTURES:
-        raise UserError(f"teacher ensemble {path} names an unknown architecture {meta.get('architecture')!r}; "
-                        f"recreate it with: {make}")
     models = []
     for i, state in enumerate(blob["states"]):
         model = architectures.create(meta.get("architecture"), spec)
@@ -147,3 +132,31 @@ def load_teachers(path, spec, *, device=torch.device("cpu"), flag: str = "--teac
                             f"({str(exc).splitlines()[0]}). Recreate the file with: {make}") from exc
         models.append(model)
     return TeacherEnsemble(models, spec.num_classes, device), dict(meta)
+
+
+def check_teachers(path, dataset: str, *, flag: str = "--teachers_path") -> dict:
+    """The metadata of the teacher file at `path` for `dataset`, read and checked as load_teachers does
+    before it builds the teachers (a server checks it before it makes any file); UserError otherwise."""
+    return dict(_read(Path(path), dataset, flag)[0]["meta"])
+
+
+def _read(path: Path, dataset: str, flag: str) -> tuple:
+    """(the file's contents, the command that makes it) of a teacher file for `dataset`; UserError otherwise."""
+    make = teachers_command(dataset, path) + (" --overwrite" if path.is_file() else "")
+    if path.is_dir():
+        raise UserError(f"teacher ensemble {path} is a folder, not a file; pass the file's path as {flag}")
+    if not path.is_file():
+        raise UserError(f"teacher ensemble {path} does not exist. Create it with: {make}")
+    blob = safe_torch_load(path, "teacher ensemble", f"it is corrupt or not a teacher file. Recreate it with: {make}")
+    ok = (isinstance(blob, dict) and blob.get("format") == FORMAT and isinstance(blob.get("states"), list)
+          and blob["states"] and isinstance(blob.get("meta"), dict))
+    if not ok:
+        raise UserError(f"{path} is not a teacher ensemble. Create one with: {make}")
+    meta = blob["meta"]
+    if meta.get("dataset") != dataset:
+        raise UserError(f"teacher ensemble {path} was trained on '{meta.get('dataset')}', not '{dataset}'. "
+                        f"Pass the right {flag}, or create one with: {make}")
+    if meta.get("architecture") not in architectures.ARCHITECTURES:
+        raise UserError(f"teacher ensemble {path} names an unknown architecture {meta.get('architecture')!r}; "
+                        f"recreate it with: {make}")
+    return blob, make

@@ -7,7 +7,6 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,9 +14,9 @@ import torch
 from common.errors import UserError
 from common.runtime import resolve_device
 from data.registry import load_splits
-from models.checkpoint import load_victim, train_command
+from models.checkpoint import check_victim, load_victim
 from models.oracle import Victim
-from models.teachers import load_teachers, teachers_command
+from models.teachers import check_teachers, load_teachers
 from pow import calibration, kinds, timing
 from pow.solver import default_workers, profile_solver
 from privacy import accountants
@@ -86,13 +85,11 @@ def check_serve(config: DeploymentConfig):
     config.query_price.checked()
     for measure in log_measures(config):
         accountants.cost_column(measure)
-    # the files it reads, before a store or a key is made: a missing one names the command that makes it
-    if not Path(config.victim_path).is_file():
-        raise UserError(f"victim checkpoint {config.victim_path} does not exist. Create it with: "
-                        f"{train_command(config.dataset, config.victim_path)}")
-    if any(m in accountants.PATE_MEASURES for m in log_measures(config)) and not Path(config.teachers_path).is_file():
-        raise UserError(f"teacher ensemble {config.teachers_path} does not exist (a PATE cost is accounted). Create it "
-                        f"with: {teachers_command(config.dataset, config.teachers_path)}")
+    # the files it reads, read and checked before a store is made or a port bound (without building their
+    # models): a missing or corrupt one, or one for another dataset, names the command that makes it
+    check_victim(config.victim_path, config.dataset)
+    if any(m in accountants.PATE_MEASURES for m in log_measures(config)):
+        check_teachers(config.teachers_path, config.dataset)
     return calibration.create(config.calibrator,
                               calibration.load_baseline(config.calibration, cost_measure=config.cost_measure))
 
