@@ -37,6 +37,7 @@ from common.io import (
     atomic_write_csv,
     atomic_write_text,
     check_outputs,
+    file_sha256,
     params_beside,
     read_csv_file,
     write_params_beside,
@@ -129,28 +130,33 @@ def _dataset_rows(s, sy, dataset, attackers, profiles, tolerances, keys_list, ba
                     return _price_all(replay, dataset, rule, streams, legit, keys_list, batches)
                 finally:
                     replay.close()
-        rows += _kept(out_dir / dataset / "priced" / f"{rule.replace(' ', '-')}.csv", priced.as_dict(), price_all)
+        rows += _kept(out_dir / dataset / "priced" / f"{rule.replace(' ', '-')}.csv", priced.as_dict(), price_all,
+                      inputs=(victim_path, baseline))
     return rows
 
 
-def _kept(part: Path, settings: dict, compute) -> list:
+def _kept(part: Path, settings: dict, compute, inputs=()) -> list:
     """One dataset's rows under one rule: read back from `part` when an earlier run with the same settings
-    priced them all (so a frontier stopped midway resumes after its last finished rule), else computed
-    and kept there, the CSV first and its settings beside it last."""
+    and the same `inputs` (files, compared by content) priced them all, so a frontier stopped midway
+    resumes after its last finished rule; else computed and kept there. The record beside the CSV goes
+    first and comes back last, with the CSV's checksum: a CSV cut short or edited, or one written after
+    its record was, is priced again."""
     record = params_beside(part)
+    key = {"settings": json.loads(json.dumps(settings, default=str)),
+           "inputs": {str(path): file_sha256(path) for path in inputs}}
     if part.is_file() and record.is_file():
         try:
-            same = json.loads(record.read_text()).get("settings") == json.loads(json.dumps(settings, default=str))
-        except (OSError, ValueError):  # cut short or edited: price again
+            kept = json.loads(record.read_text())
+            same = {k: kept.get(k) for k in key} == key and kept.get("sha256") == file_sha256(part)
+        except (OSError, ValueError, AttributeError):  # cut short or edited: price again
             same = False
         if same:
-            kept = read_csv_file(part, "a frontier's priced rows")
-            if list(kept.columns) == COLUMNS:
-                return kept.to_dict("records")
+            return read_csv_file(part, "a frontier's priced rows").to_dict("records")
     rows = compute()
     part.parent.mkdir(parents=True, exist_ok=True)
+    record.unlink(missing_ok=True)
     atomic_write_csv(part, pd.DataFrame(rows, columns=COLUMNS))
-    write_params_beside(part, settings, "frontier")
+    write_params_beside(part, settings, "frontier", inputs=key["inputs"], sha256=file_sha256(part))
     return rows
 
 

@@ -155,18 +155,32 @@ def test_frontier_runs_end_to_end_and_writes_its_report(victim_path, tmp_path, m
 
 def test_a_rules_priced_rows_are_kept_and_read_back_only_for_the_same_settings(tmp_path):
     part = tmp_path / "priced" / "one-sided.csv"
+    record = tmp_path / "priced" / "one-sided.params.json"
+    victim = tmp_path / "victim.pt"
+    victim.write_bytes(b"weights")
     calls = []
 
     def compute():
         calls.append(1)
-        return [{c: (len(calls) if c == "keys" else 1.5) for c in COLUMNS}]
+        return [{c: (len(calls) if c == "keys" else 1.5) for c in COLUMNS}, {c: 2.5 for c in COLUMNS}]
+
+    def kept(settings):
+        return _kept(part, settings, compute, inputs=(victim,))[0]["keys"]
 
     settings = {"budget": 128, "accounts": "1,2", "out_dir": tmp_path}
-    first = _kept(part, settings, compute)
-    assert len(calls) == 1 and part.is_file()
-    assert _kept(part, settings, compute) == first and len(calls) == 1, "the same settings: read back"
-    assert _kept(part, {**settings, "budget": 256}, compute)[0]["keys"] == 2, "other settings: priced again"
-    (tmp_path / "priced" / "one-sided.params.json").write_text("{cut short")
-    assert _kept(part, {**settings, "budget": 256}, compute)[0]["keys"] == 3, "an unreadable record: priced again"
-    (tmp_path / "priced" / "one-sided.params.json").unlink()
-    assert _kept(part, {**settings, "budget": 256}, compute)[0]["keys"] == 4, "no record (stopped between): again"
+    assert kept(settings) == 1 and part.is_file() and record.is_file()
+    assert kept(settings) == 1 and len(calls) == 1, "the same settings and inputs: read back"
+    assert kept({**settings, "budget": 256}) == 2, "other settings: priced again"
+    victim.write_bytes(b"retrained")
+    assert kept({**settings, "budget": 256}) == 3, "an input file changed: priced again"
+    part.write_text(part.read_text().splitlines()[0] + "\n" + part.read_text().splitlines()[1] + "\n")
+    assert kept({**settings, "budget": 256}) == 4, "a CSV cut short: priced again"
+    older = record.read_text()
+    assert kept({**settings, "budget": 512}) == 5
+    record.write_text(older)  # killed after the CSV, before its record: the record is the earlier run's
+    assert kept({**settings, "budget": 256}) == 6, "a CSV newer than its record: priced again"
+    record.write_text("{cut short")
+    assert kept({**settings, "budget": 256}) == 7, "an unreadable record: priced again"
+    record.unlink()
+    assert kept({**settings, "budget": 256}) == 8, "no record: priced again"
+    assert kept({**settings, "budget": 256}) == 8
