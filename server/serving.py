@@ -21,12 +21,12 @@ import ctypes
 import math
 import multiprocessing
 import os
-import queue as queues
 import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass
+from multiprocessing import resource_tracker
 from multiprocessing.connection import wait
 
 import uvicorn
@@ -111,7 +111,10 @@ class Supervisor:
         self.timeout_s, self.start_timeout_s = timeout_s, start_timeout_s
         self.ctx = context or multiprocessing.get_context("spawn")
         self.clock = clock
-        self.events = self.ctx.Queue()  # (worker index, its pid, None once it serves | its UserError's message)
+        # each worker's pipe, its read end here: (worker index, its pid, None once it serves | its UserError's
+        # message). Pipes, not a Queue: a Queue's semaphores are left to the resource tracker to complain
+        # about when this process is SIGKILLed
+        self.readers: dict = {}
         self.workers: dict = {}
         self.beats: dict = {}  # worker index -> its shared beat: the clock's time of its last beat; 0 before
         self.state: dict = {}  # worker index -> "starting" | "serving" | "down"
@@ -124,6 +127,9 @@ class Supervisor:
         # SIGINT from Ctrl-C stops every worker with one SIGTERM; a second one while stopping kills them
         previous = {s: signal.signal(s, self._on_stop) for s in STOPS}
         try:
+            # spawn's resource tracker, started here and not by the first worker's start: starting it
+            # unblocks SIGINT and SIGTERM, which _start holds back while it spawns a worker
+            resource_tracker.ensure_running()
             for index in range(self.processes):
                 self._start(index)
             if self._await_first_start() and on_ready is not None:
@@ -145,8 +151,9 @@ class Supervisor:
 
     def _start(self, index: int) -> None:
         beat = self.ctx.RawValue("d", 0.0)
+        reader, writer = self.ctx.Pipe(duplex=False)
         process = self.ctx.Process(target=worker_main,
-                                   args=(self.recipe, self.sock, index, self.events, os.getpid(), beat),
+                                   args=(self.recipe, self.sock, index, writer, os.getpid(), beat),
                                    name=f"serve-worker-{index}", daemon=False)
         # the worker starts with SIGINT and SIGTERM blocked (the mask survives fork and exec): until it has a
         # process group of its own, a Ctrl-C meant for this process would cut its imports in half
@@ -155,7 +162,10 @@ class Supervisor:
             process.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
-        self.workers[index], self.beats[index] = process, beat
+            writer.close()  # the worker holds the write end: its exit ends the pipe
+        if self.readers.get(index) is not None:
+            self.readers[index].close()
+        self.workers[index], self.beats[index], self.readers[index] = process, beat, reader
         self.state[index], self.since[index] = "starting", self.clock()
         self.pause.setdefault(index, RESTART_PAUSE_S)
 
@@ -165,47 +175,52 @@ class Supervisor:
         while any(state == "starting" for state in self.state.values()):
             if self.stopping.is_set():
                 return False
-            try:
-                index, pid, error = self.events.get(timeout=BEAT_S)
-            except queues.Empty:
-                for index, process in self.workers.items():
-                    if self.state[index] != "starting":
-                        continue
-                    if process.exitcode is not None:
-                        if self.stopping.is_set():  # it died of the signal that stops this process too
-                            return False
-                        raise UserError(f"serve worker {index} {_ended(process.exitcode)} while starting" +
-                                        ("; its output is above" if process.exitcode > 0 else ""))
-                    if self.clock() - self.since[index] > self.start_timeout_s:
-                        raise UserError(f"serve worker {index} did not start within {self.start_timeout_s:g} s "
-                                        f"(stopped or hung)")
-                self.kill_silent()  # the workers that already serve are watched meanwhile
-                continue
-            if pid != self.workers[index].pid:
-                continue  # from a worker started before this one
-            if error is not None:
-                raise UserError(error)
-            self.state[index] = "serving"
+            events, _ = self._receive(BEAT_S)
+            for index, pid, error in events:
+                if pid != self.workers[index].pid:
+                    continue  # from a worker started before this one
+                if error is not None:
+                    raise UserError(error)
+                self.state[index] = "serving"
+            for index, process in self.workers.items():
+                if self.state[index] != "starting":
+                    continue
+                if process.exitcode is not None:
+                    if self.stopping.is_set():  # it died of the signal that stops this process too
+                        return False
+                    raise UserError(f"serve worker {index} {_ended(process.exitcode)} while starting" +
+                                    ("; its output is above" if process.exitcode > 0 else ""))
+                if self.clock() - self.since[index] > self.start_timeout_s:
+                    raise UserError(f"serve worker {index} did not start within {self.start_timeout_s:g} s "
+                                    f"(stopped or hung)")
+            self.kill_silent()  # the workers that already serve are watched meanwhile
         return True
 
     def _watch(self) -> None:
         """Restart each worker that dies, or falls silent, until SIGTERM or Ctrl-C."""
         while not self.stopping.is_set():
             live = {p.sentinel: i for i, p in self.workers.items() if self.state[i] != "down"}
-            if live:
-                dead = [live[ready] for ready in wait(list(live), timeout=BEAT_S)]
-            else:
-                self.stopping.wait(BEAT_S)
-                dead = []
+            events, ready = self._receive(BEAT_S, also=live)
             if not self.stopping.is_set():
-                self.step(dead, self._drain())
+                self.step([live[sentinel] for sentinel in ready], events)
 
-    def _drain(self) -> list:
+    def _receive(self, timeout: float, also=()) -> tuple:
+        """(the events the workers sent, which of `also` are ready), waiting at most `timeout` seconds for
+        either. A pipe whose worker has exited is closed and dropped."""
+        pipes = {reader: index for index, reader in self.readers.items() if reader is not None}
+        if not pipes and not also:
+            self.stopping.wait(timeout)
+            return [], []
+        ready = wait([*pipes, *also], timeout=timeout)
         events = []
-        with contextlib.suppress(queues.Empty):
-            while True:
-                events.append(self.events.get_nowait())
-        return events
+        for reader in (r for r in ready if r in pipes):
+            try:
+                while reader.poll():
+                    events.append(reader.recv())
+            except (EOFError, OSError):  # its worker has exited (its death is seen by its sentinel)
+                reader.close()
+                self.readers[pipes[reader]] = None
+        return events, [r for r in ready if r not in pipes]
 
     def step(self, dead: list, events: list) -> None:
         """One turn of the watch: note the workers that now serve, kill the silent ones and those that
@@ -264,7 +279,9 @@ class Supervisor:
             if process.is_alive():
                 process.kill()
                 process.join()
-        self.events.close()
+        for reader in self.readers.values():
+            if reader is not None:
+                reader.close()
 
 
 def _ended(code: int) -> str:
@@ -283,7 +300,7 @@ def _die_with(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def worker_main(recipe, sock, index: int, events, parent: int, beat=None) -> None:
+def worker_main(recipe, sock, index: int, report, parent: int, beat=None) -> None:
     """One worker: build the app, say so, serve until told to stop. A UserError is reported, not raised."""
     # a process group of its own: a terminal's Ctrl-C reaches the supervisor alone, which then stops each
     # worker with one SIGTERM (uvicorn takes a second signal as "drop the requests in flight"); the
@@ -294,12 +311,12 @@ def worker_main(recipe, sock, index: int, events, parent: int, beat=None) -> Non
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)  # a Ctrl-C held back meanwhile arrives here
         built = recipe()
     except UserError as exc:
-        events.put((index, os.getpid(), str(exc)))
+        report.send((index, os.getpid(), str(exc)))
         sys.exit(2)
     except KeyboardInterrupt:  # a SIGINT for the whole group, held back until now, or one for this worker
         sys.exit(130)
     try:
-        run_app(built.app, sock, on_started=lambda: events.put((index, os.getpid(), None)),
+        run_app(built.app, sock, on_started=lambda: report.send((index, os.getpid(), None)),
                 beat=None if beat is None else lambda: setattr(beat, "value", time.monotonic()))
     except KeyboardInterrupt:  # a SIGINT sent to this worker alone: uvicorn has stopped, and so does it
         pass

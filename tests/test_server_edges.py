@@ -202,19 +202,16 @@ def test_the_supervisor_kills_a_worker_silent_past_the_timeout_and_only_it():
 
     now = [1000.0]
     sup = _supervisor(3, now, timeout_s=10.0)
-    try:
-        for index in range(3):
-            sup._start(index)
-        sup.state.update({0: "serving", 1: "serving"})  # 2 is still starting: it has not beaten
-        sup.beats[0].value, sup.beats[1].value = 995.0, 999.0
-        assert sup.kill_silent() == []
-        now[0] = 1005.5  # worker 0: 10.5 s silent; worker 1: 6.5 s
-        assert sup.kill_silent() == [0]
-        assert [w.killed for w in sup.workers.values()] == [True, False, False]
-        now[0] = 1e6
-        assert sup.kill_silent() == [1], "a dead worker is not killed again, a starting one never for silence"
-    finally:
-        sup.events.close()
+    for index in range(3):
+        sup._start(index)
+    sup.state.update({0: "serving", 1: "serving"})  # 2 is still starting: it has not beaten
+    sup.beats[0].value, sup.beats[1].value = 995.0, 999.0
+    assert sup.kill_silent() == []
+    now[0] = 1005.5  # worker 0: 10.5 s silent; worker 1: 6.5 s
+    assert sup.kill_silent() == [0]
+    assert [w.killed for w in sup.workers.values()] == [True, False, False]
+    now[0] = 1e6
+    assert sup.kill_silent() == [1], "a dead worker is not killed again, a starting one never for silence"
     for bad in (float("nan"), float("inf"), 1.0, -5.0):
         with pytest.raises(UserError, match="worker timeout"):
             Supervisor(None, None, 2, timeout_s=bad)
@@ -228,37 +225,34 @@ def test_a_worker_hung_while_it_restarts_holds_up_no_other_restart():
     restarted after a pause that doubles."""
     now = [0.0]
     sup = _supervisor(2, now, timeout_s=5.0, start_timeout_s=60.0)
-    try:
-        for index in range(2):
-            sup._start(index)
-        sup.step([], [(0, sup.workers[0].pid, None), (1, sup.workers[1].pid, None)])
-        assert sup.state == {0: "serving", 1: "serving"}
-        sup.workers[0].exitcode = -9  # killed while serving
-        sup.step([0], [])
-        assert sup.state[0] == "down" and sup.started == [0, 1]
-        now[0] = 0.5
-        sup.step([], [])
-        assert sup.started == [0, 1, 0] and sup.state[0] == "starting"  # its replacement, which hangs
-        now[0] = 1.0
-        sup.workers[1].exitcode = -9
-        sup.step([1], [])
-        now[0] = 1.5
-        sup.step([], [])
-        assert sup.started == [0, 1, 0, 1], "worker 1 restarted while worker 0 hangs in its start"
-        sup.step([], [(1, sup.workers[1].pid, None)])
-        assert sup.state[1] == "serving" and not sup.workers[0].killed
-        now[0] = 61.0
-        sup.step([], [])
-        assert sup.workers[0].killed, "past the start timeout"
-        sup.step([0], [])
-        assert sup.state[0] == "down" and sup.pause[0] == 1.0, "died before serving: twice its last pause"
-        now[0] = 61.9
-        sup.step([], [])
-        assert sup.started == [0, 1, 0, 1]
-        now[0] = 62.0
-        sup.step([], [(0, 12345, None)])  # an old worker's event is ignored
-        assert sup.started == [0, 1, 0, 1, 0] and sup.state[0] == "starting"
-        sup.step([], [(0, sup.workers[0].pid, "the store is locked")])
-        assert sup.state[0] == "starting", "its error is shown; its exit then restarts it"
-    finally:
-        sup.events.close()
+    for index in range(2):
+        sup._start(index)
+    sup.step([], [(0, sup.workers[0].pid, None), (1, sup.workers[1].pid, None)])
+    assert sup.state == {0: "serving", 1: "serving"}
+    sup.workers[0].exitcode = -9  # killed while serving
+    sup.step([0], [])
+    assert sup.state[0] == "down" and sup.started == [0, 1]
+    now[0] = 0.5
+    sup.step([], [])
+    assert sup.started == [0, 1, 0] and sup.state[0] == "starting"  # its replacement, which hangs
+    now[0] = 1.0
+    sup.workers[1].exitcode = -9
+    sup.step([1], [])
+    now[0] = 1.5
+    sup.step([], [])
+    assert sup.started == [0, 1, 0, 1], "worker 1 restarted while worker 0 hangs in its start"
+    sup.step([], [(1, sup.workers[1].pid, None)])
+    assert sup.state[1] == "serving" and not sup.workers[0].killed
+    now[0] = 61.0
+    sup.step([], [])
+    assert sup.workers[0].killed, "past the start timeout"
+    sup.step([0], [])
+    assert sup.state[0] == "down" and sup.pause[0] == 1.0, "died before serving: twice its last pause"
+    now[0] = 61.9
+    sup.step([], [])
+    assert sup.started == [0, 1, 0, 1]
+    now[0] = 62.0
+    sup.step([], [(0, 12345, None)])  # an old worker's event is ignored
+    assert sup.started == [0, 1, 0, 1, 0] and sup.state[0] == "starting"
+    sup.step([], [(0, sup.workers[0].pid, "the store is locked")])
+    assert sup.state[0] == "starting", "its error is shown; its exit then restarts it"

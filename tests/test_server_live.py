@@ -251,6 +251,8 @@ def test_workers_die_with_their_supervisor_and_report_why_they_cannot_start(vict
         while [p for p in workers if Path(f"/proc/{p}").exists()] and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not [p for p in workers if Path(f"/proc/{p}").exists()], "a worker outlived its supervisor"
+        time.sleep(1)  # a resource tracker left behind would complain about now
+        assert "leaked" not in (tmp_path / "server.log").read_text(), "semaphores left to the resource tracker"
     finally:
         server.kill()
         server.wait()
