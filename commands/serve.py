@@ -31,7 +31,7 @@ from pow.puzzles import valid_user
 from pow.solver import default_workers
 from pow.timing import TABLES
 from privacy.accountants import COST_MEASURES
-from server.build import DeploymentConfig, check_serve, shared_pricer, size_threads
+from server.build import DeploymentConfig, check_model_files, check_serve, shared_pricer, size_threads
 from server.client import ApiClient, resolve_api_key
 from server.keys import check_new_key_file, hash_api_key, init_key_file, new_api_key, server_key
 from server.serving import ServiceRecipe, serve_socket
@@ -45,6 +45,7 @@ def serve(s) -> tuple:
     key = server_key(s.key_file)
     config = DeploymentConfig.of(s.as_dict())
     check_serve(config)
+    check_model_files(config)  # read once here; each worker reads them again as it builds
     sock = _bind(s.host, s.port)  # a port in use fails here, before any file is opened or made
     try:
         where = _prepare_store(config, s.state, s.processes)

@@ -60,13 +60,17 @@ def read_victim_meta(path) -> dict:
 def check_victim(path, dataset: str) -> dict:
     """The metadata of the checkpoint at `path` (empty for a raw state dict), read and checked for `dataset`
     as load_victim reads it, without building the model (a server checks it before it makes any file)."""
-    path = Path(path)
+    return _read_for(Path(path), dataset)[1] or {}
+
+
+def _read_for(path: Path, dataset: str) -> tuple:
+    """_read's (state dict, metadata or None), the checkpoint's metadata naming `dataset` where it has any."""
     make = train_command(dataset, path)
-    meta = _read(path, make)[1] or {}
-    if meta and meta.get("dataset") != dataset:
+    state, meta = _read(path, make)
+    if meta is not None and meta.get("dataset") != dataset:
         raise UserError(f"victim checkpoint {path} was trained on '{meta.get('dataset')}', not '{dataset}'. "
                         f"Pass the right --victim_path, or create one with: {make}")
-    return meta
+    return state, meta
 
 
 def load_victim(path, spec, *, architecture: str | None = None, device=torch.device("cpu")):
@@ -77,12 +81,9 @@ def load_victim(path, spec, *, architecture: str | None = None, device=torch.dev
     """
     path = Path(path)
     make = train_command(spec.name, path)
-    state, meta = _read(path, make)
+    state, meta = _read_for(path, spec.name)
     if meta is None:  # a raw state dict
         meta = {"dataset": spec.name, "architecture": architecture or default_victim_arch(spec)}
-    if meta.get("dataset") != spec.name:
-        raise UserError(f"victim checkpoint {path} was trained on '{meta.get('dataset')}', not '{spec.name}'. "
-                        f"Pass the right --victim_path, or create one with: {make}")
     arch = meta.get("architecture")
     if architecture is not None and arch != architecture:
         raise UserError(f"victim checkpoint {path} holds architecture '{arch}', not '{architecture}'. "

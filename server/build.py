@@ -72,8 +72,7 @@ class DeploymentConfig:
 
 
 def check_serve(config: DeploymentConfig):
-    """The settings' own errors and missing input files, before any file is opened or made; returns the
-    calibrator."""
+    """The settings' own errors, before any file is opened or made; returns the calibrator."""
     if not kinds.get(config.puzzle).signed:
         raise UserError(f"the server issues signed {' or '.join(sorted(kinds.SERVED))} challenges; pass --puzzle "
                         f"{' or '.join(kinds.SERVED)}")
@@ -85,13 +84,17 @@ def check_serve(config: DeploymentConfig):
     config.query_price.checked()
     for measure in log_measures(config):
         accountants.cost_column(measure)
-    # the files it reads, read and checked before a store is made or a port bound (without building their
-    # models): a missing or corrupt one, or one for another dataset, names the command that makes it
+    return calibration.create(config.calibrator,
+                              calibration.load_baseline(config.calibration, cost_measure=config.cost_measure))
+
+
+def check_model_files(config: DeploymentConfig) -> None:
+    """The victim checkpoint and (where a PATE cost is accounted) the teacher file, read and checked as
+    build_service loads them but without building their models, so that serve fails on a missing or
+    corrupt one, or one for another dataset, before it makes a store or binds a port."""
     check_victim(config.victim_path, config.dataset)
     if any(m in accountants.PATE_MEASURES for m in log_measures(config)):
         check_teachers(config.teachers_path, config.dataset)
-    return calibration.create(config.calibrator,
-                              calibration.load_baseline(config.calibration, cost_measure=config.cost_measure))
 
 
 def log_measures(config: DeploymentConfig) -> list:

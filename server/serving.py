@@ -59,7 +59,7 @@ def run_app(app, sock, *, on_started=None, beat=None) -> None:
         async def startup(self, sockets=None):
             await super().startup(sockets=sockets)
             if beat is not None and self.started:
-                self.beating = asyncio.get_running_loop().create_task(self._beat())
+                self.beating = asyncio.get_running_loop().create_task(self._beat())  # held: not collected
             if on_started is not None and self.started:
                 on_started()
 
@@ -176,9 +176,7 @@ class Supervisor:
             if self.stopping.is_set():
                 return False
             events, _ = self._receive(BEAT_S)
-            for index, pid, error in events:
-                if pid != self.workers[index].pid:
-                    continue  # from a worker started before this one
+            for index, _, error in events:  # nothing has been restarted yet: each is from its worker
                 if error is not None:
                     raise UserError(error)
                 self.state[index] = "serving"

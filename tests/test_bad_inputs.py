@@ -263,7 +263,7 @@ CASES = {
     "serve-victim-corrupt": ["serve", *SERVE, "--key_file", "{in}/server.key", "--victim_path", "{in}/notes.txt"],
     "serve-teachers-corrupt": ["serve", *SERVE, "--key_file", "{in}/server.key", "--log_costs", "pate",
                                "--teachers_path", "{in}/notes.txt"],
-    "serve-teachers-folder": ["serve", *SERVE, "--key_file", "{in}/server.key", "--cost_measure", "pate",
+    "serve-teachers-folder": ["serve", *SERVE, "--key_file", "{in}/server.key", "--log_costs", "pate",
                               "--teachers_path", "{in}"],
     "serve-log-costs-pate-no-teachers": ["serve", *SERVE, "--key_file", "{in}/server.key", "--log_costs", "pate",
                                          "--teachers_path", "{in}/none.pt"],
