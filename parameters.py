@@ -505,14 +505,27 @@ def add_recipe(sub, command: str) -> argparse.ArgumentParser:
     return p
 
 
+class _MainParser(argparse.ArgumentParser):
+    """main.py's parser: a flag that no parser knows is reported with its command's usage (argparse itself
+    reports it with the top level's, which names no flag of the command)."""
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            command = self._commands.choices.get(getattr(parsed, "command", None), self)
+            command.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
+
+
 def build_parser(adders) -> argparse.ArgumentParser:
     """The parser of main.py: each of `adders` adds its command and flags to the subparsers, in --help's order."""
-    parser = argparse.ArgumentParser(
+    parser = _MainParser(
         prog="main.py", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Model extraction against a victim defended by calibrated proof-of-work.",
         epilog="Run 'python main.py COMMAND --help' for every flag of a command and its default.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    parser._commands = sub
     for add in adders:
         add(sub)
     return parser

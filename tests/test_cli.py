@@ -1,7 +1,11 @@
 """Every command through the CLI, and each bad input: clear message, non-zero exit, no traceback."""
+import contextlib
+import io
 import json
 
 import pytest
+
+import main
 
 COMMANDS = ["demo", "train-victim", "extract", "privacy-cost", "pow-time", "cost-separation"]
 
@@ -28,6 +32,16 @@ def assert_clean_error(out, *needles):
 
 def test_unknown_flag(cli):
     assert_clean_error(cli("extract", "--no_such_flag", "1"), "unrecognized arguments")
+
+
+@pytest.mark.parametrize("argv", [("extract", "--no_such_flag"), ("serve-admin", "list-users", "--no_such_flag")])
+def test_an_unknown_flag_is_reported_with_its_commands_usage(argv):
+    """Not with the top level's usage ('main.py [-h] COMMAND ...'), which names none of the command's flags."""
+    with pytest.raises(SystemExit) as exc, contextlib.redirect_stderr(io.StringIO()) as err:
+        main.parse(list(argv))
+    assert exc.value.code == 2
+    assert f"main.py {argv[0]}: error: unrecognized arguments: --no_such_flag" in err.getvalue()
+    assert f"usage: main.py {argv[0]}" in err.getvalue()
 
 
 def test_unknown_dataset(cli):
