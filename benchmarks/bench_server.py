@@ -11,9 +11,10 @@ median of its rounds:
               (pre-solved minimal challenges: solving is excluded);
   account     + the accountant (the priced measure) and the commit to SQLite: the real /v1/predict;
   noop        the same bodies to a route that parses them and answers nothing: the HTTP layer's own cost.
-Prints requests/s, p50/p99 latency and the CPU each request took (server and clients) per stage,
-/v1/predict's share of bare inference's requests/s (the median of the rounds' ratios; target 75%), its
-p99 over p50 (target 3), and the accountant's share.
+Prints requests/s, p50/p99 latency, the CPU each request took (server and clients) and the cores kept busy
+per stage, /v1/predict's share of bare inference's requests/s (the median of the rounds' ratios; target
+75%) beside its CPU ceiling (the share if both kept every core busy), its p99 over p50 (target 3), and the
+accountant's share.
 """
 from __future__ import annotations
 
@@ -356,7 +357,9 @@ def summary(rounds: list, timings: list, wire_dtype: str, threads: int, per: int
     results = [{"stage": r[0]["stage"], "requests": sum(x["requests"] for x in r),
                 **{k: statistics.median(x[k] for x in r)
                    for k in ("requests_per_s", "p50_ms", "p99_ms", "server_cpu_ms", "client_cpu_ms",
-                             "model_process_system_ms")}}
+                             "model_process_system_ms")},
+                "cores_busy": statistics.median(x["requests_per_s"] * (x["server_cpu_ms"] + x["client_cpu_ms"]) / 1000
+                                                for x in r)}
                for r in zip(*rounds)]
     ratios = [r[3]["requests_per_s"] / r[0]["requests_per_s"] for r in rounds]
     by_processes = {rounds[0][k]["stage"]: statistics.median(r[k]["requests_per_s"] / r[0]["requests_per_s"]
@@ -371,6 +374,10 @@ def summary(rounds: list, timings: list, wire_dtype: str, threads: int, per: int
             "predict_share_of_inference": statistics.median(ratios),
             "predict_share_of_inference_rounds": ratios,
             "predict_share_target": 0.75,
+            # the share if both stages kept every core busy: bare inference's CPU per request over /v1/predict's
+            # (server and clients), the clients sharing the cores
+            "predict_share_cpu_ceiling": statistics.median(
+                r[0]["client_cpu_ms"] / (r[3]["server_cpu_ms"] + r[3]["client_cpu_ms"]) for r in rounds),
             "predict_share_other_process_counts": by_processes,
             "http_verify_overhead": 1 - results[2]["requests_per_s"] / results[0]["requests_per_s"],
             "http_verify_overhead_target": 0.20,

@@ -5,12 +5,14 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
+from server.service import ApiError
 from tests.conftest import ROOT
 
 BASELINE = "queries,query_time_s,entropy_cost,privacy_cost,privacy_eps,gap_cost\n" + "".join(
@@ -39,6 +41,27 @@ def postgres_dsn() -> str:
 
 def state_url(kind: str, tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'state.db'}" if kind == "sqlite" else postgres_dsn()
+
+
+def race(n: int, call) -> list:
+    """`call(i)` in n threads released at once; each one's status (200, or its ApiError's), in the order
+    they finished."""
+    barrier, statuses = threading.Barrier(n), []
+
+    def go(i):
+        barrier.wait()
+        try:
+            call(i)
+            statuses.append(200)
+        except ApiError as exc:
+            statuses.append(exc.status)
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return statuses
 
 
 def free_port() -> int:

@@ -28,7 +28,7 @@ from server.app import create_app
 from server.keys import hash_api_key, new_api_key
 from server.service import ApiError, PredictionService, ServiceConfig
 from server.store import open_store
-from tests.server_helpers import BASELINE, state_url
+from tests.server_helpers import BASELINE, race, state_url
 
 KEY = b"k" * 32
 ITEM = (1, 28, 28)
@@ -436,21 +436,7 @@ def test_sixteen_threads_race_one_challenge_and_exactly_one_wins(parts, tmp_path
         key = add_user(svc, "racer")
         user = svc.authenticate(key)
         solution = solve(svc.challenge(user, 8)["challenge"])
-        barrier, results = threading.Barrier(16), []
-
-        def go(i):
-            barrier.wait()
-            try:
-                svc.predict(user, solution, tensors.encode(parts["images"][8 * i:8 * i + 8]))
-                results.append(200)
-            except ApiError as exc:
-                results.append(exc.status)
-
-        threads = [threading.Thread(target=go, args=(i,)) for i in range(16)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        results = race(16, lambda i: svc.predict(user, solution, tensors.encode(parts["images"][8 * i:8 * i + 8])))
         winners = [r for r in results if r in (200, 402)]  # 402: answered, sealed until its top-up is paid
         assert len(winners) == 1 and sorted(results).count(409) == 15, results
         charged = svc.store.account("racer").queries

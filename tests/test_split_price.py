@@ -22,7 +22,7 @@ from server import tensors
 from server.app import create_app
 from server.service import ApiError, address_range
 from server.store import Revoked, open_store
-from tests.server_helpers import BASELINE, state_url
+from tests.server_helpers import BASELINE, race, state_url
 from tests.test_server import (  # noqa: F401
     ITEM,
     Clock,
@@ -274,21 +274,7 @@ def test_hoarded_challenges_raced_at_once_pay_the_price_current_at_each_commit(p
     try:
         user = svc.authenticate(add_user(svc, "hoarder"))
         hoard = [solve(svc.challenge(user, 64)["challenge"]) for _ in range(12)]  # all at the newcomer's price
-        barrier, outcome = threading.Barrier(12), []
-
-        def go(i):
-            barrier.wait()
-            try:
-                svc.predict(user, hoard[i], tensors.encode(noise(100 + i)))
-                outcome.append(200)
-            except ApiError as exc:
-                outcome.append(exc.status)
-
-        threads = [threading.Thread(target=go, args=(i,)) for i in range(12)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        outcome = race(12, lambda i: svc.predict(user, hoard[i], tensors.encode(noise(100 + i))))
         row = svc.store.account("hoarder")
         paid_work = sum(float(h.split("|")[2]) for h in hoard)
         assert outcome.count(402) + outcome.count(429) >= 11, outcome  # none was answered below its price
