@@ -82,6 +82,7 @@ def main(argv=None) -> int:
         held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             from common.errors import UserError
+            from common.process import adopt_parent
             for name in _named(argv) or COMMANDS:  # the command's module, and with it torch, numpy, ...
                 importlib.import_module(COMMANDS[name][0])
         finally:
@@ -90,6 +91,7 @@ def main(argv=None) -> int:
         print("interrupted while starting; nothing was written", file=sys.stderr)
         return 130
 
+    adopt_parent()  # a grid's run stops when its grid does, even one killed with SIGKILL
     try:
         settings = parse(argv)
         _, report = command(settings.command)(settings)

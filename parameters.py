@@ -562,7 +562,7 @@ def resolve(args: argparse.Namespace) -> Settings:
         values["calibration_mode"] = CALIBRATION_MODE_OF[command]
     if values.get("base") is None:
         values["base"] = CalibrationConfig.default_base(values["calibration_mode"])
-    if values.get("out_dir") is None:
+    if values.get("out_dir") is None and command != "reproduce":  # a grid's folder is always named
         values["out_dir"] = "results/demo" if command == "demo" else f"results/{dataset}-{values['mode']}"
     return Settings(values)
 

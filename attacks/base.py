@@ -70,6 +70,11 @@ class Attack:
         """The most queries this attack can send given an in-distribution pool of pool_size (None: no limit)."""
         return None
 
+    @classmethod
+    def min_budget(cls, spec) -> int:
+        """The fewest queries this attack can start with on dataset `spec` (a DatasetSpec)."""
+        return 1
+
     def state_dict(self) -> dict:
         return {}
 

@@ -41,9 +41,13 @@ class JacobianAttack(PoolAttack):
     name = "jacobian"
     flips = False
 
+    @classmethod
+    def min_budget(cls, spec) -> int:
+        return SEED_SIZE.get(spec.channels, 500)  # its seed set
+
     def __init__(self, ctx):
         super().__init__(ctx)
-        seed_size = SEED_SIZE.get(ctx.spec.channels, 500)
+        seed_size = self.min_budget(ctx.spec)
         if ctx.budget < seed_size:
             raise UserError(f"'{self.name}' starts from a seed set of {seed_size} queries on '{ctx.spec.name}', "
                             f"but --budget is {ctx.budget}; raise --budget to at least {seed_size}")

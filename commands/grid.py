@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 import parameters
 from common.errors import UserError
 from common.io import atomic_write_text
+from common.process import child_env
 from data.ood import ood_capacity
 from extraction import cost_growth
 from extraction.loop import run_extraction
@@ -230,7 +231,7 @@ def _run_in_process(cell: Cell) -> None:
 def _run_child(cell: Cell) -> None:
     """Run a cell as `python3 main.py ...` in a child process; a UserError with its last line if it fails."""
     proc = subprocess.run([sys.executable, str(ROOT / "main.py"), *cell.argv], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+                          stderr=subprocess.PIPE, text=True, env=child_env())
     if proc.returncode != 0:
         raise _failed(cell, proc.returncode, proc.stderr)
 
@@ -250,7 +251,7 @@ class _Children:
 
     def run(self, cell: Cell, threads: int) -> None:
         _set_aside_if_broken(cell)
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        env = child_env({**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
         with self.lock:
             if self.stopping:
                 return

@@ -32,6 +32,7 @@ from commands.grid import GRID, SCALE_KEYS, _capacity, cells, read_grid, run_gri
 from commands.report import write_report
 from common.errors import UserError
 from common.io import FolderLock, atomic_write_text, ensure_writable_dir
+from common.runtime import resolve_device
 from data.ood import OOD_POOLS, check_not_own
 from data.registry import load_splits
 from extraction.loop import validate
@@ -123,7 +124,7 @@ def reproduce(s, *, progress: bool = True) -> tuple:
     if old is not None and s.dfme_budget is None and s.budget is None:  # a grid planned with another DFME default
         grid["budgets"].update({k: v for k,
                                 v in old["budgets"].items() if k.endswith("/dfme") and k in grid["budgets"]})
-    if old is not None and old != grid:
+    if old is not None and old != grid and _started(out):
         changed = sorted(k for k in set(old) | set(grid) if old.get(k) != grid.get(k))
         raise UserError(f"{out} holds a grid with other settings ({', '.join(changed)}); use another --out_dir, "
                         f"or the same flags to resume it")
@@ -139,6 +140,13 @@ def reproduce(s, *, progress: bool = True) -> tuple:
         said = run_grid(grid, out, jobs=int(s.jobs), progress=progress)
         report = write_report(grid, out)
     return report, "\n".join([*said, f"report: {report}"])
+
+
+def _started(out: Path) -> bool:
+    """Whether a grid in `out` has begun a run (its settings bind a rerun only then: a grid refused before
+    its first run is planned again from the flags given)."""
+    runs = out / "runs"
+    return runs.is_dir() and any(runs.iterdir())
 
 
 def _validate_pool(grid: dict) -> None:
@@ -157,7 +165,15 @@ def _validate_pool(grid: dict) -> None:
 
 def _validate(grid: dict, out: Path) -> None:
     """Every run cell's settings, checked as extract checks them, before anything is written."""
+    resolve_device(grid["device"])  # every cell would fail on a device this machine lacks
+    victims = Path(grid["victim_dir"])
+    if victims.exists() and not victims.is_dir():
+        raise UserError(f"--victim_dir {victims} is a file, not a folder; give the folder of the victims' checkpoints")
+    if not victims.exists():  # one that exists may be read-only: it may hold every victim already
+        ensure_writable_dir(victims, "--victim_dir")
     pools = {d: pool_size(d, grid["data_dir"]) for d in grid["datasets"]}
+    for dataset in (d for d, size in pools.items() if size is None):
+        load_splits(dataset, grid["data_dir"])  # not here: its error names --data_dir and the files it needs
     too_big = []
     for key, budget in grid["budgets"].items():
         dataset, mode = key.split("/")

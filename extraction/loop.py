@@ -22,7 +22,7 @@ from common import checks
 from common.errors import UserError
 from common.io import atomic_torch_save, ensure_writable_dir, input_file, run_metadata, safe_torch_load
 from common.runtime import resolve_device, set_seed
-from data.registry import load_splits, to_float
+from data.registry import create, load_splits, to_float
 from extraction.config import AccountantConfig, AttackConfig, ExtractionConfig, TrainingConfig
 from extraction.oracles import PricedOracle
 from extraction.state import RunFolder, comparable, fingerprint, input_files, run_file_of
@@ -57,6 +57,10 @@ def validate(config) -> None:
     if a.budget < a.query_batch:
         raise UserError(f"--budget {a.budget} is below one batch of --query_batch {a.query_batch}; "
                         f"raise --budget to at least {a.query_batch}")
+    least = attacks.ATTACKS[a.mode].min_budget(create(c.run.dataset))
+    if a.budget < least:
+        raise UserError(f"'{a.mode}' needs at least {least} queries on '{c.run.dataset}' (its starting set), but "
+                        f"--budget is {a.budget}; raise --budget to at least {least}")
     checks.whole("--batches_per_round", a.batches_per_round, lo=1)
     checks.whole("--stolen_epochs", c.training.stolen_epochs, lo=0)
     checks.whole("--batch_size", c.training.batch_size, lo=1)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import math
 import multiprocessing
 import os
@@ -32,6 +31,7 @@ from multiprocessing.connection import wait
 import uvicorn
 
 from common.errors import UserError
+from common.process import die_with
 from server.app import MAX_HEAD_BYTES, create_app, guarded_protocol
 from server.build import DeploymentConfig, body_limit, build_service, size_threads
 from server.store import open_store
@@ -42,7 +42,6 @@ MAX_RESTART_PAUSE_S = 30.0  # the pause doubles with each restart that dies befo
 BEAT_S = 1.0  # a serving worker's event loop writes the time into its shared beat this often
 START_TIMEOUT_S = 300.0  # a worker that has not served this long after its start is killed (and restarted)
 STOPS = (signal.SIGINT, signal.SIGTERM)  # what stops the server; blocked in a worker until it is in its own group
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -290,21 +289,13 @@ def _ended(code: int) -> str:
     return f"exited with code {code}"
 
 
-def _die_with(parent: int) -> None:
-    """SIGTERM this process when `parent` dies (Linux); if it is already gone, stop now."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
 def worker_main(recipe, sock, index: int, report, parent: int, beat=None) -> None:
     """One worker: build the app, say so, serve until told to stop. A UserError is reported, not raised."""
     # a process group of its own: a terminal's Ctrl-C reaches the supervisor alone, which then stops each
     # worker with one SIGTERM (uvicorn takes a second signal as "drop the requests in flight"); the
     # supervisor started this process with SIGINT and SIGTERM blocked, and they are let in from here on
     os.setpgrp()
-    _die_with(parent)
+    die_with(parent)
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)  # a Ctrl-C held back meanwhile arrives here
         built = recipe()

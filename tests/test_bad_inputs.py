@@ -47,6 +47,7 @@ FILES = {
 
 EXTRACT = ["extract", "--victim_path", "{in}/victim.pt", "--out_dir", "{out}/run", "--device", "cpu"]
 KEYED = ["--key", "k" * 32]
+REPRODUCE = ["reproduce", "--quick", "--modes", "copycat", "--budget", "128", "--out_dir", "{out}/grid"]
 SERVE = ["--calibration", "{in}/baseline.csv", "--victim_path", "{in}/victim.pt", "--state", "sqlite:///{out}/s.db",
          "--device", "cpu"]
 CASES = {
@@ -280,6 +281,13 @@ CASES = {
                                     "--victim_path", "{out}/v.pt", "--epochs", "1", "--device", "cpu"],
     "separation-no-victims": ["cost-separation", "--datasets", "mnist-5k", "--victim_dir", "{in}/adir",
                               "--queries", "10", "--out", "{out}/s.csv"],
+    "extract-jacobian-budget-below-seed-set": EXTRACT + ["--mode", "jacobian", "--budget", "128"],
+    # reproduce: what every cell would fail on is refused before the grid's folder (and grid.json) is made
+    "reproduce-no-out-dir": ["reproduce", "--quick"],
+    "reproduce-device-bogus": REPRODUCE + ["--device", "bogus"],
+    "reproduce-victim-dir-is-a-file": REPRODUCE + ["--victim_dir", "{in}/notes.txt"],
+    "reproduce-jacobian-budget-below-seed-set": ["reproduce", "--quick", "--modes", "jacobian", "--budget", "100",
+                                                 "--out_dir", "{out}/grid"],
 }
 
 #: what each case's error line must say: proof that it failed where its name says
@@ -460,6 +468,11 @@ NEEDLES = {
     "serve-account-factor-below-1": "--account_factor: the value must be a finite number >= 1",
     "serve-paper-mode": "with --calibration_mode relative",
     "serve-log-costs-bogus": "unknown cost measure 'bogus'",
+    "extract-jacobian-budget-below-seed-set": "'jacobian' needs at least 150 queries on 'mnist-5k'",
+    "reproduce-no-out-dir": "reproduce needs --out_dir DIR",
+    "reproduce-device-bogus": "--device 'bogus' is not a device name",
+    "reproduce-victim-dir-is-a-file": "notes.txt is a file, not a folder; give the folder of the victims'",
+    "reproduce-jacobian-budget-below-seed-set": "'jacobian' needs at least 150 queries on 'mnist-5k'",
 }
 
 

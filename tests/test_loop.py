@@ -26,8 +26,11 @@ def settings(victim_path, out_dir, *extra):
 
 @pytest.mark.parametrize("mode", sorted(ATTACKS))
 def test_every_attack_steals_something(victim_path, tmp_path, mode):
-    result = run_extraction(settings(victim_path, tmp_path, "--mode", mode, "--budget", "256",
-                                     "--batches_per_round", "2", *SMALL_STEPS.get(mode, [])), progress=False)
+    # photo crops' labels are far harder to fit than digits': batches of 16 give the copy 4x the steps (at
+    # batches of 64 copycat's copy fit 37.5% of its answers against a majority class of 38.7% on one CPU)
+    fit_steps = ["--batch_size", "16"] if ATTACKS[mode].uses_ood_pool else []
+    result = run_extraction(settings(victim_path, tmp_path, "--mode", mode, "--budget", "256", "--batches_per_round",
+                                     "2", *SMALL_STEPS.get(mode, []), *fit_steps), progress=False)
     frame = pd.read_csv(result["log"])
     assert list(frame.columns) == LOG_COLUMNS
     assert frame["queries"].iloc[-1] == 256

@@ -4,9 +4,12 @@ the machine has one (.ci/run starts a single-node cluster with scripts/slurm.sh)
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import time
 
 import pandas as pd
@@ -16,6 +19,7 @@ import main as entry
 from commands import grid as grid_cells
 from commands import reproduce as grid_module
 from common.errors import UserError
+from common.process import PARENT_ENV
 from extraction.state import finished
 from tests.conftest import ROOT
 
@@ -140,15 +144,22 @@ def test_list_and_slurm_cover_every_cell_in_dependency_order(tmp_path, victims):
 
 
 def test_a_grid_of_other_settings_or_a_broken_record_is_refused(tmp_path, victims, capsys):
+    """Once a run has begun; before that, the grid is planned anew from the flags given (a grid refused
+    before its first run, say for a --device this machine lacks, is rerun with the flag corrected)."""
     out = tmp_path / "g"
     out.mkdir()
     other = grid_module.grid_settings(grid(out, victims).replace(modes="knockoff"))
-    for record, phrase in ((json.dumps(other), "holds a grid with other settings"),
+    (out / "grid.json").write_text(json.dumps(other))
+    code = entry.main(["reproduce", *TINY, "--out_dir", str(out), "--victim_dir", str(victims), "--list"])
+    assert code == 0 and "--mode copycat" in capsys.readouterr().out
+    (out / "runs").mkdir()
+    (out / "runs" / "mnist-5k").mkdir()
+    for record, phrase in ((json.dumps(other), "holds a grid with other settings (budgets, modes)"),
                            ("{bad", "is not a grid record"), ("[]", "is not a complete grid record")):
         (out / "grid.json").write_text(record)
         code = entry.main(["reproduce", *TINY, "--out_dir", str(out), "--victim_dir", str(victims)])
         assert code == 2 and phrase in capsys.readouterr().err
-    assert sorted(p.name for p in out.iterdir()) == ["grid.json"], "nothing else was written"
+    assert sorted(p.name for p in out.iterdir()) == ["grid.json", "runs"], "nothing else was written"
 
 
 def test_the_legitimate_verdict_is_judged_out_of_sample_when_seeds_allow():
@@ -258,3 +269,74 @@ def test_a_grid_checks_its_pool_before_training_and_plans_within_a_small_folder(
     assert not (tmp_path / "g").exists()
     with pytest.raises(SystemExit):
         entry.parse(["reproduce", "--ood_pool", "", "--out_dir", str(tmp_path / "g")])
+
+
+CHILD = """
+import os, sys, time
+from common.process import PARENT_ENV, adopt_parent
+adopt_parent()
+print(os.getpid(), PARENT_ENV in os.environ, flush=True)
+time.sleep(120)
+"""
+PARENT = """
+import subprocess, sys
+from common.process import child_env
+ask = sys.argv[1] == "ask"
+child = subprocess.Popen([sys.executable, "-c", sys.argv[2]], env=child_env() if ask else None)
+child.wait()
+"""
+
+
+def _gone(pid: int, timeout_s: float = 10.0) -> bool:
+    """Whether process `pid` has ended (a zombie counts: its parent, init, reaps it) within the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()[0] == "Z":
+                return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("ask", [True, False])
+def test_a_child_that_asks_stops_when_its_parent_is_killed(ask):
+    """A grid's runs (and a server's workers) stop when the grid is killed with SIGKILL; a child that did
+    not ask outlives it (the check can fail), and the request does not pass on to the child's children."""
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, "ask" if ask else "no", CHILD], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    pid = None
+    try:
+        pid, passed_on = parent.stdout.readline().split()
+        pid = int(pid)
+        assert passed_on == "False"
+        parent.kill()
+        parent.wait()
+        assert _gone(pid, 10.0 if ask else 1.0) == ask
+    finally:
+        parent.kill()
+        parent.wait()
+        parent.stdout.close()
+        if pid is not None and not _gone(pid, 0):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_grid_starts_its_runs_as_children_that_stop_with_it(monkeypatch):
+    seen = []
+
+    class Proc:
+        returncode = 0
+
+        def __init__(self, argv, **kwargs):
+            seen.append(kwargs["env"].get(PARENT_ENV))
+
+        def communicate(self):
+            return "", ""
+
+    monkeypatch.setattr(grid_cells.subprocess, "Popen", Proc)
+    monkeypatch.setattr(grid_cells.subprocess, "run", lambda argv, **kwargs: Proc(argv, **kwargs))
+    cell = grid_cells.Cell("frontier", "mnist-5k", "frontier", ["frontier", "--help"])
+    grid_cells._run_child(cell)
+    grid_cells._Children().run(cell, threads=1)
+    assert seen == [str(os.getpid())] * 2
