@@ -322,9 +322,9 @@ def main() -> None:
         return serve(args, counts[0])
 
 
-    if not Path(args.victim_path).exists():
+    if not Path(args.victim_path).exists():  # the default recipe: the demo and the grid reuse this checkpoint
         subprocess.run([sys.executable, str(ROOT / "main.py"), "train-victim", "--victim_path", args.victim_path,
-                        "--epochs", "1", "--device", "cpu"], check=True)
+                        "--device", "cpu"], check=True)
     keys = [f"pk_bench{i}" for i in range(CLIENTS)]
     work = Path(tempfile.mkdtemp(prefix="bench-server-"))
     started, servers, pool = [], [], None
