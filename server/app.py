@@ -1,8 +1,9 @@
 """The HTTP layer: FastAPI routes over PredictionService, the connection's guards, and JSON errors.
 
-Every rejection is a 4xx with {"error": CODE, "detail": WHAT TO DO}. The routes are plain functions,
-so FastAPI runs them in its worker threads; their number is set with the torch threads (serve sizes
-both together, so that concurrent requests do not oversubscribe the cores).
+Every rejection is a 4xx with {"error": CODE, "detail": WHAT TO DO}. The routes run in worker threads
+(plain functions, which FastAPI runs there; predict hands its whole body over in one hop); their number
+is set with the torch threads (serve sizes both together, so that concurrent requests do not
+oversubscribe the cores).
 
 Guards, each bounded and answered in JSON: the client is authenticated (API key, or address range when
 anonymous) before its body is read; a body over the limit is refused from its Content-Length or as it
@@ -26,7 +27,7 @@ import uvicorn
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field, StrictInt
+from pydantic import BaseModel, Field, StrictInt, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.errors import UserError
@@ -38,6 +39,7 @@ API_VERSION = "v1"
 BODY_TIMEOUT_S = 10.0  # the longest pause between two parts of a request body
 HEAD_TIMEOUT_S = 10.0  # a request head must arrive whole within this after the connection (or last answer)
 MAX_HEAD_BYTES = 64 * 1024  # request line and headers together
+SETTLED = (f"/{API_VERSION}/predict", f"/{API_VERSION}/topup")  # the routes whose commit checks the user again
 MAX_CONNECTIONS = 512  # open connections at once, per server process
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # control characters (tab allowed) in a header value
 
@@ -159,9 +161,12 @@ class Guard:
         raw = headers.get(b"x-api-key")
         address = (scope.get("client") or (None,))[0]
         key = raw.decode("latin-1") if raw is not None else None
-        try:  # in a worker thread: a SQLite reader waits up to 10 s while another process holds the WAL index
-            # (WAL recovery), and on the event loop that wait would stall every other connection
-            client = await anyio.to_thread.run_sync(self.service.authenticate, key, address)
+        try:
+            # a batch's commit reads its user again, so predict and topup may take the client from memory
+            client = self.service.remembered(key, address) if scope.get("path") in SETTLED else None
+            if client is None:  # in a worker thread: a SQLite reader waits up to 10 s while another process
+                # holds the WAL index (WAL recovery), and on the event loop that wait would stall every connection
+                client = await anyio.to_thread.run_sync(self.service.authenticate, key, address)
         except ApiError as exc:
             extra = {"retry-after": f"{max(1, round(exc.retry_after))}"} if exc.retry_after else {}
             await _send_json(send, exc.status, exc.body(), extra)
@@ -393,6 +398,28 @@ def _answered(reply: dict) -> Response:
     return Response(body.model_dump_json(), media_type="application/json")
 
 
+def _parsed(model: type[BaseModel], raw: bytes) -> BaseModel:
+    """A request body parsed and validated as `model`; invalid bodies raise what FastAPI raises (422)."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+
+
+def _inline_schema(model: type[BaseModel]) -> dict:
+    """`model`'s JSON schema with its nested models written in place, for a route's openapi_extra."""
+    schema = model.model_json_schema()
+    nested = schema.pop("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(nested[node["$ref"].rsplit("/", 1)[1]])
+            return {k: resolve(v) for k, v in node.items()}
+        return [resolve(v) for v in node] if isinstance(node, list) else node
+    return resolve(schema)
+
+
 def _add_routes(app: FastAPI, service: PredictionService, describe: dict | None) -> None:
     """The API's routes: challenge, predict, topup, account, and the health check."""
     def client_of(request: Request, x_api_key):
@@ -406,9 +433,18 @@ def _add_routes(app: FastAPI, service: PredictionService, describe: dict | None)
         return service.challenge(client_of(request, x_api_key), body.batch if body is not None else None)
 
     @app.post(f"/{API_VERSION}/predict", response_model=PredictOut, responses=PAYMENT,
+              openapi_extra={"requestBody": {"required": True,
+                                             "content": {"application/json": {"schema": _inline_schema(PredictIn)}}}},
               summary="Answers for a batch, priced by its own cost once seen: 200 when paid, else 402 and a top-up")
-    def predict(request: Request, body: PredictIn, x_api_key: str | None = Header(None)):
-        return _answered(service.predict(client_of(request, x_api_key), body.solution, body.inputs.model_dump()))
+    async def predict(request: Request, x_api_key: str | None = Header(None)):
+        # the body (a batch of 64 MNIST images is some 70 KB) is parsed in the worker thread that answers
+        # it, in one hop: on the event loop, its JSON would hold up every other connection
+        raw, client = await request.body(), client_of(request, x_api_key)
+
+        def answer():
+            body = _parsed(PredictIn, raw)
+            return _answered(service.predict(client, body.solution, body.inputs.model_dump()))
+        return await anyio.to_thread.run_sync(answer)
 
     @app.post(f"/{API_VERSION}/topup", response_model=PredictOut, responses=PAYMENT,
               summary="Pay a sealed batch's top-up: its answers, or another 402 if its price rose meanwhile")

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from common.checks import finite
 from pow import kinds, puzzles
 from server import tensors
 from server.keys import hash_api_key
@@ -88,6 +89,13 @@ class ServiceConfig:
     rate: float = 50.0  # requests per second per API key (or address range, anonymous), sustained
     burst: int = 100  # requests per API key at once
     anonymous: bool = False  # no API keys: each address range pays by its queries' own costs alone
+    key_cache_s: float = 1.0  # a key read from the store authenticates predict and topup from memory this long
+
+    def __post_init__(self):
+        finite("key_cache_s", self.key_cache_s, lo=0.0, hi=60.0)
+
+
+KEY_CACHE_SIZE = 10_000  # keys held in the authentication cache at most (the oldest go first)
 
 
 @dataclass(frozen=True)
@@ -153,12 +161,15 @@ class PredictionService:
         self._recent: dict = collections.defaultdict(lambda: collections.deque(maxlen=RECENT))  # by batch size
         self._typical: dict = {}  # by batch size: the median of its _recent, kept as each batch is answered
         self._recent_lock = threading.Lock()
+        self._keys: dict = {}  # hash of an API key -> (Client, when it was read from the store)
+        self._keys_lock = threading.Lock()
 
     def on_store(self, store) -> "PredictionService":
         """This service over another store: the same victim, pricers, key, clock, rate limiter and recent
         answering times (a replay prices each split on a fresh store this way, without changing this one)."""
         twin = copy.copy(self)
         twin.store = store
+        twin._keys, twin._keys_lock = {}, threading.Lock()  # its users are that store's
         return twin
 
     # -- identity ----------------------------------------------------------------------------------
@@ -172,13 +183,38 @@ class PredictionService:
             raise ApiError(401, "missing_api_key", "send your API key in the X-API-Key header")
         if not isinstance(api_key, str) or len(api_key) > 256:
             raise ApiError(401, "unknown_api_key", "this API key is not known here; ask the operator for one")
-        user = self.store.user_by_key(hash_api_key(api_key))
+        hashed = hash_api_key(api_key)
+        user = self.store.user_by_key(hashed)
         if user is None:
             raise ApiError(401, "unknown_api_key", "this API key is not known here; ask the operator for one")
         self._limit(user.name)  # known users only: the buckets are bounded by the users
         if user.revoked:
             raise _revoked()
+        if self.config.key_cache_s > 0:
+            with self._keys_lock:
+                if len(self._keys) >= KEY_CACHE_SIZE:
+                    for old in list(self._keys)[:KEY_CACHE_SIZE // 2]:  # in insertion order: the oldest reads
+                        del self._keys[old]
+                self._keys.pop(hashed, None)
+                self._keys[hashed] = (user, self.clock())
         return user
+
+    def remembered(self, api_key, address: str | None = None) -> Client | None:
+        """The client of a predict or topup request without reading the store, or None when the store
+        must be read (authenticate): anonymous clients always, a user whose key authenticated within
+        key_cache_s. The commit of each batch reads its user again (a key revoked meanwhile spends
+        nothing), so only this short window lets a revoked key's batch reach the commit. The rate
+        limit applies as in authenticate."""
+        if self.config.anonymous:
+            return self.authenticate(api_key, address)
+        if not api_key or not isinstance(api_key, str) or len(api_key) > 256:
+            return None
+        with self._keys_lock:
+            entry = self._keys.get(hash_api_key(api_key))
+        if entry is None or not 0.0 <= self.clock() - entry[1] <= self.config.key_cache_s:
+            return None  # unknown, stale, or read in the future (the clock was set back)
+        self._limit(entry[0].name)
+        return entry[0]
 
     def _limit(self, name: str) -> None:
         wait = self.limiter.wait_s(name)

@@ -275,15 +275,20 @@ class Store:
         owing up to `slack` of its price (negative credit, which the next challenge adds). When the batch is
         covered, its token is spent with the answer and the account charged; else the batch stays sealed (pending)
         and Owed says how much more work its answer needs. A token spent already returns that Spent.
-        An account that holds MAX_PENDING sealed batches gets TooManyPending for a new one, and a batch of a
-        `user` who is revoked (or not in the store) gets Revoked, whatever was paid."""
+        An account that holds MAX_PENDING sealed batches gets TooManyPending for a new one it would seal (a
+        batch paid in full is answered), and a batch of a `user` who is revoked (or not in the store) gets
+        Revoked, whatever was paid."""
         with self._write() as cur:
             # the account row is locked first: every settle of this token (bound to this account's user)
             # waits here, so the spent and sealed reads below see whatever a racing settle committed
-            cur.execute(self._sql("INSERT INTO accounts (account, queries, batches, answer_s) VALUES (?, 0, 0, 0) "
-                                  "ON CONFLICT (account) DO NOTHING"), (account,))
             cur.execute(self._sql(self._ACCOUNT + self._for_update), (account,))
-            before = self._row(account, cur.fetchone())
+            found = cur.fetchone()
+            if found is None:  # a new account: its row is made, then locked like any other
+                cur.execute(self._sql("INSERT INTO accounts (account, queries, batches, answer_s) VALUES (?, 0, 0, 0) "
+                                      "ON CONFLICT (account) DO NOTHING"), (account,))
+                cur.execute(self._sql(self._ACCOUNT + self._for_update), (account,))
+                found = cur.fetchone()
+            before = self._row(account, found)
             self._check_user(cur, user)
             cur.execute(self._sql("SELECT account, queries, request, response FROM spent WHERE token = ?"), (token,))
             row = cur.fetchone()
@@ -297,8 +302,6 @@ class Store:
                 return Spent(token, account, 0, prior[1], {})
             if prior is not None and paid_token is None:
                 paid = 0.0  # the same batch again: its challenge's work was counted when it was sealed
-            if prior is None:
-                self._check_room(cur, account)
             total = float(paid) + (float(prior[0]) if prior is not None else 0.0)
             need, weight = price(before)
             due = need * (1.0 - slack) - 1e-9 * max(1.0, need)  # a top-up of exactly the owed work covers it,
@@ -306,7 +309,8 @@ class Store:
                 cur.execute(self._sql("INSERT INTO spent (token, expires, account, queries, request, response) "
                                       "VALUES (?, ?, ?, ?, ?, ?)"),
                             (token, float(expires), account, int(queries), request, json.dumps(response)))
-                cur.execute(self._sql("DELETE FROM pending WHERE token = ?"), (token,))
+                if prior is not None:
+                    cur.execute(self._sql("DELETE FROM pending WHERE token = ?"), (token,))
                 after = AccountRow(account, before.queries + int(queries), before.batches + 1,
                                    before.answer_s + float(answer_s), merge(before.ledger),
                                    before.credit + total - need, before.priced + need, before.weight + float(weight))
@@ -314,6 +318,7 @@ class Store:
                 return after
             owed = need * (1.0 - slack) - total - before.credit
             if prior is None:
+                self._check_room(cur, account)
                 self._seal(cur, Sealed(token, account, int(queries), request, response, sealed, total, owed,
                                        float(expires)))
             else:

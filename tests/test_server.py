@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from common.errors import ConfigError
 from data.registry import load_splits, to_float
 from models.checkpoint import load_victim
 from models.oracle import Victim
@@ -175,6 +176,9 @@ def test_openapi_documents_the_versioned_protocol(http):
     schema = http.get("/openapi.json").json()
     assert {"/v1/challenge", "/v1/predict", "/v1/account", "/healthz"} <= set(schema["paths"])
     assert "409" in schema["paths"]["/v1/predict"]["post"]["responses"]
+    predict = schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert predict["required"] == ["solution", "inputs"] and set(predict["properties"]["inputs"]["properties"]) == {
+        "dtype", "shape", "data"}  # parsed in the worker thread, documented in place
     assert http.get("/healthz").json()["status"] == "ok"
 
 
@@ -344,6 +348,9 @@ def test_oversized_bodies_and_malformed_json_are_4xx(http, service, parts):
                                                                                                  "surrogatepass")):
         r = http.post("/v1/predict", content=raw, headers={"X-API-Key": key, "content-type": "application/json"})
         assert 400 <= r.status_code < 500 and "error" in r.json(), raw
+    r = http.post("/v1/predict", json={"solution": "x", "inputs": {"dtype": "uint8"}}, headers={"X-API-Key": key})
+    assert r.status_code == 422 and r.json()["error"] == "invalid_request"
+    assert {"body.inputs.shape: Field required", "body.inputs.data: Field required"} <= set(r.json()["detail"])
 
 
 def test_missing_unknown_and_revoked_keys_are_refused(http, service, parts):
@@ -355,6 +362,53 @@ def test_missing_unknown_and_revoked_keys_are_refused(http, service, parts):
     r = post(http, key, body(solution, parts["images"][:8]))
     assert r.status_code == 403 and r.json()["error"] == "revoked_api_key"
     assert http.get("/v1/account", headers={"X-API-Key": key}).status_code == 403
+
+
+def test_a_key_is_remembered_briefly_for_its_batches_and_their_commit_reads_it_again(http, service, parts):
+    """predict takes a key that authenticated within key_cache_s from memory (no store read before its
+    body); a key revoked within that window reaches the commit, which refuses it and charges nothing;
+    once the window has passed, or the clock went back, the store is read again before the body."""
+    key, other = add_user(service, "brief"), add_user(service, "steady")
+    reads = []
+    real = service.store.user_by_key
+    service.store.user_by_key = lambda hashed: reads.append(hashed) or real(hashed)
+    x = parts["images"][:8]
+    solution, _ = paid(http, other, x)
+    assert len(reads) == 1 and post(http, other, body(solution, x)).status_code == 200 and len(reads) == 1
+    solution, _ = paid(http, key, x)
+    service.store.revoke("brief")
+    r = post(http, key, body(solution, x))
+    assert r.status_code == 403 and r.json()["error"] == "revoked_api_key" and len(reads) == 2  # in the commit
+    assert service.store.account("brief").queries == 0
+    service.clock.now += service.config.key_cache_s * 1.01
+    r = post(http, key, body(solution, x))
+    assert r.status_code == 403 and r.json()["error"] == "revoked_api_key" and len(reads) == 3  # before the body
+    assert service.remembered(other) is None  # stale
+    service.authenticate(other)
+    service.clock.now -= 5.0
+    assert service.remembered(other) is None  # read in the future: the clock was set back
+    service.clock.now += 5.0
+    assert service.remembered(other).name == "steady" and service.remembered("pk_" + "x" * 300) is None
+
+
+def test_the_key_cache_is_bounded_and_can_be_turned_off(parts, tmp_path, monkeypatch):
+    from server import service as service_module
+    monkeypatch.setattr(service_module, "KEY_CACHE_SIZE", 4)
+    svc = make_service(parts, state_url("sqlite", tmp_path))
+    try:
+        keys = [add_user(svc, f"u{i}") for i in range(7)]
+        for key in keys:
+            svc.authenticate(key)
+        assert len(svc._keys) <= 4 and svc.remembered(keys[-1]).name == "u6" and svc.remembered(keys[0]) is None
+        off = make_service(parts, state_url("sqlite", tmp_path), key_cache_s=0.0)
+        off.authenticate(keys[-1])
+        assert off.remembered(keys[-1]) is None and not off._keys
+        off.store.close()
+    finally:
+        svc.store.close()
+    for bad in (float("nan"), float("inf"), -1.0, 61.0):
+        with pytest.raises(ConfigError, match="key_cache_s"):
+            ServiceConfig(key_cache_s=bad)
 
 
 def test_a_key_revoked_while_its_batch_is_answered_is_refused_in_the_commit(http, service, parts):

@@ -218,6 +218,8 @@ def test_an_account_cannot_hoard_unpaid_sealed_batches(parts, tmp_path, monkeypa
             except ApiError as exc:
                 codes.append(exc.status)
         assert codes == [402, 402, 402, 429]
+        legit = svc.predict(user, solve(svc.challenge(user, 64)["challenge"]), tensors.encode(parts["images"][:64]))
+        assert len(legit["answers"]) == 64 and svc.store.pending_count("hog") == 3  # paid in full: nothing to seal
     finally:
         svc.store.close()
 
