@@ -406,6 +406,14 @@ def _parsed(model: type[BaseModel], raw: bytes) -> BaseModel:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
 
 
+def _json_content(content_type: str | None) -> None:
+    """Refuse (422, as FastAPI refuses for the other routes) a body not declared as JSON."""
+    kind = (content_type or "").split(";", 1)[0].strip().lower()
+    if kind != "application/json" and not (kind.startswith("application/") and kind.endswith("+json")):
+        raise RequestValidationError([{"loc": ("body",), "msg": f"send the body as JSON with the header "
+                                       f"Content-Type: application/json (not {content_type or 'none'})"}])
+
+
 def _inline_schema(model: type[BaseModel]) -> dict:
     """`model`'s JSON schema with its nested models written in place, for a route's openapi_extra."""
     schema = model.model_json_schema()
@@ -440,6 +448,7 @@ def _add_routes(app: FastAPI, service: PredictionService, describe: dict | None)
         # the body (a batch of 64 MNIST images is some 70 KB) is parsed in the worker thread that answers
         # it, in one hop: on the event loop, its JSON would hold up every other connection
         raw, client = await request.body(), client_of(request, x_api_key)
+        _json_content(request.headers.get("content-type"))
 
         def answer():
             body = _parsed(PredictIn, raw)

@@ -316,7 +316,7 @@ class PredictionService:
         request = _request_digest(solution, inputs)
         prior = self.store.spent(token)
         if prior is not None:
-            return self._redeliver(prior, request)
+            return self._redeliver(user, prior, request)
         held = self.store.sealed(token)
         if held is not None:  # the same batch again: its 402 again (or its answer, if credit now covers it)
             if held.request != request:
@@ -365,7 +365,7 @@ class PredictionService:
             raise ApiError(403, "not_this_batch", "the top-up was issued for another batch")
         prior = self.store.spent(token)
         if prior is not None:
-            return {**prior.response, "redelivered": True}
+            return self._redeliver(user, prior)
         held = self.store.sealed(token)
         if held is None or self.clock() > held.expires:
             raise ApiError(410, "expired", "no sealed batch for this challenge (it expired or was never sent); "
@@ -411,7 +411,7 @@ class PredictionService:
             raise ApiError(429, "too_many_sealed", "this account holds too many sealed batches; pay their top-ups "
                                                    "or let them expire", retry_after=self.config.ttl_s) from None
         if isinstance(result, Spent):  # another request spent it first
-            return self._redeliver(result, request)
+            return self._redeliver(user, result, request)
         if isinstance(result, Owed):
             due = self._issue(user, min(max(1.0, result.owed), puzzles.MAX_WORK), queries, bind=token)
             raise ApiError(402, "payment_required", f"this batch's price is {result.owed:.6g} work above what was "
@@ -419,8 +419,12 @@ class PredictionService:
                            extra={"topup": due, "paid": result.paid, "owed": result.owed})
         return {**response, "account": self._summary(user, result)}
 
-    def _redeliver(self, prior: Spent, request: str) -> dict:
-        if prior.request != request:
+    def _redeliver(self, user, prior: Spent, request: str | None = None) -> dict:
+        """A spent batch's stored answer, to the same request again (a top-up's: to any), never to a
+        revoked key: the client may come from memory (remembered), so the store is read here."""
+        if not self.config.anonymous and not self.store.active(user.name):
+            raise _revoked()
+        if request is not None and prior.request != request:
             raise ApiError(409, "replayed", "this challenge was already spent; POST /v1/challenge for a new one")
         return {**prior.response, "redelivered": True}
 

@@ -225,6 +225,11 @@ class Store:
         rows = self._read("SELECT name, account, revoked, created FROM users WHERE key_hash = ?", (key_hash,))
         return User(rows[0][0], rows[0][1], bool(rows[0][2]), float(rows[0][3])) if rows else None
 
+    def active(self, name: str) -> bool:
+        """Whether the user `name` is in the store and not revoked."""
+        rows = self._read("SELECT revoked FROM users WHERE name = ?", (name,))
+        return bool(rows) and not rows[0][0]
+
     # -- accounts and the spent set ------------------------------------------------------------------
     _ACCOUNT = "SELECT queries, batches, answer_s, ledger, credit, priced, weight FROM accounts WHERE account = ?"
 

@@ -7,6 +7,7 @@ a slow assumed client), so solving takes milliseconds.
 from __future__ import annotations
 
 import base64
+import json
 import threading
 
 import numpy as np
@@ -351,6 +352,13 @@ def test_oversized_bodies_and_malformed_json_are_4xx(http, service, parts):
     r = http.post("/v1/predict", json={"solution": "x", "inputs": {"dtype": "uint8"}}, headers={"X-API-Key": key})
     assert r.status_code == 422 and r.json()["error"] == "invalid_request"
     assert {"body.inputs.shape: Field required", "body.inputs.data: Field required"} <= set(r.json()["detail"])
+    valid = json.dumps(body(paid(http, key, parts["images"][:8])[0], parts["images"][:8]))
+    for kind in (None, "text/plain", "application/x-www-form-urlencoded", "application/jsonx"):
+        r = http.post("/v1/predict", content=valid, headers={"X-API-Key": key, **({"content-type": kind} if kind else {})})
+        assert r.status_code == 422 and "Content-Type: application/json" in r.json()["detail"][0], kind
+    r = http.post("/v1/predict", content=valid, headers={"X-API-Key": key,
+                                                          "content-type": "application/vnd.api+json; charset=utf-8"})
+    assert r.status_code == 200, r.text
 
 
 def test_missing_unknown_and_revoked_keys_are_refused(http, service, parts):
@@ -375,14 +383,18 @@ def test_a_key_is_remembered_briefly_for_its_batches_and_their_commit_reads_it_a
     x = parts["images"][:8]
     solution, _ = paid(http, other, x)
     assert len(reads) == 1 and post(http, other, body(solution, x)).status_code == 200 and len(reads) == 1
+    answered, _ = paid(http, key, x)
+    assert post(http, key, body(answered, x)).status_code == 200
     solution, _ = paid(http, key, x)
     service.store.revoke("brief")
     r = post(http, key, body(solution, x))
-    assert r.status_code == 403 and r.json()["error"] == "revoked_api_key" and len(reads) == 2  # in the commit
-    assert service.store.account("brief").queries == 0
+    assert r.status_code == 403 and r.json()["error"] == "revoked_api_key" and len(reads) == 3  # in the commit
+    r = post(http, key, body(answered, x))  # a resend of an answered batch is not redelivered to it either
+    assert r.status_code == 403 and r.json()["error"] == "revoked_api_key" and len(reads) == 3
+    assert service.store.account("brief").queries == 8  # the batch answered before the revoke alone
     service.clock.now += service.config.key_cache_s * 1.01
     r = post(http, key, body(solution, x))
-    assert r.status_code == 403 and r.json()["error"] == "revoked_api_key" and len(reads) == 3  # before the body
+    assert r.status_code == 403 and r.json()["error"] == "revoked_api_key" and len(reads) == 4  # before the body
     assert service.remembered(other) is None  # stale
     service.authenticate(other)
     service.clock.now -= 5.0

@@ -137,6 +137,9 @@ def test_a_top_up_pays_only_its_own_batch_and_only_once(http, service):
     assert again.status_code == 200 and again.json()["redelivered"] and again.json()["answers"] == ok.json()["answers"]
     row = service.store.account("eve")
     assert row.queries == 64 and row.batches == 1  # charged once
+    service.store.revoke("eve")  # within the key cache's window: the redelivery reads the store itself
+    gone = http.post("/v1/topup", json={"solution": sol_a, "topup": topup_a}, headers={"X-API-Key": key})
+    assert gone.status_code == 403 and gone.json()["error"] == "revoked_api_key" and "answers" not in gone.json()
 
 
 def test_a_top_up_sent_twice_to_a_still_sealed_batch_pays_once(parts, tmp_path):
