@@ -283,9 +283,9 @@ def _line(cell: Cell) -> str:
         return f"  frontier ({cell.dataset}): {cell.folder / 'frontier.md'}"
     if cell.kind == "growth":
         return f"  cost growth ({cell.dataset}): {_growth_outputs(cell)[-1]}"
-    final = (finished(cell.folder) or {}).get("final", {})
+    final = {k: float("nan") if v is None else v for k, v in (finished(cell.folder) or {}).get("final", {}).items()}
     return (f"  {cell.name}: {final.get('queries')} queries, accuracy {final.get('accuracy', float('nan')):.1f}%, "
-            f"fidelity {final.get('fidelity', float('nan')):.1f}%")
+            f"fidelity {final.get('fidelity', float('nan')):.1f}%")  # null in DONE.json: a column not filled
 
 
 def run_grid(grid: dict, out: Path, *, jobs: int, progress: bool = True) -> list:

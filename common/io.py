@@ -7,6 +7,8 @@ import errno
 import fcntl
 import hashlib
 import json
+import math
+import numbers
 import os
 import pickle
 import platform
@@ -64,6 +66,25 @@ def _atomic(path: Path, write: Callable[[str], None]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def strict_json(value):
+    """`value` with every NaN or infinite number (a log column a run does not fill) as None, so that
+    the JSON written from it is strict: NaN is no JSON, and jq or a browser refuse it."""
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    return value
+
+
+def json_text(value) -> str:
+    """The text of a JSON file this project writes: strict (see strict_json), indented, other objects as
+    their str()."""
+    return json.dumps(strict_json(value), indent=2, default=str, allow_nan=False) + "\n"
 
 
 def atomic_write_text(path, text: str) -> None:
@@ -135,7 +156,7 @@ def run_metadata(settings: dict, command: str) -> dict:
 def write_params_json(out_dir, settings: dict, command: str) -> Path:
     """Write out_dir/params.json atomically and return its path (for a folder the command owns)."""
     path = Path(out_dir) / "params.json"
-    atomic_write_text(path, json.dumps(run_metadata(settings, command), indent=2, default=str) + "\n")
+    atomic_write_text(path, json_text(run_metadata(settings, command)))
     return path
 
 
@@ -148,7 +169,7 @@ def params_beside(csv_path) -> Path:
 
 def write_params_beside(csv_path, settings: dict, command: str, **extra) -> Path:
     path = params_beside(csv_path)
-    atomic_write_text(path, json.dumps({**run_metadata(settings, command), **extra}, indent=2, default=str) + "\n")
+    atomic_write_text(path, json_text({**run_metadata(settings, command), **extra}))
     return path
 
 

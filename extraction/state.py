@@ -32,6 +32,7 @@ from common.io import (
     atomic_write_csv,
     atomic_write_text,
     file_sha256,
+    json_text,
     remove_stale_tmp,
     safe_torch_load,
 )
@@ -232,16 +233,16 @@ class RunFolder:
 
     def write_outputs(self, state: dict, columns: list) -> None:
         atomic_write_csv(self.dir / LOG, pd.DataFrame(state["rows"], columns=columns))
-        atomic_write_text(self.dir / PARAMS, json.dumps(state["params"], indent=2, default=str) + "\n")
+        atomic_write_text(self.dir / PARAMS, json_text(state["params"]))
 
     def mark_done(self, state: dict, budget: int) -> Path:
         """DONE.json: the run spent its budget; the hashes tie the mark to this log and state."""
         path = self.dir / DONE
-        atomic_write_text(path, json.dumps({"queries": int(state["oracle"]["queries"]), "budget": int(budget),
-                                            "log_sha256": file_sha256(self.dir / LOG),
-                                            "state_sha256": file_sha256(self.dir / STATE),
-                                            **{k: state["settings"].get(k) for k in ("dataset", "mode", "seed")},
-                                            "final": state["rows"][-1]}, indent=2, default=str) + "\n")
+        atomic_write_text(path, json_text({"queries": int(state["oracle"]["queries"]), "budget": int(budget),
+                                           "log_sha256": file_sha256(self.dir / LOG),
+                                           "state_sha256": file_sha256(self.dir / STATE),
+                                           **{k: state["settings"].get(k) for k in ("dataset", "mode", "seed")},
+                                           "final": state["rows"][-1]}))
         return path
 
     def save_stolen(self, stolen_state: dict, dataset: str) -> Path:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -21,7 +22,7 @@ import parameters
 from commands.demo import demo
 from commands.victim import train_victim
 from common.errors import UserError
-from common.io import FolderLock
+from common.io import FolderLock, strict_json
 from extraction import loop
 from extraction.loop import run_extraction
 from tests.conftest import ROOT
@@ -90,6 +91,20 @@ def test_finished_run_rebuilds_its_log(victim_path, tmp_path, damage):
     result = run(victim_path, tmp_path)
     pd.testing.assert_frame_equal(read_log(tmp_path), whole)
     assert result["final"]["queries"] == 128
+
+
+def test_a_finished_run_writes_strict_json(victim_path, tmp_path):
+    """DONE.json and params.json hold no NaN (not JSON: jq and browsers refuse it); a log column the run
+    does not fill is null."""
+    run(victim_path, tmp_path)
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} in a JSON file")
+    done = json.loads((tmp_path / "DONE.json").read_text(), parse_constant=refuse)
+    json.loads((tmp_path / "params.json").read_text(), parse_constant=refuse)
+    assert done["final"]["pate_eps"] is None and done["final"]["queries"] == 128
+    assert strict_json({"a": (np.float32("nan"), float("-inf"), 1.5, 2, True), "b": [np.int64(3)]}) == {
+        "a": [None, None, 1.5, 2, True], "b": [3]}
 
 
 def test_resume_with_smaller_budget_is_refused(victim_path, tmp_path):

@@ -354,7 +354,8 @@ def test_oversized_bodies_and_malformed_json_are_4xx(http, service, parts):
     assert {"body.inputs.shape: Field required", "body.inputs.data: Field required"} <= set(r.json()["detail"])
     valid = json.dumps(body(paid(http, key, parts["images"][:8])[0], parts["images"][:8]))
     for kind in (None, "text/plain", "application/x-www-form-urlencoded", "application/jsonx"):
-        r = http.post("/v1/predict", content=valid, headers={"X-API-Key": key, **({"content-type": kind} if kind else {})})
+        headers = {"X-API-Key": key, **({"content-type": kind} if kind else {})}
+        r = http.post("/v1/predict", content=valid, headers=headers)
         assert r.status_code == 422 and "Content-Type: application/json" in r.json()["detail"][0], kind
     r = http.post("/v1/predict", content=valid, headers={"X-API-Key": key,
                                                           "content-type": "application/vnd.api+json; charset=utf-8"})
