@@ -37,24 +37,33 @@ def save_victim(model: torch.nn.Module, path, meta: dict) -> None:
     atomic_write_text(Path(str(path) + ".json"), json.dumps(meta, indent=2) + "\n")
 
 
-def _read(path: Path, make: str) -> tuple:
+def _create(dataset: str, path: Path) -> str:
+    """The command that makes a victim for `dataset`: at `path` when nothing is there, else at a new path
+    (what is there may be anything the user keeps, and train-victim never replaces it unasked)."""
+    return train_command(dataset, "NEW.pt" if path.exists() or path.is_symlink() else path)
+
+
+def _read(path: Path, dataset: str) -> tuple:
     """(state dict, metadata or None for a raw state dict) of a checkpoint file; UserError otherwise."""
+    make = _create(dataset, path)
     if not path.exists():
         raise UserError(f"victim checkpoint {path} does not exist. Create it with: {make}")
     if not path.is_file():
-        raise UserError(f"victim checkpoint {path} is not a file. Create one with: {make}")
-    blob = safe_torch_load(path, "victim checkpoint", f"it is corrupt or not a checkpoint. Recreate it with: {make}")
+        raise UserError(f"victim checkpoint {path} is not a file. Pass the checkpoint's path, or create one with: "
+                        f"{make}")
+    blob = safe_torch_load(path, "victim checkpoint", f"it is corrupt or not a checkpoint. Pass the right "
+                                                      f"--victim_path, or train one at a new path with: {make}")
     if isinstance(blob, dict) and isinstance(blob.get("state_dict"), dict) and isinstance(blob.get("meta"), dict):
         return blob["state_dict"], dict(blob["meta"])
     if isinstance(blob, dict) and blob and all(isinstance(v, torch.Tensor) for v in blob.values()):
         return blob, None
-    raise UserError(f"{path} is not a victim checkpoint (no state dict inside). Create one with: {make}")
+    raise UserError(f"{path} is not a victim checkpoint (no state dict inside). Pass the right --victim_path, or "
+                    f"train one at a new path with: {make}")
 
 
 def read_victim_meta(path) -> dict:
     """A checkpoint's metadata (empty for a raw state dict); UserError for a missing or corrupt file."""
-    path = Path(path)
-    return _read(path, train_command("DATASET", path))[1] or {}
+    return _read(Path(path), "DATASET")[1] or {}
 
 
 def check_victim(path, dataset: str) -> dict:
@@ -65,11 +74,10 @@ def check_victim(path, dataset: str) -> dict:
 
 def _read_for(path: Path, dataset: str) -> tuple:
     """_read's (state dict, metadata or None), the checkpoint's metadata naming `dataset` where it has any."""
-    make = train_command(dataset, path)
-    state, meta = _read(path, make)
+    state, meta = _read(path, dataset)
     if meta is not None and meta.get("dataset") != dataset:
         raise UserError(f"victim checkpoint {path} was trained on '{meta.get('dataset')}', not '{dataset}'. "
-                        f"Pass the right --victim_path, or create one with: {make}")
+                        f"Pass the right --victim_path, or create one with: {_create(dataset, path)}")
     return state, meta
 
 
@@ -80,14 +88,13 @@ def load_victim(path, spec, *, architecture: str | None = None, device=torch.dev
     whose message includes the command that creates the right checkpoint.
     """
     path = Path(path)
-    make = train_command(spec.name, path)
     state, meta = _read_for(path, spec.name)
     if meta is None:  # a raw state dict
         meta = {"dataset": spec.name, "architecture": architecture or default_victim_arch(spec)}
     arch = meta.get("architecture")
     if architecture is not None and arch != architecture:
         raise UserError(f"victim checkpoint {path} holds architecture '{arch}', not '{architecture}'. "
-                        f"Create a matching one with: {make} --victim_arch {architecture}")
+                        f"Create a matching one with: {_create(spec.name, path)} --victim_arch {architecture}")
     model = architectures.create(arch, spec)
     own = model.state_dict()
     for key in ("normalize.mean", "normalize.std"):  # raw third-party weights carry no normaliser
@@ -96,5 +103,6 @@ def load_victim(path, spec, *, architecture: str | None = None, device=torch.dev
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise UserError(f"victim checkpoint {path} does not fit architecture '{arch}' for '{spec.name}' "
-                        f"({str(exc).splitlines()[0]}). Create a matching one with: {make}") from exc
+                        f"({str(exc).splitlines()[0]}). Create a matching one with: "
+                        f"{_create(spec.name, path)}") from exc
     return model.to(device).eval(), meta

@@ -129,7 +129,7 @@ def load_teachers(path, spec, *, device=torch.device("cpu"), flag: str = "--teac
             model.load_state_dict(state)
         except (RuntimeError, TypeError, AttributeError) as exc:
             raise UserError(f"teacher {i} in {path} does not fit architecture '{meta.get('architecture')}' "
-                            f"({str(exc).splitlines()[0]}). Recreate the file with: {make}") from exc
+                            f"({str(exc).splitlines()[0]}). Train a new one with: {make}") from exc
         models.append(model)
     return TeacherEnsemble(models, spec.num_classes, device), dict(meta)
 
@@ -142,21 +142,24 @@ def check_teachers(path, dataset: str, *, flag: str = "--teachers_path") -> dict
 
 def _read(path: Path, dataset: str, flag: str) -> tuple:
     """(the file's contents, the command that makes it) of a teacher file for `dataset`; UserError otherwise."""
-    make = teachers_command(dataset, path) + (" --overwrite" if path.is_file() else "")
+    # a file there may be anything the user keeps: a new one goes to a new path
+    make = teachers_command(dataset, "NEW.pt" if path.exists() or path.is_symlink() else path)
     if path.is_dir():
         raise UserError(f"teacher ensemble {path} is a folder, not a file; pass the file's path as {flag}")
     if not path.is_file():
         raise UserError(f"teacher ensemble {path} does not exist. Create it with: {make}")
-    blob = safe_torch_load(path, "teacher ensemble", f"it is corrupt or not a teacher file. Recreate it with: {make}")
+    blob = safe_torch_load(path, "teacher ensemble", f"it is corrupt or not a teacher file. Pass the right {flag}, "
+                                                     f"or train one at a new path with: {make}")
     ok = (isinstance(blob, dict) and blob.get("format") == FORMAT and isinstance(blob.get("states"), list)
           and blob["states"] and isinstance(blob.get("meta"), dict))
     if not ok:
-        raise UserError(f"{path} is not a teacher ensemble. Create one with: {make}")
+        raise UserError(f"{path} is not a teacher ensemble. Pass the right {flag}, or train one at a new path with: "
+                        f"{make}")
     meta = blob["meta"]
     if meta.get("dataset") != dataset:
         raise UserError(f"teacher ensemble {path} was trained on '{meta.get('dataset')}', not '{dataset}'. "
                         f"Pass the right {flag}, or create one with: {make}")
     if meta.get("architecture") not in architectures.ARCHITECTURES:
         raise UserError(f"teacher ensemble {path} names an unknown architecture {meta.get('architecture')!r}; "
-                        f"recreate it with: {make}")
+                        f"train a new one with: {make}")
     return blob, make

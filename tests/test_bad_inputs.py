@@ -412,8 +412,10 @@ NEEDLES = {
     "extract-pate-no-teachers": "python main.py train-teachers --dataset mnist-5k",
     "serve-log-costs-pate-no-teachers": "python main.py train-teachers --dataset mnist-5k",
     "serve-victim-missing": "Create it with: python main.py train-victim --dataset mnist-5k",
-    "serve-victim-corrupt": "it is corrupt or not a checkpoint. Recreate it with: python main.py train-victim",
-    "serve-teachers-corrupt": "it is corrupt or not a teacher file. Recreate it with: python main.py train-teachers",
+    "serve-victim-corrupt": "or train one at a new path with: python main.py train-victim --dataset mnist-5k "
+                            "--victim_path NEW.pt",  # never at the path of a file that is not a checkpoint
+    "serve-teachers-corrupt": "or train one at a new path with: python main.py train-teachers --dataset mnist-5k "
+                              "--teachers_path NEW.pt",
     "serve-teachers-folder": "is a folder, not a file; pass the file's path as --teachers_path",
     "serve-worker-timeout-1": "--worker_timeout: the value must be a finite number >= 2",
     "serve-worker-timeout-nan": "--worker_timeout: the value must be a finite number >= 2",
