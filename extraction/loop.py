@@ -25,7 +25,7 @@ from common.runtime import resolve_device, set_seed
 from data.registry import create, load_splits, to_float
 from extraction.config import AccountantConfig, AttackConfig, ExtractionConfig, TrainingConfig
 from extraction.oracles import PricedOracle
-from extraction.state import RunFolder, comparable, fingerprint, input_files, run_file_of
+from extraction.state import RunFolder, comparable, enclosing_run, fingerprint, input_files, run_file_of
 from models import architectures
 from models.checkpoint import default_stolen_arch, load_victim
 from models.oracle import Victim, VictimOracle
@@ -73,6 +73,10 @@ def validate(config) -> None:
     cost_column(acc.cost_measure)
     for mode in attacks.ATTACKS:  # every mode's own flags, range-checked, even those this mode ignores
         attacks.options_for(mode, c.settings)
+    outer = enclosing_run(c.run.out_dir)
+    if outer is not None:
+        raise UserError(f"--out_dir {c.run.out_dir} is inside the run folder {outer}, which holds that run alone "
+                        f"(its rounds, state and log); choose a folder outside it")
     files = input_files(c)
     for name, path in files.items():
         reserved = run_file_of(Path(c.run.out_dir), path)

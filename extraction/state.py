@@ -98,6 +98,14 @@ def run_file_of(out_dir: Path, path) -> str | None:
     return None
 
 
+def enclosing_run(out_dir) -> Path | None:
+    """The run folder (one holding a state.pt or DONE.json) that out_dir lies inside, else None."""
+    for folder in Path(out_dir).resolve().parents:
+        if (folder / STATE).is_file() or (folder / DONE).is_file():
+            return folder
+    return None
+
+
 def fingerprint(files: dict) -> dict:
     """{setting: sha256 of the file's content} for the files that exist (missing ones fail later, clearly)."""
     return {name: file_sha256(path) for name, path in files.items() if Path(path).is_file()}

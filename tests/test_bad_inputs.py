@@ -43,6 +43,7 @@ FILES = {
     "dup_columns.csv": "queries,query_time_s,entropy_cost,queries\n64,0.01,1,7\n",
     "runlike/log_pow.csv": GOOD_LOG,
     "badruns/copycat/log.csv": HEADER + "64,-5,1,1,1,1\n128,0.02,2,2,2,2\n",
+    "arun/state.pt": "a run's state\n",
 }
 
 EXTRACT = ["extract", "--victim_path", "{in}/victim.pt", "--out_dir", "{out}/run", "--device", "cpu"]
@@ -74,6 +75,7 @@ CASES = {
     "extract-timing-table-nan": EXTRACT + ["--calibration", "{in}/baseline.csv", "--timing_table", "measured",
                                            "--timing_csv", "{in}/timing_bad.csv", "--puzzle", "sha256"],
     "extract-out-under-file": EXTRACT[:-4] + ["--out_dir", "{in}/afile/run", "--device", "cpu"],
+    "extract-out-inside-a-run": EXTRACT[:-4] + ["--out_dir", "{in}/arun/queries/mine", "--device", "cpu"],
     "extract-victim-text": ["extract", "--victim_path", "{in}/notes.txt", "--out_dir", "{out}/run"],
     "extract-unknown-mode": EXTRACT + ["--mode", "steal"],
     # train-victim
@@ -412,6 +414,8 @@ NEEDLES = {
     "extract-pate-no-teachers": "python main.py train-teachers --dataset mnist-5k",
     "serve-log-costs-pate-no-teachers": "python main.py train-teachers --dataset mnist-5k",
     "serve-victim-missing": "Create it with: python main.py train-victim --dataset mnist-5k",
+    "extract-out-inside-a-run": "arun, which holds that run alone (its rounds, state and log); choose a folder "
+                                "outside it",
     "serve-victim-corrupt": "or train one at a new path with: python main.py train-victim --dataset mnist-5k "
                             "--victim_path NEW.pt",  # never at the path of a file that is not a checkpoint
     "serve-teachers-corrupt": "or train one at a new path with: python main.py train-teachers --dataset mnist-5k "
