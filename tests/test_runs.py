@@ -334,16 +334,16 @@ def test_saved_state_grows_linearly_and_is_never_rewritten(victim_path, tmp_path
 
 
 def test_round_file_past_the_state_is_dropped(victim_path, tmp_path):
-    run(victim_path, tmp_path, "--budget", "128")
-    stray = tmp_path / "queries" / "round-000003.pt"
-    shutil.copy(tmp_path / "queries" / "round-000002.pt", stray)  # as if killed before the state committed
-    far = tmp_path / "queries" / "round-000007.pt"  # a round this resume never writes: only dropping removes it
-    shutil.copy(tmp_path / "queries" / "round-000002.pt", far)
-    run(victim_path, tmp_path, "--budget", "192")
+    out, whole = tmp_path / "run", tmp_path / "whole"  # side by side: a run folder holds its own run alone
+    run(victim_path, out, "--budget", "128")
+    stray = out / "queries" / "round-000003.pt"
+    shutil.copy(out / "queries" / "round-000002.pt", stray)  # as if killed before the state committed
+    far = out / "queries" / "round-000007.pt"  # a round this resume never writes: only dropping removes it
+    shutil.copy(out / "queries" / "round-000002.pt", far)
+    run(victim_path, out, "--budget", "192")
     assert not far.exists(), "a round file past the committed state is deleted on resume, not kept"
-    whole = tmp_path / "whole"
     run(victim_path, whole, "--budget", "192")
-    pd.testing.assert_frame_equal(read_log(tmp_path)[DETERMINISTIC], read_log(whole)[DETERMINISTIC])
+    pd.testing.assert_frame_equal(read_log(out)[DETERMINISTIC], read_log(whole)[DETERMINISTIC])
 
 
 def test_missing_round_file_is_refused(victim_path, tmp_path):
