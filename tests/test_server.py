@@ -653,6 +653,20 @@ def test_a_locked_or_foreign_database_is_a_json_503_or_a_clear_error(parts, tmp_
         open_store(f"sqlite:///{foreign}")
 
 
+def test_a_bug_behind_predict_is_a_json_500_with_its_traceback_logged(http, service, parts, monkeypatch, caplog):
+    key = add_user(service, "bug")
+    solution, _ = paid(http, key, parts["images"][:8])
+
+    def broken(*args):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(service, "predict", broken)
+    with caplog.at_level("ERROR", logger="server.app"):
+        r = post(http, key, body(solution, parts["images"][:8]))
+    assert r.status_code == 500 and r.json() == {"error": "internal",
+                                                 "detail": "an internal error; the operator's log has it"}
+    assert any(rec.exc_info and "a bug" in str(rec.exc_info[1]) for rec in caplog.records)
+
+
 def test_unknown_keys_leave_no_rate_limit_state(http, service):
     for i in range(50):
         assert http.get("/v1/account", headers={"X-API-Key": f"pk_junk{i}"}).status_code == 401
