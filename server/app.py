@@ -393,27 +393,23 @@ def _add_error_handlers(app: FastAPI) -> None:
 def predict_reply(service: PredictionService, client, content_type: bytes | None, raw: bytes) -> tuple:
     """(status, JSON bytes, headers) of POST /v1/predict, in a worker thread: the body is checked and parsed
     there (on the event loop, 70 KB of JSON would hold up every other connection), answered, priced and
-    settled, and the answer serialised by pydantic without validation (the service's reply has exactly
-    PredictOut's fields and types)."""
+    settled, and the answer serialised (_answer_json)."""
     try:
         _json_content(content_type.decode("latin-1") if content_type else None)
         body = _parsed(PredictIn, raw)
-        reply = service.predict(client, body.solution, body.inputs.model_dump())
-        out = PredictOut.model_construct(output=reply["output"], queries=reply["queries"], answers=reply["answers"],
-                                         account=reply.get("account"), redelivered=reply.get("redelivered", False))
-        return 200, out.model_dump_json().encode(), {}
+        return 200, _answer_json(service.predict(client, body.solution, body.inputs.model_dump())), {}
     except Exception as exc:  # noqa: BLE001 - every error answers JSON, as the router's handlers answer it
         status, body, headers = error_reply(exc)
         return status, json.dumps(body).encode(), headers
 
 
-def _answered(reply: dict) -> Response:
-    """A PredictOut, serialised here by pydantic without validation (the service's reply has exactly its
-    fields and types): FastAPI's response validation would cost each request one more hop to a worker
+def _answer_json(reply: dict) -> bytes:
+    """A PredictOut's JSON, serialised here by pydantic without validation (the service's reply has exactly
+    its fields and types): FastAPI's response validation would cost each request one more hop to a worker
     thread and a walk over every answer."""
     body = PredictOut.model_construct(output=reply["output"], queries=reply["queries"], answers=reply["answers"],
                                       account=reply.get("account"), redelivered=reply.get("redelivered", False))
-    return Response(body.model_dump_json(), media_type="application/json")
+    return body.model_dump_json().encode()
 
 
 def _parsed(model: type[BaseModel], raw: bytes) -> BaseModel:
@@ -472,7 +468,8 @@ def _add_routes(app: FastAPI, service: PredictionService, describe: dict | None)
     @app.post(f"/{API_VERSION}/topup", response_model=PredictOut, responses=PAYMENT,
               summary="Pay a sealed batch's top-up: its answers, or another 402 if its price rose meanwhile")
     def topup(request: Request, body: TopupIn, x_api_key: str | None = Header(None)):
-        return _answered(service.topup(client_of(request, x_api_key), body.solution, body.topup))
+        return Response(_answer_json(service.topup(client_of(request, x_api_key), body.solution, body.topup)),
+                        media_type="application/json")
 
     @app.get(f"/{API_VERSION}/account", response_model=AccountOut, responses=ERRORS,
              summary="This client's account: queries, costs, credit and the next batch's expected price")
